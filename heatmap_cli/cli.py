@@ -1,0 +1,362 @@
+"""The ``heatmap`` command: parse options, call the library, report.
+
+Exit status: 0 when every image succeeded, 1 when some failed (after finishing all the others),
+2 for usage errors. Library errors become one line on stderr; ``--debug`` shows tracebacks.
+
+Nothing heavy is imported at module level, so ``heatmap --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from heatmap_cli.images import ImageInput
+    from heatmap_cli.outputs import OutputOptions
+    from heatmap_cli.pipeline import GridEngine
+
+DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}", ctx=ctx, param=param)
+    return value
+
+
+def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from heatmap_cli.models import available_models
+
+    for entry in available_models():
+        cached = "cached" if entry.cached else ""
+        click.echo(f"{entry.name:<24} {entry.family:<12} {entry.weights:<28} {cached}".rstrip())
+    click.echo("Any timm model: timm/NAME (e.g. timm/resnet50.a1_in1k); see timm.list_models().")
+    ctx.exit(0)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument(
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path),
+)
+@click.option(
+    "-c",
+    "--class",
+    "class_specs",
+    multiple=True,
+    metavar="INDEX|NAME",
+    help="Class to render (repeatable): an index, or a name (exact, else unique substring).",
+)
+@click.option(
+    "-k",
+    "--top-k",
+    default=3,
+    show_default=True,
+    callback=_positive,
+    help="Without --class, render the K classes with the highest peak probability.",
+)
+@click.option(
+    "-m",
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model: the offline default, a torchvision name, or timm/NAME.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Local state dict or checkpoint for --model's architecture.",
+)
+@click.option(
+    "--list-models",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_list_models,
+    help="List usable models and exit.",
+)
+@click.option(
+    "-s",
+    "--size",
+    default=384,
+    show_default=True,
+    callback=_positive,
+    help="Shorter side of the resized image, in pixels (snapped to the grid).",
+)
+@click.option(
+    "--stride",
+    type=int,
+    callback=_positive,
+    help="Output stride in resized pixels; must divide the native stride (default).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "dense", "dilate", "stitch", "crops"]),
+    default="auto",
+    show_default=True,
+    help="auto: dense at the native stride, dilate for a finer one; crops: exact reference.",
+)
+@click.option(
+    "--scores",
+    type=click.Choice(["probs", "logits"]),
+    default="probs",
+    show_default=True,
+    help="Show per-cell softmax probabilities or raw logits.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--fp32", is_flag=True, help="Keep float32 on CUDA (default: autocast bf16/fp16).")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Opacity of the heat map at full score.",
+)
+@click.option("--cmap", default="inferno", show_default=True, help="Matplotlib colormap.")
+@click.option("--colorbar", is_flag=True, help="Add a colour bar to each overlay.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("heatmaps"),
+    show_default=True,
+    help="Output folder.",
+)
+@click.option(
+    "-b",
+    "--batch-size",
+    default=8,
+    show_default=True,
+    callback=_positive,
+    help="Images of equal resized size per forward pass.",
+)
+@click.option(
+    "--max-pixels",
+    type=int,
+    default=None,
+    help="Raise the decompression-bomb limit (decoded pixels; default Pillow's ~89M).",
+)
+@click.option(
+    "--max-overlay-side",
+    default=4096,
+    show_default=True,
+    callback=_positive,
+    help="Longest side of written overlays (huge images are shown smaller).",
+)
+@click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(
+    inputs: tuple[Path, ...],
+    class_specs: tuple[str, ...],
+    top_k: int,
+    model: str,
+    weights: Path | None,
+    size: int,
+    stride: int | None,
+    method: str,
+    scores: str,
+    device: str,
+    fp32: bool,
+    alpha: float,
+    cmap: str,
+    colorbar: bool,
+    out: Path,
+    batch_size: int,
+    max_pixels: int | None,
+    max_overlay_side: int,
+    skip_existing: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    r"""Render where a pretrained classifier sees each class in images or folders of images.
+
+    \b
+    Examples:
+      heatmap photo.jpg --class 281
+      heatmap photo.jpg --stride 16
+      heatmap photos/ --out maps/
+    """
+    options = dict(locals())
+    from heatmap_cli import errors
+    from heatmap_cli.render import RenderError
+
+    try:
+        _run(**options)
+    except click.ClickException:
+        raise
+    except (
+        errors.UnknownClassError,
+        errors.GeometryError,
+        errors.UnknownModelError,
+        errors.WeightsMismatchError,
+        RenderError,
+    ) as error:
+        _fail(error, EXIT_USAGE, debug)
+    except (errors.HeatmapError, OSError) as error:
+        _fail(error, EXIT_SOME_FAILED, debug)
+
+
+def _fail(error: BaseException, status: int, debug: bool) -> NoReturn:
+    if debug:
+        raise error
+    click.echo(f"Error: {error}", err=True)
+    sys.exit(status)
+
+
+def _run(
+    inputs: tuple[Path, ...],
+    class_specs: tuple[str, ...],
+    top_k: int,
+    model: str,
+    weights: Path | None,
+    size: int,
+    stride: int | None,
+    method: str,
+    scores: str,
+    device: str,
+    fp32: bool,
+    alpha: float,
+    cmap: str,
+    colorbar: bool,
+    out: Path,
+    batch_size: int,
+    max_pixels: int | None,
+    max_overlay_side: int,
+    skip_existing: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    from heatmap_cli.classes import resolve_classes
+    from heatmap_cli.images import DEFAULT_MAX_PIXELS, find_images, remove_stale_temporaries
+    from heatmap_cli.models import load_model
+    from heatmap_cli.outputs import OutputOptions, completion_marker
+    from heatmap_cli.pipeline import GridEngine, GridSettings
+    from heatmap_cli.render import check_cmap
+
+    if max_pixels is not None and max_pixels <= 0:
+        raise click.BadParameter("must be positive", param_hint="--max-pixels")
+    check_cmap(cmap)
+    items = find_images(list(inputs), exclude=[out])
+    if not items:
+        raise click.UsageError("no images found in the given inputs")
+    _check_writable(out)
+
+    started = time.perf_counter()
+    loaded = load_model(model, weights=weights)
+    classes = resolve_classes(class_specs, loaded.categories)
+    settings = GridSettings(
+        size=size,
+        stride=stride,
+        method=method,
+        device=device,
+        fp32=fp32,
+        batch_size=batch_size,
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_display_side=max_overlay_side,
+    )
+    engine = GridEngine(loaded, settings)
+    for note in engine.notes:
+        click.echo(f"Note: {note}", err=True)
+    options = OutputOptions(
+        classes=classes, top_k=top_k, scores=scores, cmap=cmap, alpha=alpha, colorbar=colorbar
+    )
+    remove_stale_temporaries(out)
+
+    todo = [i for i in items if not (skip_existing and completion_marker(out, i.stem).exists())]
+    skipped = len(items) - len(todo)
+    done, failed = _process(todo, engine, options, out, quiet=quiet, debug=debug)
+    elapsed = time.perf_counter() - started
+    summary = f"{done} done, {failed} failed"
+    if skipped:
+        summary += f", {skipped} skipped (already done)"
+    if not quiet or failed:
+        click.echo(
+            f"{summary} in {elapsed:.1f}s ({loaded.name}, {engine.method}, stride {engine.stride}, "
+            f"{engine.device.type}); outputs in {out}",
+            err=True,
+        )
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out") from None
+    import os
+
+    if not os.access(out, os.W_OK):
+        raise click.BadParameter(f"{out} is not writable", param_hint="--out")
+
+
+def _process(
+    items: list[ImageInput],
+    engine: GridEngine,
+    options: OutputOptions,
+    out: Path,
+    *,
+    quiet: bool,
+    debug: bool,
+) -> tuple[int, int]:
+    from tqdm import tqdm
+
+    from heatmap_cli.errors import HeatmapError
+    from heatmap_cli.outputs import write_outputs
+    from heatmap_cli.pipeline import ImageResult, score_images
+
+    summary = {
+        "model": engine.loaded.name,
+        "weights": engine.loaded.source,
+        "method": engine.method,
+        "native_stride": engine.native_stride,
+        "size": engine.settings.size,
+    }
+    done = failed = 0
+    progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=quiet or len(items) <= 1)
+    with progress:
+        for item, result in score_images(items, engine):
+            try:
+                if not isinstance(result, ImageResult):
+                    raise result
+                write_outputs(
+                    out_dir=out,
+                    stem=item.stem,
+                    source=item.path,
+                    logits=result.logits,
+                    geometry=result.geometry,
+                    display=result.display,
+                    categories=engine.categories,
+                    options=options,
+                    summary=summary,
+                )
+                done += 1
+            except HeatmapError as error:
+                if debug:
+                    raise
+                failed += 1
+                progress.write(f"Error: {_describe_failure(item.path, error)}", file=sys.stderr)
+            progress.update(1)
+    return done, failed
+
+
+def _describe_failure(path: Path, error: Exception) -> str:
+    text = str(error)
+    return text if str(path) in text else f"{path}: {text}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,296 @@
+"""From image files to score grids: one converted model, a loader thread, same-size batches.
+
+``GridEngine`` holds the model converted once (and, for finer strides, its dilated form) and
+turns batches of resized uint8 images into logit grids. ``score_images`` feeds it: worker threads
+decode and resize the next images while the network runs on the current batch, and images whose
+resized sizes are equal are stacked into one forward pass. A failure to read one image is
+reported for that image and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from heatmap_cli.errors import ConversionError, GeometryError, HeatmapError
+from heatmap_cli.geometry import GridGeometry
+from heatmap_cli.grid import check_stride, score_grid
+from heatmap_cli.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
+from heatmap_cli.models import LoadedModel
+from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.surgery import convolutionalize
+
+__all__ = ["GridEngine", "GridSettings", "ImageResult", "Prepared", "score_images"]
+
+METHOD_CHOICES = ("auto", "dense", "dilate", "stitch", "crops")
+# Models that cannot be converted have no derived stride; crops then step by this default.
+_CROPS_FALLBACK_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How images are turned into grids.
+
+    Attributes:
+        size: Shorter side of the resized image in pixels, before snapping.
+        stride: Output stride in resized pixels; None for the native stride.
+        method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
+        fp32: Keep float32 on accelerators (otherwise CUDA runs under autocast).
+        batch_size: Images per forward pass (and windows per pass for crops).
+        max_pixels: Decompression-bomb limit for decoded images; None disables it.
+        max_display_side: Longest side of the photo kept for overlays.
+    """
+
+    size: int = 384
+    stride: int | None = None
+    method: str = "auto"
+    device: str = "auto"
+    fp32: bool = False
+    batch_size: int = 8
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_display_side: int = 4096
+
+
+def resolve_device(name: str) -> torch.device:
+    """Picks the device for ``--device``: ``auto`` prefers CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise GeometryError(f"unknown device {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GeometryError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GeometryError("--device mps was asked for, but this torch has no MPS support")
+    return device
+
+
+class GridEngine:
+    """A model converted once, scoring batches of resized images on one device.
+
+    Args:
+        loaded: The model with its metadata (eval mode).
+        settings: Size, stride, method and device choices.
+
+    Attributes:
+        method: The method actually used (``"auto"`` resolved).
+        stride: Output stride in resized pixels.
+        native_stride: The converted network's own stride (None when it cannot be converted).
+        notes: Human-readable notes about choices made (fallbacks), for the CLI to print once.
+    """
+
+    def __init__(self, loaded: LoadedModel, settings: GridSettings) -> None:
+        if settings.size <= 0:
+            raise GeometryError(f"size must be positive, got {settings.size}")
+        if settings.batch_size <= 0:
+            raise GeometryError(f"batch size must be positive, got {settings.batch_size}")
+        if settings.method not in METHOD_CHOICES:
+            raise GeometryError(f"unknown method {settings.method!r}")
+        self.loaded = loaded
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.window = loaded.input_size
+        self.notes: list[str] = []
+        model = loaded.model.eval().to(self.device)
+        self.network: torch.nn.Module = model
+        self.native_stride: int | None = None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                converted = convolutionalize(model, self.window)
+            self.notes.extend(str(w.message) for w in caught)
+            self.network = converted
+            self.native_stride = converted.stride
+        except ConversionError as error:
+            if settings.method not in ("auto", "crops"):
+                raise
+            self.notes.append(f"{error} Falling back to method 'crops'.")
+        self.method, self.stride = self._choose_method()
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    def _choose_method(self) -> tuple[str, int]:
+        requested, stride = self.settings.method, self.settings.stride
+        if self.native_stride is None:
+            return "crops", stride or _CROPS_FALLBACK_STRIDE
+        if requested == "crops":
+            if stride is not None and stride <= 0:
+                raise GeometryError(f"stride must be positive, got {stride}")
+            return "crops", stride or self.native_stride
+        stride = stride or self.native_stride
+        check_stride(stride, self.native_stride)
+        if requested == "auto":
+            requested = "dense" if stride == self.native_stride else "dilate"
+        return requested, stride
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The model's class names."""
+        return self.loaded.categories
+
+    def plan(self, original_size: tuple[int, int]) -> GridGeometry:
+        """The grid geometry of an image of ``(H, W)`` original pixels."""
+        return plan_geometry(
+            original_size, shorter_side=self.settings.size, window=self.window, stride=self.stride
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type != "cuda" or self.settings.fp32:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def score(self, pixels: np.ndarray) -> torch.Tensor:
+        """Logit grids for a batch of equally sized images.
+
+        Args:
+            pixels: uint8 ``(N, H, W, 3)`` resized images.
+
+        Returns:
+            float32 ``(N, K, rows, cols)`` logits on the CPU.
+        """
+        x = normalize(pixels, self.loaded.mean, self.loaded.std, device=self.device)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            grid = score_grid(
+                self.network,
+                x,
+                stride=self.stride,
+                method=self.method,
+                input_size=self.window,
+                batch_size=self.settings.batch_size,
+            )
+        return grid.float().cpu()
+
+
+@dataclass
+class Prepared:
+    """An image read and resized, ready for the network.
+
+    Attributes:
+        item: The input file and its output stem.
+        geometry: Its grid geometry.
+        pixels: uint8 ``(H, W, 3)`` resized network input.
+        display: uint8 ``(h, w, 3)`` photo for overlays (original size, or smaller if huge).
+    """
+
+    item: ImageInput
+    geometry: GridGeometry
+    pixels: np.ndarray
+    display: np.ndarray
+
+
+@dataclass
+class ImageResult:
+    """The score grid of one image.
+
+    Attributes:
+        item: The input file and its output stem.
+        geometry: Where each cell's window lies.
+        logits: float32 ``(K, rows, cols)``.
+        display: uint8 ``(h, w, 3)`` photo for overlays.
+    """
+
+    item: ImageInput
+    geometry: GridGeometry
+    logits: np.ndarray
+    display: np.ndarray
+
+
+def display_image(image: Image.Image, max_side: int) -> np.ndarray:
+    """The photo as uint8 ``(h, w, 3)``, shrunk so its longest side is at most ``max_side``."""
+    longest = max(image.size)
+    if longest > max_side:
+        scale = max_side / longest
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def prepare(item: ImageInput, engine: GridEngine) -> Prepared:
+    """Reads, orients and resizes one image (runs in a loader thread)."""
+    image = read_image(item.path, max_pixels=engine.settings.max_pixels)
+    geometry = engine.plan((image.height, image.width))
+    pixels = resize_for_grid(image, geometry.input_size, engine.loaded.interpolation)
+    display = display_image(image, engine.settings.max_display_side)
+    return Prepared(item=item, geometry=geometry, pixels=pixels, display=display)
+
+
+def score_images(
+    items: Iterable[ImageInput], engine: GridEngine, *, workers: int = 2
+) -> Iterator[tuple[ImageInput, ImageResult | HeatmapError]]:
+    """Scores many images, yielding each image's result or the error that stopped it.
+
+    Decoding and resizing run in ``workers`` threads ahead of the network; images with the same
+    resized size are stacked into batches of up to ``settings.batch_size``. Results come in
+    batch order, which may differ from input order.
+
+    Args:
+        items: Images to score.
+        engine: The converted model.
+        workers: Loader threads.
+
+    Yields:
+        ``(item, result)`` or ``(item, error)`` for every input, exactly once.
+    """
+    batch_size = engine.settings.batch_size
+    window = max(2 * batch_size, 2 * workers)  # prepared images held ahead of the network
+    pending: OrderedDict[tuple[int, int], list[Prepared]] = OrderedDict()
+    held = 0
+
+    def flush(size: tuple[int, int]) -> Iterator[tuple[ImageInput, ImageResult | HeatmapError]]:
+        nonlocal held
+        group = pending.pop(size)
+        held -= len(group)
+        try:
+            grids = engine.score(np.stack([p.pixels for p in group])).numpy()
+        except HeatmapError as error:
+            for p in group:
+                yield p.item, error
+            return
+        for p, logits in zip(group, grids, strict=True):
+            yield p.item, ImageResult(p.item, p.geometry, logits, p.display)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader") as pool:
+        futures: list[tuple[ImageInput, Future[Prepared]]] = []
+        iterator = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and len(futures) < window:
+                item = next(iterator, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    futures.append((item, pool.submit(prepare, item, engine)))
+            if not futures:
+                break
+            item, future = futures.pop(0)
+            try:
+                prepared = future.result()
+            except HeatmapError as error:
+                yield item, error
+                continue
+            size = prepared.geometry.input_size
+            pending.setdefault(size, []).append(prepared)
+            held += 1
+            if len(pending[size]) >= batch_size:
+                yield from flush(size)
+            elif held >= window:
+                yield from flush(next(iter(pending)))
+        while pending:
+            yield from flush(next(iter(pending)))
