@@ -648,7 +648,7 @@ class _HeadRewriter:
         if channels_first and isinstance(module, nn.Conv2d):
             if tuple(module.kernel_size) != (1, 1) or tuple(module.stride) != (1, 1):
                 raise self.refuse(node, "is a convolution larger than 1x1 on a pooled vector")
-            self.layouts[node] = layout
+            self.layouts[node] = _Pooled(module.out_channels)
             return
         if channels_first and isinstance(module, nn.BatchNorm2d):
             self.layouts[node] = layout
@@ -824,7 +824,7 @@ def _output_sizes(
     """Grid sizes of a meta-device network for several input sizes (shapes only)."""
     sizes = []
     for size in input_sizes:
-        out = meta_module(torch.empty(1, 3, *size, device="meta"))
+        out = meta_module(torch.empty(2, 3, *size, device="meta"))  # 2: BatchNorm in training
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             raise ConversionError("the converted network does not return an (N, K, h, w) grid")
         sizes.append((int(out.shape[2]), int(out.shape[3])))

@@ -7,7 +7,16 @@ import warnings
 
 import pytest
 import torch
-from nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
+from nets import (
+    ALL_NETS,
+    NATIVE_STRIDE,
+    NUM_CLASSES,
+    WINDOW,
+    FlattenOnlyNet,
+    PooledHeadNet,
+    VolumeHeadNet,
+    seeded,
+)
 from torch import nn
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
@@ -88,8 +97,12 @@ def test_training_mode_model_warns():
 
 
 def test_wrong_input_size_is_reported():
-    with pytest.raises(ConversionError, match="44x44"):
-        convolutionalize(seeded(VolumeHeadNet), (40, 40))
+    # 52x52 gives a 4x4 feature map: the flatten+Linear made for 3x3 cannot run there
+    with pytest.raises(ConversionError, match="does not run on a 52x52 input"):
+        convolutionalize(seeded(FlattenOnlyNet), (52, 52))
+    # and an adaptive pool to 3x3 bins of unequal size has no sliding equivalent
+    with pytest.raises(ConversionError, match="unequal size"):
+        convolutionalize(seeded(VolumeHeadNet), (52, 52))
 
 
 class TokenHead(nn.Module):
