@@ -44,9 +44,10 @@ def compare(model_name: str, photo: Path, size: int) -> str:
     probs_dense, probs_crops = dense.softmax(1), crops.softmax(1)
     prob_diff = (probs_dense - probs_crops).abs().max().item()
     rows, cols = dense.shape[2:]
+    largest = difference.max().item()
     return (
         f"| {model_name} | {photo.name} | {geometry.input_size[1]}x{geometry.input_size[0]} "
-        f"| {rows}x{cols} | {difference.max().item():.2f} | {difference.max().item() / logit_range:.1%} "
+        f"| {rows}x{cols} | {largest:.2f} | {largest / logit_range:.1%} "
         f"| {difference.mean().item():.3f} | {prob_diff:.3f} | {agree:.0%} |"
     )
 

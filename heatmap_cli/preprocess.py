@@ -100,7 +100,9 @@ def normalize(
         ``(N, 3, H, W)`` tensor, ``(pixels / 255 - mean) / std``.
     """
     if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
-        pixels = pixels.copy()  # PIL-backed arrays are read-only; torch wants to own writable memory
+        pixels = (
+            pixels.copy()
+        )  # PIL-backed arrays are read-only; torch wants to own writable memory
     tensor = torch.as_tensor(pixels)
     if tensor.dtype != torch.uint8 or tensor.shape[-1] != 3 or tensor.dim() not in (3, 4):
         raise GeometryError("pixels must be uint8 with shape (H, W, 3) or (N, H, W, 3)")
