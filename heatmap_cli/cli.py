@@ -1,7 +1,8 @@
 """The ``heatmap`` command: parse options, call the library, report.
 
 Exit status: 0 when every image succeeded, 1 when some failed (after finishing all the others),
-2 for usage errors. Library errors become one line on stderr; ``--debug`` shows tracebacks.
+2 for usage errors, 130 when interrupted (finished images are kept; ``--skip-existing`` resumes).
+Library errors become one line on stderr; ``--debug`` shows tracebacks.
 
 Nothing heavy is imported at module level, so ``heatmap --help`` answers without loading torch.
 """
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -239,6 +241,7 @@ def _run(
     debug: bool,
 ) -> None:
     from heatmap_cli.classes import resolve_classes
+    from heatmap_cli.errors import ImageReadError
     from heatmap_cli.images import DEFAULT_MAX_PIXELS, find_images, remove_stale_temporaries
     from heatmap_cli.models import load_model
     from heatmap_cli.outputs import OutputOptions, completion_marker
@@ -248,7 +251,10 @@ def _run(
     if max_pixels is not None and max_pixels <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-pixels")
     check_cmap(cmap)
-    items = find_images(list(inputs), exclude=[out])
+    try:
+        items = find_images(list(inputs), exclude=[out])
+    except ImageReadError as error:  # a missing input or unlistable folder: nothing was done
+        raise click.UsageError(str(error)) from None
     if not items:
         raise click.UsageError("no images found in the given inputs")
     _check_writable(out)
@@ -314,7 +320,6 @@ def _process(
 ) -> tuple[int, int]:
     from tqdm import tqdm
 
-    from heatmap_cli.errors import HeatmapError
     from heatmap_cli.outputs import write_outputs
     from heatmap_cli.pipeline import ImageResult, score_images
 
@@ -327,34 +332,54 @@ def _process(
     }
     done = failed = 0
     progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=quiet or len(items) <= 1)
-    with progress:
-        for item, result in score_images(items, engine):
-            try:
-                if not isinstance(result, ImageResult):
-                    raise result
-                write_outputs(
-                    out_dir=out,
-                    stem=item.stem,
-                    source=item.path,
-                    logits=result.logits,
-                    geometry=result.geometry,
-                    display=result.display,
-                    categories=engine.categories,
-                    options=options,
-                    summary=summary,
-                )
-                done += 1
-            except HeatmapError as error:
-                if debug:
-                    raise
-                failed += 1
-                progress.write(f"Error: {_describe_failure(item.path, error)}", file=sys.stderr)
-            progress.update(1)
+    results = score_images(items, engine)
+    try:
+        with progress:
+            for item, result in results:
+                try:
+                    if not isinstance(result, ImageResult):
+                        raise result
+                    write_outputs(
+                        out_dir=out,
+                        stem=item.stem,
+                        source=item.path,
+                        logits=result.logits,
+                        geometry=result.geometry,
+                        display=result.display,
+                        categories=engine.categories,
+                        options=options,
+                        summary=summary,
+                    )
+                    done += 1
+                    if not quiet:
+                        for note in result.notes:
+                            progress.write(f"Warning: {item.path}: {note}", file=sys.stderr)
+                except Exception as error:  # one image's failure never stops the batch
+                    if debug:
+                        raise
+                    failed += 1
+                    progress.write(f"Error: {_describe_failure(item.path, error)}", file=sys.stderr)
+                progress.update(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo(
+            f"\nInterrupted: {done} done, {failed} failed, {len(items) - done - failed} not "
+            "finished; run again with --skip-existing to finish the rest",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        results.close()  # stops the loader threads now, not when garbage-collected
     return done, failed
 
 
 def _describe_failure(path: Path, error: Exception) -> str:
+    from heatmap_cli.errors import HeatmapError
+
     text = str(error)
+    if not isinstance(error, HeatmapError):  # not a foreseen failure: say what it was
+        text = f"unexpected {type(error).__name__}: {text} (--debug shows the traceback)"
     return text if str(path) in text else f"{path}: {text}"
 
 

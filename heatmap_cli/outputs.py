@@ -7,11 +7,14 @@ File names (``stem`` mirrors the input's place under its folder, see ``images.fi
 * ``<stem>.npz`` and ``<stem>.json``: the grid and a summary, as shared/DESIGN.md defines them.
 
 Every file is written atomically, and the ``.json`` last: its presence means the image is done,
-which is what ``--skip-existing`` checks.
+which is what ``--skip-existing`` checks. An image's outputs are all or nothing: an old ``.json``
+is removed before anything is rewritten, and if writing fails or is interrupted, the files this
+call already wrote are removed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_cli.classes import rank_by_peak, slug
+from heatmap_cli.errors import OutputWriteError
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.images import output_path, write_json, write_npz, write_png
 from heatmap_cli.render import contact_sheet, peak_location, render_class_overlay
@@ -99,7 +103,52 @@ def write_outputs(
 
     Returns:
         The paths written, the json last.
+
+    Raises:
+        OutputWriteError: A file cannot be written (no output of this image is left then).
     """
+    marker = completion_marker(out_dir, stem)
+    try:
+        # Otherwise an old json would vouch for files this call is about to replace.
+        marker.unlink(missing_ok=True)
+    except OSError as error:
+        raise OutputWriteError(f"cannot replace {marker}: {error.strerror or error}") from error
+    written: list[Path] = []
+    try:
+        _write_all(
+            written,
+            out_dir=out_dir,
+            stem=stem,
+            source=source,
+            logits=logits,
+            geometry=geometry,
+            display=display,
+            categories=categories,
+            options=options,
+            summary=summary,
+        )
+    except BaseException:  # KeyboardInterrupt included: leave no partial set of outputs
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    return written
+
+
+def _write_all(
+    written: list[Path],
+    *,
+    out_dir: Path,
+    stem: Path,
+    source: Path,
+    logits: np.ndarray,
+    geometry: GridGeometry,
+    display: np.ndarray,
+    categories: Sequence[str],
+    options: OutputOptions,
+    summary: dict[str, object],
+) -> None:
+    """Implements :func:`write_outputs`, appending each file to ``written`` once it exists."""
     probs = softmax(logits)
     centers = geometry.centers()
     shown = probs if options.scores == "probs" else logits
@@ -112,7 +161,6 @@ def write_outputs(
     )
     chosen = list(options.classes) or rank_by_peak(probs, options.top_k)
 
-    written: list[Path] = []
     overlays: list[np.ndarray] = []
     class_records: list[dict[str, object]] = []
     for index in chosen:
@@ -186,4 +234,3 @@ def write_outputs(
     json_path = completion_marker(out_dir, stem)
     write_json(json_path, record)
     written.append(json_path)
-    return written

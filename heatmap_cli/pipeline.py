@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from heatmap_cli.errors import ConversionError, GeometryError, HeatmapError
+from heatmap_cli.errors import ConversionError, GeometryError
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.grid import check_stride, score_grid
 from heatmap_cli.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
@@ -110,9 +110,12 @@ class GridEngine:
         self.native_stride: int | None = None
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+                warnings.simplefilter("always", UserWarning)
                 converted = convolutionalize(model, self.window)
-            self.notes.extend(str(w.message) for w in caught)
+            # The conversion's own warnings are UserWarnings; others that fire meanwhile (a
+            # ResourceWarning from garbage collection, a library's DeprecationWarning) are not
+            # about this model and must not reach the user as notes.
+            self.notes.extend(str(w.message) for w in caught if w.category is UserWarning)
             self.network = converted
             self.native_stride = converted.stride
         except ConversionError as error:
@@ -187,12 +190,14 @@ class Prepared:
         geometry: Its grid geometry.
         pixels: uint8 ``(H, W, 3)`` resized network input.
         display: uint8 ``(h, w, 3)`` photo for overlays (original size, or smaller if huge).
+        notes: Warnings about this image for the user (e.g. upscaled from below the window).
     """
 
     item: ImageInput
     geometry: GridGeometry
     pixels: np.ndarray
     display: np.ndarray
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -204,12 +209,14 @@ class ImageResult:
         geometry: Where each cell's window lies.
         logits: float32 ``(K, rows, cols)``.
         display: uint8 ``(h, w, 3)`` photo for overlays.
+        notes: Warnings about this image for the user (e.g. upscaled from below the window).
     """
 
     item: ImageInput
     geometry: GridGeometry
     logits: np.ndarray
     display: np.ndarray
+    notes: tuple[str, ...] = ()
 
 
 def display_image(image: Image.Image, max_side: int) -> np.ndarray:
@@ -222,23 +229,54 @@ def display_image(image: Image.Image, max_side: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def small_image_note(original_size: tuple[int, int], window: tuple[int, int]) -> str | None:
+    """A warning for an image smaller than the network's window, which must be upscaled.
+
+    Args:
+        original_size: ``(H, W)`` of the decoded image.
+        window: ``(h, w)`` window of the network (its training input).
+
+    Returns:
+        One line of text, or None when the image is at least as large as the window.
+    """
+    (height, width), (win_h, win_w) = original_size, window
+    if height >= win_h and width >= win_w:
+        return None
+    return (
+        f"{width}x{height} is smaller than the network's {win_w}x{win_h} window; "
+        "upscaled, so its scores are less reliable"
+    )
+
+
 def prepare(item: ImageInput, engine: GridEngine) -> Prepared:
     """Reads, orients and resizes one image (runs in a loader thread)."""
     image = read_image(item.path, max_pixels=engine.settings.max_pixels)
     geometry = engine.plan((image.height, image.width))
     pixels = resize_for_grid(image, geometry.input_size, engine.loaded.interpolation)
     display = display_image(image, engine.settings.max_display_side)
-    return Prepared(item=item, geometry=geometry, pixels=pixels, display=display)
+    note = small_image_note(geometry.original_size, engine.window)
+    return Prepared(
+        item=item,
+        geometry=geometry,
+        pixels=pixels,
+        display=display,
+        notes=(note,) if note else (),
+    )
 
 
 def score_images(
     items: Iterable[ImageInput], engine: GridEngine, *, workers: int = 2
-) -> Iterator[tuple[ImageInput, ImageResult | HeatmapError]]:
+) -> Iterator[tuple[ImageInput, ImageResult | Exception]]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
     Decoding and resizing run in ``workers`` threads ahead of the network; images with the same
     resized size are stacked into batches of up to ``settings.batch_size``. Results come in
     batch order, which may differ from input order.
+
+    An error is yielded, not raised, so one bad image never stops the others: usually a
+    ``HeatmapError`` (e.g. ``ImageReadError``), but also any unexpected exception of one image
+    or batch (e.g. running out of memory on a huge photo). Closing the generator early (an
+    interrupted caller) cancels the images not yet being read.
 
     Args:
         items: Images to score.
@@ -253,21 +291,22 @@ def score_images(
     pending: OrderedDict[tuple[int, int], list[Prepared]] = OrderedDict()
     held = 0
 
-    def flush(size: tuple[int, int]) -> Iterator[tuple[ImageInput, ImageResult | HeatmapError]]:
+    def flush(size: tuple[int, int]) -> Iterator[tuple[ImageInput, ImageResult | Exception]]:
         nonlocal held
         group = pending.pop(size)
         held -= len(group)
         try:
             grids = engine.score(np.stack([p.pixels for p in group])).numpy()
-        except HeatmapError as error:
+        except Exception as error:  # one failing batch must not stop the others
             for p in group:
                 yield p.item, error
             return
         for p, logits in zip(group, grids, strict=True):
-            yield p.item, ImageResult(p.item, p.geometry, logits, p.display)
+            yield p.item, ImageResult(p.item, p.geometry, logits, p.display, p.notes)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader") as pool:
-        futures: list[tuple[ImageInput, Future[Prepared]]] = []
+    futures: list[tuple[ImageInput, Future[Prepared]]] = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader")
+    try:
         iterator = iter(items)
         exhausted = False
         while True:
@@ -282,7 +321,7 @@ def score_images(
             item, future = futures.pop(0)
             try:
                 prepared = future.result()
-            except HeatmapError as error:
+            except Exception as error:  # a bad image is reported, the others go on
                 yield item, error
                 continue
             size = prepared.geometry.input_size
@@ -294,3 +333,6 @@ def score_images(
                 yield from flush(next(iter(pending)))
         while pending:
             yield from flush(next(iter(pending)))
+    finally:
+        # On an early close (Ctrl-C in the caller) do not decode the images queued ahead.
+        pool.shutdown(wait=True, cancel_futures=True)
