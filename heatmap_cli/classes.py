@@ -8,7 +8,7 @@ import numpy as np
 
 from heatmap_cli.errors import UnknownClassError
 
-__all__ = ["rank_by_peak", "resolve_class", "resolve_classes", "slug"]
+__all__ = ["image_ranking", "rank_by_peak", "resolve_class", "resolve_classes", "slug"]
 
 _MAX_CANDIDATES_SHOWN = 8
 
@@ -77,6 +77,28 @@ def rank_by_peak(probs: np.ndarray, top_k: int) -> list[int]:
     peaks = probs.reshape(probs.shape[0], -1).max(axis=1)
     order = np.argsort(-peaks, kind="stable")
     return [int(i) for i in order[: max(0, top_k)]]
+
+
+def image_ranking(probs: np.ndarray, top_k: int, pooling: str = "max") -> list[tuple[int, float]]:
+    """The image-level ranking: classes by the spatial max (or mean) of their probability.
+
+    Args:
+        probs: ``(K, rows, cols)`` per-cell probabilities.
+        top_k: How many classes to return.
+        pooling: ``"max"`` (where the class is strongest) or ``"mean"`` (how much of the image).
+
+    Returns:
+        ``[(class index, score), ...]``, best first, ties broken by the lower index.
+    """
+    flat = probs.reshape(probs.shape[0], -1)
+    if pooling == "max":
+        scores = flat.max(axis=1)
+    elif pooling == "mean":
+        scores = flat.mean(axis=1)
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}; choose max or mean")
+    order = np.argsort(-scores, kind="stable")[: max(0, top_k)]
+    return [(int(i), float(scores[i])) for i in order]
 
 
 def slug(name: str, max_length: int = 40) -> str:

@@ -156,6 +156,19 @@ def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> Non
     callback=_positive,
     help="Longest side of written overlays (huge images are shown smaller).",
 )
+@click.option(
+    "--scales",
+    metavar="F1,F2,...",
+    help="Average over these factors of --size (e.g. 1,1.5,2), OverFeat-style.",
+)
+@click.option("--flip", is_flag=True, help="Also average each scale's horizontal mirror.")
+@click.option(
+    "--pooling",
+    type=click.Choice(["max", "mean"]),
+    default="max",
+    show_default=True,
+    help="Image-level ranking: spatial max or mean of each class's probability.",
+)
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -178,6 +191,9 @@ def main(
     batch_size: int,
     max_pixels: int | None,
     max_overlay_side: int,
+    scales: str | None,
+    flip: bool,
+    pooling: str,
     skip_existing: bool,
     quiet: bool,
     debug: bool,
@@ -236,6 +252,9 @@ def _run(
     batch_size: int,
     max_pixels: int | None,
     max_overlay_side: int,
+    scales: str | None,
+    flip: bool,
+    pooling: str,
     skip_existing: bool,
     quiet: bool,
     debug: bool,
@@ -244,6 +263,7 @@ def _run(
     from heatmap_cli.errors import ImageReadError
     from heatmap_cli.images import DEFAULT_MAX_PIXELS, find_images, remove_stale_temporaries
     from heatmap_cli.models import load_model
+    from heatmap_cli.multiscale import parse_scales
     from heatmap_cli.outputs import OutputOptions, completion_marker
     from heatmap_cli.pipeline import GridEngine, GridSettings
     from heatmap_cli.render import check_cmap
@@ -251,6 +271,12 @@ def _run(
     if max_pixels is not None and max_pixels <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-pixels")
     check_cmap(cmap)
+    try:
+        scale_factors = parse_scales(scales) if scales is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--scales") from None
+    if flip and scale_factors is None:
+        scale_factors = (1.0,)
     try:
         items = find_images(list(inputs), exclude=[out])
     except ImageReadError as error:  # a missing input or unlistable folder: nothing was done
@@ -276,13 +302,21 @@ def _run(
     for note in engine.notes:
         click.echo(f"Note: {note}", err=True)
     options = OutputOptions(
-        classes=classes, top_k=top_k, scores=scores, cmap=cmap, alpha=alpha, colorbar=colorbar
+        classes=classes,
+        top_k=top_k,
+        scores=scores,
+        cmap=cmap,
+        alpha=alpha,
+        colorbar=colorbar,
+        pooling=pooling,
     )
     remove_stale_temporaries(out)
 
     todo = [i for i in items if not (skip_existing and completion_marker(out, i.stem).exists())]
     skipped = len(items) - len(todo)
-    done, failed = _process(todo, engine, options, out, quiet=quiet, debug=debug)
+    done, failed = _process(
+        todo, engine, options, out, scales=scale_factors, flip=flip, quiet=quiet, debug=debug
+    )
     elapsed = time.perf_counter() - started
     summary = f"{done} done, {failed} failed"
     if skipped:
@@ -315,12 +349,21 @@ def _process(
     options: OutputOptions,
     out: Path,
     *,
+    scales: tuple[float, ...] | None,
+    flip: bool,
     quiet: bool,
     debug: bool,
 ) -> tuple[int, int]:
     from tqdm import tqdm
 
-    from heatmap_cli.outputs import write_outputs
+    from heatmap_cli.classes import image_ranking
+    from heatmap_cli.multiscale import (
+        MultiScaleImage,
+        format_ranking,
+        rank_image,
+        score_images_multiscale,
+    )
+    from heatmap_cli.outputs import softmax, write_outputs
     from heatmap_cli.pipeline import ImageResult, score_images
 
     summary = {
@@ -332,14 +375,31 @@ def _process(
     }
     done = failed = 0
     progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=quiet or len(items) <= 1)
-    results = score_images(items, engine)
+    if scales is None:
+        results = score_images(items, engine)
+    else:
+        results = score_images_multiscale(items, engine, scales, flip=flip)
     try:
         with progress:
             for item, result in results:
                 try:
                     if not isinstance(result, ImageResult):
                         raise result
+                    record = dict(summary)
+                    if isinstance(result, MultiScaleImage):
+                        passes = result.multiscale
+                        ranking = rank_image(passes, options.top_k, options.pooling)
+                        record.update(passes.record())
+                        table = format_ranking(
+                            passes, engine.categories, options.top_k, options.pooling
+                        )
+                    else:
+                        ranking = image_ranking(
+                            softmax(result.logits), options.top_k, options.pooling
+                        )
+                        table = ", ".join(f"{engine.categories[i]} {p:.2f}" for i, p in ranking)
                     write_outputs(
+                        ranking=ranking,
                         out_dir=out,
                         stem=item.stem,
                         source=item.path,
@@ -348,9 +408,12 @@ def _process(
                         display=result.display,
                         categories=engine.categories,
                         options=options,
-                        summary=summary,
+                        summary=record,
                     )
                     done += 1
+                    if not quiet:
+                        separator = "\n" if "\n" in table else " "
+                        progress.write(f"{item.path}:{separator}{table}", file=sys.stdout)
                     if not quiet:
                         for note in result.notes:
                             progress.write(f"Warning: {item.path}: {note}", file=sys.stderr)

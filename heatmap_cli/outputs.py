@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_cli.classes import rank_by_peak, slug
+from heatmap_cli.classes import image_ranking, rank_by_peak, slug
 from heatmap_cli.errors import OutputWriteError
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.images import output_path, write_json, write_npz, write_png
@@ -45,6 +45,7 @@ class OutputOptions:
         alpha: Opacity of the heat map at full score, 0..1.
         colorbar: Append a colour bar to each overlay.
         sheet: Write a contact sheet when several classes are rendered.
+        pooling: How the json's image-level ``top_k`` pools each class map: ``"max"``/``"mean"``.
     """
 
     classes: Sequence[int] = ()
@@ -54,6 +55,7 @@ class OutputOptions:
     alpha: float = 0.5
     colorbar: bool = False
     sheet: bool = True
+    pooling: str = "max"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -86,6 +88,7 @@ def write_outputs(
     categories: Sequence[str],
     options: OutputOptions,
     summary: dict[str, object],
+    ranking: Sequence[tuple[int, float]] | None = None,
 ) -> list[Path]:
     """Renders and writes every output of one image.
 
@@ -100,6 +103,8 @@ def write_outputs(
         categories: The ``K`` class names.
         options: What to render and how.
         summary: Extra json fields (model name, method, stride...).
+        ranking: The image-level ``(index, score)`` ranking for the json; None ranks this grid
+            by ``options.pooling`` (multi-scale runs pass their own, pooled per pass).
 
     Returns:
         The paths written, the json last.
@@ -126,6 +131,7 @@ def write_outputs(
             categories=categories,
             options=options,
             summary=summary,
+            ranking=ranking,
         )
     except BaseException:  # KeyboardInterrupt included: leave no partial set of outputs
         for path in written:
@@ -147,6 +153,7 @@ def _write_all(
     categories: Sequence[str],
     options: OutputOptions,
     summary: dict[str, object],
+    ranking: Sequence[tuple[int, float]] | None,
 ) -> None:
     """Implements :func:`write_outputs`, appending each file to ``written`` once it exists."""
     probs = softmax(logits)
@@ -212,11 +219,9 @@ def _write_all(
     )
     written.append(npz_path)
 
-    image_peaks = probs.reshape(probs.shape[0], -1).max(axis=1)
-    ranking = [
-        {"index": i, "name": categories[i], "score": float(image_peaks[i])}
-        for i in rank_by_peak(probs, options.top_k)
-    ]
+    if ranking is None:
+        ranking = image_ranking(probs, options.top_k, options.pooling)
+    ranked = [{"index": i, "name": categories[i], "score": score} for i, score in ranking]
     rows, cols = geometry.shape
     record = {
         "image": str(source),
@@ -228,8 +233,8 @@ def _write_all(
         "grid": {"rows": rows, "cols": cols},
         "scores": options.scores,
         "classes": class_records,
-        "top_k": ranking,
-        "top_k_pooling": "max",
+        "top_k": ranked,
+        "top_k_pooling": options.pooling,
     }
     json_path = completion_marker(out_dir, stem)
     write_json(json_path, record)

@@ -845,3 +845,64 @@ def test_stale_temporaries_are_removed_at_start(tiny, tmp_path: Path) -> None:
 
     assert result.exit_code == 0
     assert not stale.exists()
+
+
+# --- Multi-scale and flip (issue 8) ------------------------------------------------------------
+
+
+def test_single_scale_without_flip_equals_the_plain_run(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(90, 60))
+    plain = run(photo, "--out", tmp_path / "plain", "--size", "64", "-c", "2")
+    scaled = run(photo, "--out", tmp_path / "scaled", "--size", "64", "-c", "2", "--scales", "1")
+    assert plain.exit_code == scaled.exit_code == 0, scaled.output
+    a = np.load(tmp_path / "plain" / "photo.npz")
+    b = np.load(tmp_path / "scaled" / "photo.npz")
+    np.testing.assert_array_equal(a["logits"], b["logits"])
+    np.testing.assert_array_equal(a["centers"], b["centers"])
+    record = json.loads((tmp_path / "scaled" / "photo.json").read_text(encoding="utf-8"))
+    assert record["multiscale"]["scales"] == [1.0]
+    assert record["multiscale"]["flip"] is False
+
+
+def test_scales_and_flip_are_recorded_and_ranked(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(90, 60))
+    out = tmp_path / "out"
+    result = run(photo, "--out", out, "--size", "64", "--scales", "1,1.5", "--flip", "-k", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "photo.json").read_text(encoding="utf-8"))
+    passes = record["multiscale"]["passes"]
+    assert [(p["scale"], p["flip"]) for p in passes] == [
+        (1.0, False),
+        (1.0, True),
+        (1.5, False),
+        (1.5, True),
+    ]
+    assert len(record["top_k"]) == 2
+    assert record["top_k_pooling"] == "max"
+    # the averaged grid stays on the first scale's geometry, as the npz says
+    arrays = np.load(out / "photo.npz")
+    assert tuple(arrays["input_size"]) == (64, 96)
+    np.testing.assert_allclose(arrays["probs"].sum(axis=0), 1, rtol=1e-5)
+    # and the compact ranking table reaches stdout
+    assert "photo.png:" in result.stdout
+    assert CATEGORIES[record["top_k"][0]["index"]] in result.stdout
+
+
+def test_mean_pooling_ranks_by_spatial_mean(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(90, 60))
+    out = tmp_path / "out"
+    result = run(photo, "--out", out, "--size", "64", "--pooling", "mean", "-k", "6")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "photo.json").read_text(encoding="utf-8"))
+    probs = np.load(out / "photo.npz")["probs"]
+    expected = probs.reshape(len(CATEGORIES), -1).mean(axis=1)
+    assert record["top_k_pooling"] == "mean"
+    assert [r["index"] for r in record["top_k"]] == list(np.argsort(-expected, kind="stable"))
+    assert [r["score"] for r in record["top_k"]] == pytest.approx(sorted(expected, reverse=True))
+
+
+def test_bad_scales_are_a_usage_error(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png")
+    result = run(photo, "--out", tmp_path / "out", "--scales", "1,x")
+    assert result.exit_code == 2
+    assert "Error: Invalid value for --scales: scale 'x' is not a number" in result.stderr
