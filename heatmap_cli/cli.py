@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -43,6 +44,36 @@ def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> Non
         click.echo(f"{entry.name:<24} {entry.family:<12} {entry.weights:<28} {cached}".rstrip())
     click.echo("Any timm model: timm/NAME (e.g. timm/resnet50.a1_in1k); see timm.list_models().")
     ctx.exit(0)
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """The command's parsed options, one field per click parameter (see ``main``)."""
+
+    inputs: tuple[Path, ...]
+    class_specs: tuple[str, ...]
+    top_k: int
+    model: str
+    weights: Path | None
+    size: int
+    stride: int | None
+    method: str
+    scores: str
+    device: str
+    fp32: bool
+    alpha: float
+    cmap: str
+    colorbar: bool
+    out: Path
+    batch_size: int
+    max_pixels: int | None
+    max_overlay_side: int
+    scales: str | None
+    flip: bool
+    pooling: str
+    skip_existing: bool
+    quiet: bool
+    debug: bool
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -172,32 +203,7 @@ def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(
-    inputs: tuple[Path, ...],
-    class_specs: tuple[str, ...],
-    top_k: int,
-    model: str,
-    weights: Path | None,
-    size: int,
-    stride: int | None,
-    method: str,
-    scores: str,
-    device: str,
-    fp32: bool,
-    alpha: float,
-    cmap: str,
-    colorbar: bool,
-    out: Path,
-    batch_size: int,
-    max_pixels: int | None,
-    max_overlay_side: int,
-    scales: str | None,
-    flip: bool,
-    pooling: str,
-    skip_existing: bool,
-    quiet: bool,
-    debug: bool,
-) -> None:
+def main(**options: Any) -> None:
     r"""Render where a pretrained classifier sees each class in images or folders of images.
 
     \b
@@ -206,12 +212,13 @@ def main(
       heatmap photo.jpg --stride 16
       heatmap photos/ --out maps/
     """
-    options = dict(locals())
     from heatmap_cli import errors
     from heatmap_cli.render import RenderError
 
+    command = CommandOptions(**options)
+    debug = command.debug
     try:
-        _run(**options)
+        _run(command)
     except click.ClickException:
         raise
     except (
@@ -233,32 +240,7 @@ def _fail(error: BaseException, status: int, debug: bool) -> NoReturn:
     sys.exit(status)
 
 
-def _run(
-    inputs: tuple[Path, ...],
-    class_specs: tuple[str, ...],
-    top_k: int,
-    model: str,
-    weights: Path | None,
-    size: int,
-    stride: int | None,
-    method: str,
-    scores: str,
-    device: str,
-    fp32: bool,
-    alpha: float,
-    cmap: str,
-    colorbar: bool,
-    out: Path,
-    batch_size: int,
-    max_pixels: int | None,
-    max_overlay_side: int,
-    scales: str | None,
-    flip: bool,
-    pooling: str,
-    skip_existing: bool,
-    quiet: bool,
-    debug: bool,
-) -> None:
+def _run(options: CommandOptions) -> None:
     from heatmap_cli.classes import resolve_classes
     from heatmap_cli.errors import ImageReadError
     from heatmap_cli.images import DEFAULT_MAX_PIXELS, find_images, remove_stale_temporaries
@@ -268,17 +250,18 @@ def _run(
     from heatmap_cli.pipeline import GridEngine, GridSettings
     from heatmap_cli.render import check_cmap
 
-    if max_pixels is not None and max_pixels <= 0:
+    out = options.out
+    if options.max_pixels is not None and options.max_pixels <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-pixels")
-    check_cmap(cmap)
+    check_cmap(options.cmap)
     try:
-        scale_factors = parse_scales(scales) if scales is not None else None
+        scales = parse_scales(options.scales) if options.scales is not None else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--scales") from None
-    if flip and scale_factors is None:
-        scale_factors = (1.0,)
+    if options.flip and scales is None:
+        scales = (1.0,)
     try:
-        items = find_images(list(inputs), exclude=[out])
+        items = find_images(list(options.inputs), exclude=[out])
     except ImageReadError as error:  # a missing input or unlistable folder: nothing was done
         raise click.UsageError(str(error)) from None
     if not items:
@@ -286,42 +269,50 @@ def _run(
     _check_writable(out)
 
     started = time.perf_counter()
-    loaded = load_model(model, weights=weights)
-    classes = resolve_classes(class_specs, loaded.categories)
+    loaded = load_model(options.model, weights=options.weights)
     settings = GridSettings(
-        size=size,
-        stride=stride,
-        method=method,
-        device=device,
-        fp32=fp32,
-        batch_size=batch_size,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-        max_display_side=max_overlay_side,
+        size=options.size,
+        stride=options.stride,
+        method=options.method,
+        device=options.device,
+        fp32=options.fp32,
+        batch_size=options.batch_size,
+        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
+        max_display_side=options.max_overlay_side,
+    )
+    rendering = OutputOptions(
+        classes=resolve_classes(options.class_specs, loaded.categories),
+        top_k=options.top_k,
+        scores=options.scores,
+        cmap=options.cmap,
+        alpha=options.alpha,
+        colorbar=options.colorbar,
+        pooling=options.pooling,
     )
     engine = GridEngine(loaded, settings)
     for note in engine.notes:
         click.echo(f"Note: {note}", err=True)
-    options = OutputOptions(
-        classes=classes,
-        top_k=top_k,
-        scores=scores,
-        cmap=cmap,
-        alpha=alpha,
-        colorbar=colorbar,
-        pooling=pooling,
-    )
     remove_stale_temporaries(out)
 
-    todo = [i for i in items if not (skip_existing and completion_marker(out, i.stem).exists())]
+    todo = [
+        i for i in items if not (options.skip_existing and completion_marker(out, i.stem).exists())
+    ]
     skipped = len(items) - len(todo)
     done, failed = _process(
-        todo, engine, options, out, scales=scale_factors, flip=flip, quiet=quiet, debug=debug
+        todo,
+        engine,
+        rendering,
+        out,
+        scales=scales,
+        flip=options.flip,
+        quiet=options.quiet,
+        debug=options.debug,
     )
     elapsed = time.perf_counter() - started
     summary = f"{done} done, {failed} failed"
     if skipped:
         summary += f", {skipped} skipped (already done)"
-    if not quiet or failed:
+    if not options.quiet or failed:
         click.echo(
             f"{summary} in {elapsed:.1f}s ({loaded.name}, {engine.method}, stride {engine.stride}, "
             f"{engine.device.type}); outputs in {out}",

@@ -15,7 +15,7 @@ call already wrote are removed again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,124 +118,106 @@ def write_outputs(
         marker.unlink(missing_ok=True)
     except OSError as error:
         raise OutputWriteError(f"cannot replace {marker}: {error.strerror or error}") from error
+    with _removed_on_failure() as written:
+        probs = softmax(logits)
+        centers = geometry.centers()
+        shown = probs if options.scores == "probs" else logits
+        display_scale = np.array(
+            [
+                display.shape[1] / geometry.original_size[1],
+                display.shape[0] / geometry.original_size[0],
+            ],
+            dtype=np.float32,
+        )
+        chosen = list(options.classes) or rank_by_peak(probs, options.top_k)
+
+        overlays: list[np.ndarray] = []
+        class_records: list[dict[str, object]] = []
+        for index in chosen:
+            name = categories[index]
+            peak, x, y = peak_location(probs[index], centers)
+            label = f"{name}  p={peak:.2f}"
+            # Probabilities are drawn from 0 to the class's own peak, so a class that shares its
+            # probability with look-alikes (tabby / tiger cat) still shows where it is strongest;
+            # the floor keeps a class the model barely sees from being painted as hot.
+            vmin, vmax = (
+                (0.0, max(peak, PROBABILITY_SCALE_FLOOR))
+                if options.scores == "probs"
+                else (None, None)
+            )
+            image = render_class_overlay(
+                display,
+                shown[index],
+                centers * display_scale,
+                label=label,
+                cmap=options.cmap,
+                alpha=options.alpha,
+                vmin=vmin,
+                vmax=vmax,
+                colorbar=options.colorbar,
+                colorbar_label="probability" if options.scores == "probs" else "logit",
+            )
+            path = output_path(out_dir, stem, f"_{index}_{slug(name)}.png")
+            write_png(path, image)
+            written.append(path)
+            overlays.append(image)
+            class_records.append(
+                {"index": index, "name": name, "peak": peak, "x": x, "y": y, "overlay": path.name}
+            )
+
+        if options.sheet and len(overlays) > 1:
+            labels = ["photo", *(f"{r['name']} {r['peak']:.2f}" for r in class_records)]
+            sheet_path = output_path(out_dir, stem, "_sheet.png")
+            write_png(sheet_path, contact_sheet([display, *overlays], labels))
+            written.append(sheet_path)
+
+        npz_path = output_path(out_dir, stem, ".npz")
+        write_npz(
+            npz_path,
+            logits=logits.astype(np.float32),
+            probs=probs,
+            centers=centers,
+            window=geometry.window_in_original(),
+            stride=np.int64(geometry.stride),
+            input_size=np.array(geometry.input_size, dtype=np.int64),
+            classes=np.array(categories, dtype=str),
+        )
+        written.append(npz_path)
+
+        if ranking is None:
+            ranking = image_ranking(probs, options.top_k, options.pooling)
+        ranked = [{"index": i, "name": categories[i], "score": score} for i, score in ranking]
+        rows, cols = geometry.shape
+        record = {
+            "image": str(source),
+            **summary,
+            "original_size": {
+                "width": geometry.original_size[1],
+                "height": geometry.original_size[0],
+            },
+            "input_size": {"width": geometry.input_size[1], "height": geometry.input_size[0]},
+            "window": {"width": geometry.window[1], "height": geometry.window[0]},
+            "stride": geometry.stride,
+            "grid": {"rows": rows, "cols": cols},
+            "scores": options.scores,
+            "classes": class_records,
+            "top_k": ranked,
+            "top_k_pooling": options.pooling,
+        }
+        json_path = completion_marker(out_dir, stem)
+        write_json(json_path, record)
+        written.append(json_path)
+    return written
+
+
+@contextlib.contextmanager
+def _removed_on_failure() -> Iterator[list[Path]]:
+    """Yields a list of written paths; on any exception (Ctrl-C too) deletes them all."""
     written: list[Path] = []
     try:
-        _write_all(
-            written,
-            out_dir=out_dir,
-            stem=stem,
-            source=source,
-            logits=logits,
-            geometry=geometry,
-            display=display,
-            categories=categories,
-            options=options,
-            summary=summary,
-            ranking=ranking,
-        )
-    except BaseException:  # KeyboardInterrupt included: leave no partial set of outputs
+        yield written
+    except BaseException:  # leave no partial set of one image's outputs
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
-    return written
-
-
-def _write_all(
-    written: list[Path],
-    *,
-    out_dir: Path,
-    stem: Path,
-    source: Path,
-    logits: np.ndarray,
-    geometry: GridGeometry,
-    display: np.ndarray,
-    categories: Sequence[str],
-    options: OutputOptions,
-    summary: dict[str, object],
-    ranking: Sequence[tuple[int, float]] | None,
-) -> None:
-    """Implements :func:`write_outputs`, appending each file to ``written`` once it exists."""
-    probs = softmax(logits)
-    centers = geometry.centers()
-    shown = probs if options.scores == "probs" else logits
-    display_scale = np.array(
-        [
-            display.shape[1] / geometry.original_size[1],
-            display.shape[0] / geometry.original_size[0],
-        ],
-        dtype=np.float32,
-    )
-    chosen = list(options.classes) or rank_by_peak(probs, options.top_k)
-
-    overlays: list[np.ndarray] = []
-    class_records: list[dict[str, object]] = []
-    for index in chosen:
-        name = categories[index]
-        peak, x, y = peak_location(probs[index], centers)
-        label = f"{name}  p={peak:.2f}"
-        # Probabilities are drawn from 0 to the class's own peak, so a class that shares its
-        # probability with look-alikes (tabby / tiger cat) still shows where it is strongest;
-        # the floor keeps a class the model barely sees from being painted as hot.
-        vmin, vmax = (
-            (0.0, max(peak, PROBABILITY_SCALE_FLOOR)) if options.scores == "probs" else (None, None)
-        )
-        image = render_class_overlay(
-            display,
-            shown[index],
-            centers * display_scale,
-            label=label,
-            cmap=options.cmap,
-            alpha=options.alpha,
-            vmin=vmin,
-            vmax=vmax,
-            colorbar=options.colorbar,
-            colorbar_label="probability" if options.scores == "probs" else "logit",
-        )
-        path = output_path(out_dir, stem, f"_{index}_{slug(name)}.png")
-        write_png(path, image)
-        written.append(path)
-        overlays.append(image)
-        class_records.append(
-            {"index": index, "name": name, "peak": peak, "x": x, "y": y, "overlay": path.name}
-        )
-
-    if options.sheet and len(overlays) > 1:
-        labels = ["photo", *(f"{r['name']} {r['peak']:.2f}" for r in class_records)]
-        sheet_path = output_path(out_dir, stem, "_sheet.png")
-        write_png(sheet_path, contact_sheet([display, *overlays], labels))
-        written.append(sheet_path)
-
-    npz_path = output_path(out_dir, stem, ".npz")
-    write_npz(
-        npz_path,
-        logits=logits.astype(np.float32),
-        probs=probs,
-        centers=centers,
-        window=geometry.window_in_original(),
-        stride=np.int64(geometry.stride),
-        input_size=np.array(geometry.input_size, dtype=np.int64),
-        classes=np.array(categories, dtype=str),
-    )
-    written.append(npz_path)
-
-    if ranking is None:
-        ranking = image_ranking(probs, options.top_k, options.pooling)
-    ranked = [{"index": i, "name": categories[i], "score": score} for i, score in ranking]
-    rows, cols = geometry.shape
-    record = {
-        "image": str(source),
-        **summary,
-        "original_size": {"width": geometry.original_size[1], "height": geometry.original_size[0]},
-        "input_size": {"width": geometry.input_size[1], "height": geometry.input_size[0]},
-        "window": {"width": geometry.window[1], "height": geometry.window[0]},
-        "stride": geometry.stride,
-        "grid": {"rows": rows, "cols": cols},
-        "scores": options.scores,
-        "classes": class_records,
-        "top_k": ranked,
-        "top_k_pooling": options.pooling,
-    }
-    json_path = completion_marker(out_dir, stem)
-    write_json(json_path, record)
-    written.append(json_path)
