@@ -68,6 +68,8 @@ class CommandOptions:
     batch_size: int
     max_pixels: int | None
     max_overlay_side: int
+    tile: int | None
+    memory_budget: float | None
     scales: str | None
     flip: bool
     pooling: str
@@ -188,6 +190,20 @@ class CommandOptions:
     help="Longest side of written overlays (huge images are shown smaller).",
 )
 @click.option(
+    "--tile",
+    type=int,
+    callback=_positive,
+    metavar="PIXELS",
+    help="Evaluate in tiles of at most this side (exact, bounded memory). Default: automatic.",
+)
+@click.option(
+    "--memory-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="GIB",
+    help="Activation memory of one pass before tiling starts "
+    "(default: 4 GiB or half the free RAM; 70% of free CUDA memory).",
+)
+@click.option(
     "--scales",
     metavar="F1,F2,...",
     help="Average over these factors of --size (e.g. 1,1.5,2), OverFeat-style.",
@@ -279,6 +295,8 @@ def _run(options: CommandOptions) -> None:
         batch_size=options.batch_size,
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
+        tile=options.tile,
+        memory_budget=None if options.memory_budget is None else int(options.memory_budget * 2**30),
     )
     rendering = OutputOptions(
         classes=resolve_classes(options.class_specs, loaded.categories),

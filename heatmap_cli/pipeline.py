@@ -27,10 +27,18 @@ from heatmap_cli.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 from heatmap_cli.surgery import convolutionalize
+from heatmap_cli.tiling import (
+    choose_tile,
+    default_memory_budget,
+    minimum_tile,
+    tiled_score_grid,
+)
 
 __all__ = ["GridEngine", "GridSettings", "ImageResult", "Prepared", "score_images"]
 
 METHOD_CHOICES = ("auto", "dense", "dilate", "stitch", "crops")
+# Methods whose network is one convolutional pass that tiles exactly.
+_TILEABLE_METHODS = ("dense",)
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
@@ -48,6 +56,10 @@ class GridSettings:
         batch_size: Images per forward pass (and windows per pass for crops).
         max_pixels: Decompression-bomb limit for decoded images; None disables it.
         max_display_side: Longest side of the photo kept for overlays.
+        tile: Evaluate in tiles of at most this many pixels per side (exact); None tiles only
+            when the untiled pass would not fit ``memory_budget``.
+        memory_budget: Activation memory allowed for one pass, in bytes; None picks a default
+            for the device (``tiling.default_memory_budget``).
     """
 
     size: int = 384
@@ -58,6 +70,8 @@ class GridSettings:
     batch_size: int = 8
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_display_side: int = 4096
+    tile: int | None = None
+    memory_budget: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,6 +119,7 @@ class GridEngine:
         self.device = resolve_device(settings.device)
         self.window = loaded.input_size
         self.notes: list[str] = []
+        self._tiles: dict[tuple[int, int], int | None] = {}
         model = loaded.model.eval().to(self.device)
         self.network: torch.nn.Module = model
         self.native_stride: int | None = None
@@ -123,6 +138,13 @@ class GridEngine:
                 raise
             self.notes.append(f"{error} Falling back to method 'crops'.")
         self.method, self.stride = self._choose_method()
+        if settings.tile is not None and self.method in _TILEABLE_METHODS:
+            smallest = minimum_tile(self.network)
+            if settings.tile < smallest:
+                raise GeometryError(
+                    f"--tile {settings.tile} is too small for {loaded.name}: the minimum is "
+                    f"{smallest} pixels (each cell's receptive field must fit in a tile)"
+                )
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
 
@@ -166,6 +188,9 @@ class GridEngine:
         Returns:
             float32 ``(N, K, rows, cols)`` logits on the CPU.
         """
+        tile = self.tile_for((pixels.shape[1], pixels.shape[2]))
+        if tile is not None:
+            return torch.cat([self._score_tiled(image, tile) for image in pixels])
         x = normalize(pixels, self.loaded.mean, self.loaded.std, device=self.device)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -177,6 +202,39 @@ class GridEngine:
                 method=self.method,
                 input_size=self.window,
                 batch_size=self.settings.batch_size,
+            )
+        return grid.float().cpu()
+
+    def tile_for(self, input_size: tuple[int, int]) -> int | None:
+        """The tile side for images of ``input_size``, or None to evaluate them whole.
+
+        Explicit ``--tile`` wins; otherwise tiles are used only when the estimated activation
+        memory of one pass exceeds the budget. Crops never need tiles (one window per pass).
+        """
+        if self.method == "crops" or self.method not in _TILEABLE_METHODS:
+            return None
+        if input_size not in self._tiles:
+            if self.settings.tile is not None:
+                tile: int | None = self.settings.tile
+                if tile >= max(input_size):
+                    tile = None
+            else:
+                budget = self.settings.memory_budget or default_memory_budget(self.device)
+                tile = choose_tile(self.network, input_size, budget)
+            self._tiles[input_size] = tile
+        return self._tiles[input_size]
+
+    def _score_tiled(self, pixels: np.ndarray, tile: int) -> torch.Tensor:
+        """One image in tiles: uint8 ``(H, W, 3)`` -> float32 ``(1, K, rows, cols)`` on the CPU."""
+        with self._autocast():
+            grid = tiled_score_grid(
+                self.network,
+                pixels,
+                mean=self.loaded.mean,
+                std=self.loaded.std,
+                tile=tile,
+                device=self.device,
+                channels_last=True,
             )
         return grid.float().cpu()
 

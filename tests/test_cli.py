@@ -906,3 +906,37 @@ def test_bad_scales_are_a_usage_error(tiny, tmp_path: Path) -> None:
     result = run(photo, "--out", tmp_path / "out", "--scales", "1,x")
     assert result.exit_code == 2
     assert "Error: Invalid value for --scales: scale 'x' is not a number" in result.stderr
+
+
+# --- Tiling (issue 6) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", [48, 72, 100])
+def test_tiled_run_equals_the_untiled_run(tiny, tmp_path: Path, tile: int) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(300, 200))
+    whole = run(photo, "--out", tmp_path / "whole", "--size", "200", "-c", "1")
+    tiled = run(photo, "--out", tmp_path / "tiled", "--size", "200", "-c", "1", "--tile", tile)
+    assert whole.exit_code == tiled.exit_code == 0, tiled.output
+    a = np.load(tmp_path / "whole" / "photo.npz")["logits"]
+    b = np.load(tmp_path / "tiled" / "photo.npz")["logits"]
+    assert a.shape == b.shape == (6, 22, 35)  # 200 -> 32 + 8*21; 300 -> 304 = 32 + 8*34
+    assert np.abs(a - b).max() <= 1e-3 * (a.max() - a.min())
+
+
+def test_memory_budget_too_small_for_one_pass_tiles_automatically(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(300, 200))
+    whole = run(photo, "--out", tmp_path / "whole", "--size", "200", "-c", "1")
+    tight = run(
+        photo, "--out", tmp_path / "tight", "--size", "200", "-c", "1", "--memory-budget", "0.0003"
+    )
+    assert whole.exit_code == tight.exit_code == 0, tight.output
+    a = np.load(tmp_path / "whole" / "photo.npz")["logits"]
+    b = np.load(tmp_path / "tight" / "photo.npz")["logits"]
+    assert np.abs(a - b).max() <= 1e-3 * (a.max() - a.min())
+
+
+def test_too_small_tile_is_a_usage_error(tiny, tmp_path: Path) -> None:
+    photo = save_photo(tmp_path / "photo.png")
+    result = run(photo, "--out", tmp_path / "out", "--tile", "16")
+    assert result.exit_code == 2
+    assert "Error: --tile 16 is too small for tiny: the minimum is 32 pixels" in result.stderr
