@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from heatmap_cli.dilation import StitchedNet, dilate
 from heatmap_cli.errors import ConversionError, GeometryError
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.grid import check_stride, score_grid
+from heatmap_cli.grid import check_stride, covered_input, score_grid
 from heatmap_cli.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
-from heatmap_cli.surgery import convolutionalize
+from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
 from heatmap_cli.tiling import (
     choose_tile,
     default_memory_budget,
@@ -38,7 +39,7 @@ __all__ = ["GridEngine", "GridSettings", "ImageResult", "Prepared", "score_image
 
 METHOD_CHOICES = ("auto", "dense", "dilate", "stitch", "crops")
 # Methods whose network is one convolutional pass that tiles exactly.
-_TILEABLE_METHODS = ("dense",)
+_TILEABLE_METHODS = ("dense", "dilate", "stitch")
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
@@ -138,6 +139,8 @@ class GridEngine:
                 raise
             self.notes.append(f"{error} Falling back to method 'crops'.")
         self.method, self.stride = self._choose_method()
+        if self.method in _TILEABLE_METHODS:
+            self.network = self._grid_network(self.network)
         if settings.tile is not None and self.method in _TILEABLE_METHODS:
             smallest = minimum_tile(self.network)
             if settings.tile < smallest:
@@ -147,6 +150,23 @@ class GridEngine:
                 )
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
+
+    def _grid_network(self, converted: ConvolutionalizedNet) -> ConvolutionalizedNet:
+        """The one network that computes this engine's grid: native, dilated or stitched."""
+        if self.method == "dense":
+            return converted
+        if self.method == "stitch":
+            return StitchedNet(
+                converted,
+                factor=converted.stride // self.stride,
+                reason="method 'stitch' was asked for",
+                batch_size=self.settings.batch_size,
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            network = dilate(converted, self.stride)
+        self.notes.extend(str(w.message) for w in caught if w.category is UserWarning)
+        return network
 
     def _choose_method(self) -> tuple[str, int]:
         requested, stride = self.settings.method, self.settings.stride
@@ -194,15 +214,18 @@ class GridEngine:
         x = normalize(pixels, self.loaded.mean, self.loaded.std, device=self.device)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            grid = score_grid(
-                self.network,
-                x,
-                stride=self.stride,
-                method=self.method,
-                input_size=self.window,
-                batch_size=self.settings.batch_size,
-            )
+        with self._autocast(), torch.inference_mode():
+            if self.method == "crops":
+                grid = score_grid(
+                    self.network,
+                    x,
+                    stride=self.stride,
+                    method="crops",
+                    input_size=self.window,
+                    batch_size=self.settings.batch_size,
+                )
+            else:
+                grid = self.network(covered_input(x, self.window, self.stride))
         return grid.float().cpu()
 
     def tile_for(self, input_size: tuple[int, int]) -> int | None:

@@ -940,3 +940,16 @@ def test_too_small_tile_is_a_usage_error(tiny, tmp_path: Path) -> None:
     result = run(photo, "--out", tmp_path / "out", "--tile", "16")
     assert result.exit_code == 2
     assert "Error: --tile 16 is too small for tiny: the minimum is 32 pixels" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["dilate", "stitch"])
+def test_tiles_also_hold_at_a_finer_stride(tiny, tmp_path: Path, method: str) -> None:
+    photo = save_photo(tmp_path / "photo.png", size=(300, 200))
+    common = ("--size", "200", "-c", "1", "--stride", "4", "--method", method)
+    whole = run(photo, "--out", tmp_path / "whole", *common)
+    tiled = run(photo, "--out", tmp_path / "tiled", *common, "--tile", "64")
+    assert whole.exit_code == tiled.exit_code == 0, tiled.output
+    a = np.load(tmp_path / "whole" / "photo.npz")["logits"]
+    b = np.load(tmp_path / "tiled" / "photo.npz")["logits"]
+    assert a.shape == b.shape == (6, 43, 68)  # stride 4: 200 = 32 + 4*42, 300 = 32 + 4*67
+    assert np.abs(a - b).max() <= 1e-3 * (a.max() - a.min())
