@@ -17,6 +17,7 @@ from torch import nn
 from heatmap_cli.errors import GeometryError
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.grid import covered_input, score_grid
+from heatmap_cli.lean import BandedSameConv2d, lean_copy
 from heatmap_cli.preprocess import normalize
 from heatmap_cli.surgery import convolutionalize
 from heatmap_cli.tiling import (
@@ -443,6 +444,64 @@ def test_tiled_equals_untiled_default_architecture() -> None:
         reference = net(normalize(pixels, (0.5,) * 3, (0.5,) * 3))
     assert len(plan_tiles(net, pixels.shape[:2], 1184, field=field).tiles) == 2
     assert_same_grid(grid, reference, 1e-3)
+
+
+# --- Lean copy for tiles -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "groups"),
+    [(3, 2, 1, 1), (5, 2, 1, 1), (3, 2, 1, 4), (3, 1, 1, 1), (4, 2, 1, 1), (3, 2, 2, 1)],
+)
+@pytest.mark.parametrize("band_bytes", [1, 10**9])
+def test_banded_same_conv_equals_conv2d_same(
+    monkeypatch: pytest.MonkeyPatch,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    groups: int,
+    band_bytes: int,
+) -> None:
+    """Bands of rows, each padded on its own, give Conv2dSame's output bit for bit."""
+    monkeypatch.setattr(BandedSameConv2d, "band_bytes", band_bytes)
+    torch.manual_seed(0)
+    same = Conv2dSame(
+        4, 8 if groups == 1 else 4, kernel, stride=stride, dilation=dilation, groups=groups
+    ).eval()
+    banded = BandedSameConv2d(4, same.out_channels, kernel, stride, 0, dilation, groups)
+    banded.load_state_dict(same.state_dict())
+    for height, width in [(7, 9), (8, 16), (15, 31), (16, 16), (33, 9), (64, 31)]:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 4, height, width).contiguous(memory_format=layout)
+            with torch.inference_mode():
+                expected, got = same(x), banded(x)
+            assert torch.equal(got, expected)
+            assert got.is_contiguous(memory_format=layout) or min(got.shape[2:]) == 1
+
+
+def test_lean_copy_of_the_default_architecture() -> None:
+    """Batch norms folded, Conv2dSame banded, the input released; the caller's net untouched."""
+    import timm
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(timm.create_model("tf_efficientnet_lite0", pretrained=False))
+    net = convolutionalize(model, (224, 224))
+    state = {name: value.clone() for name, value in net.state_dict().items()}
+    lean = lean_copy(net)
+    assert lean is not None
+    kinds = {type(module) for module in lean.modules()}
+    assert BatchNormAct2d not in kinds
+    assert Conv2dSame not in kinds
+    assert BandedSameConv2d in kinds
+    assert all(torch.equal(state[name], value) for name, value in net.state_dict().items())
+    assert any(isinstance(module, BatchNormAct2d) for module in net.modules())
+    x = torch.randn(1, 3, 224 + 32 * 3, 224 + 32 * 2)
+    holder = [x.clone()]
+    with torch.inference_mode():
+        reference, got = net(x), lean(holder)
+    assert holder == []
+    assert_same_grid(got, reference, 1e-5)
 
 
 # --- Memory ------------------------------------------------------------------------------------
