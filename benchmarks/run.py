@@ -172,6 +172,9 @@ class GridCase:
             ``stitch``; ``crops`` at each.
         batch: Images per call.
         device: Where it runs.
+        proposals: Extra ``dense`` rows at the native stride: label -> a context manager
+            factory entered around the ``score_grid`` call (a change to the library, tried
+            here before it is made there).
     """
 
     name: str
@@ -181,6 +184,9 @@ class GridCase:
     strides: tuple[int, ...]
     batch: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    proposals: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = field(
+        default_factory=dict
+    )
 
 
 def grid_methods(case: GridCase, stride: int, x: torch.Tensor, options: Options) -> list[Method]:
@@ -213,6 +219,18 @@ def grid_methods(case: GridCase, stride: int, x: torch.Tensor, options: Options)
         methods.append(
             Method(label, call, flops, images=x.shape[0], warmup=warmup, budget_s=options.budget_s)
         )
+        if label == "dense":
+            for name, context in case.proposals.items():
+
+                def proposed(
+                    context: Callable[[], contextlib.AbstractContextManager[None]] = context,
+                    dense: Callable[[], torch.Tensor] = call,
+                ) -> torch.Tensor:
+                    with context():
+                        return dense()
+
+                count = count_flops(proposed)
+                methods.append(Method(f"dense, {name}", proposed, count, budget_s=options.budget_s))
     return methods
 
 
@@ -311,7 +329,10 @@ def convert(model: nn.Module, window: tuple[int, int] = WINDOW) -> Convolutional
 
 def case_vgg16(options: Options, peak: MatmulPeak, report: Report) -> None:
     net = convert(random_torchvision("vgg16"))
-    case = GridCase("vgg16-384", "vgg16", net, (384, 384), (net.stride, net.stride // 2))
+    proposals = {"head as unfold+matmul (proposal)": unfold_head_patch}
+    case = GridCase(
+        "vgg16-384", "vgg16", net, (384, 384), (net.stride, net.stride // 2), proposals=proposals
+    )
     run_grid_case(case, options, peak, report)
     check_vgg16_targets(report)
 
@@ -352,6 +373,13 @@ def check_vgg16_targets(report: Report) -> None:
             dense.peak_fraction >= TARGET_PEAK_FRACTION,
         )
     )
+    for method, row in rows.items():
+        if method.startswith("dense, "):
+            speedup = crops.median_s / row.median_s
+            report.notes.append(
+                f"vgg16-384 stride 32, {method.removeprefix('dense, ')}: {speedup:.1f}x faster "
+                f"than crops, {row.peak_fraction:.0%} of the matmul peak (not the library yet)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,6 +577,11 @@ def linear_as_unfold_matmul(
     if bias is not None:
         out += bias[:, None]
     return out.reshape(n, weight.shape[0], height - vh + 1, width - vw + 1)
+
+
+def unfold_head_patch() -> contextlib.AbstractContextManager[None]:
+    """Runs converted heads through :func:`linear_as_unfold_matmul` while it is entered."""
+    return patched_linear_as_conv2d(linear_as_unfold_matmul)
 
 
 @contextlib.contextmanager
@@ -889,9 +922,7 @@ def case_help(options: Options, peak: MatmulPeak, report: Report) -> None:
 def case_cuda(options: Options, peak: MatmulPeak, report: Report) -> None:
     """Dense VGG16, ResNet-50 and the default model on the GPU: fp32 against channels_last+bf16.
 
-    Each row's % peak compares it with the GPU's ``torch.mm`` rate in its own precision (8192 x
-    8192, float32 or bfloat16), measured in this case. Inputs and model copies live on the GPU;
-    the timings include the transfer of nothing but the result (kept on the device).
+    Runs only where ``torch.cuda.is_available()``; says it was skipped otherwise.
     """
     del peak
     if options.device == "cpu":
@@ -900,23 +931,49 @@ def case_cuda(options: Options, peak: MatmulPeak, report: Report) -> None:
     if not torch.cuda.is_available():
         report.notes.append("cuda: skipped, torch.cuda.is_available() is False on this machine")
         return
-    device = torch.device("cuda")
+    time_dense_on_device(
+        torch.device("cuda"), options, report, peak_size=8192, batches=(1, 16), repeat=10
+    )
+
+
+def time_dense_on_device(
+    device: torch.device,
+    options: Options,
+    report: Report,
+    *,
+    peak_size: int,
+    batches: tuple[int, ...],
+    repeat: int,
+) -> None:
+    """Times dense passes in float32 against channels_last + bfloat16 autocast on ``device``.
+
+    Each row's % peak compares it with the device's ``torch.mm`` rate in its own precision
+    (``peak_size`` square, float32 or bfloat16), measured here. Models, inputs and results stay
+    on the device. (Written for CUDA; ``device`` may be the CPU to try the code path.)
+
+    Args:
+        device: Where to run.
+        options: Command-line choices (time budget).
+        report: Receives the rows and a note.
+        peak_size: Side of the matmul-peak matrices.
+        batches: Batch sizes to time.
+        repeat: Timed runs per variant.
+    """
     peaks = {
-        "fp32": MatmulPeak(8192, device, torch.float32),
-        "bf16": MatmulPeak(8192, device, torch.bfloat16),
+        "fp32": MatmulPeak(peak_size, device, torch.float32),
+        "bf16": MatmulPeak(peak_size, device, torch.bfloat16),
     }
-    for gpu_peak in peaks.values():
-        for _ in range(10):
-            gpu_peak.sample()
+    for device_peak in peaks.values():
+        for _ in range(5):
+            device_peak.sample()
     loaded = load_model()
-    models: list[tuple[str, nn.Module, tuple[int, int]]] = [
-        ("vgg16", random_torchvision("vgg16"), (384, 384)),
-        ("resnet50", random_torchvision("resnet50"), (512, 512)),
-        (loaded.name, loaded.model, loaded.input_size),
+    models: list[tuple[str, nn.Module, tuple[int, int], tuple[int, int]]] = [
+        ("vgg16", random_torchvision("vgg16"), WINDOW, (384, 384)),
+        ("resnet50", random_torchvision("resnet50"), WINDOW, (512, 512)),
+        (loaded.name, loaded.model, loaded.input_size, (384, 384)),
     ]
-    for name, model, window in models:
-        size = (384, 384) if name != "resnet50" else (512, 512)
-        for batch in (1, 16):
+    for name, model, window, size in models:
+        for batch in batches:
             methods: list[Method] = []
             nets: list[ConvolutionalizedNet] = []
             for precision in ("fp32", "bf16"):
@@ -926,36 +983,53 @@ def case_cuda(options: Options, peak: MatmulPeak, report: Report) -> None:
                 if precision == "bf16":
                     net = net.to(memory_format=torch.channels_last)
                     x = x.contiguous(memory_format=torch.channels_last)
-                call = _gpu_call(net, x, window, bf16=precision == "bf16")
+                call = _dense_call(net, x, window, bf16=precision == "bf16")
                 label = "dense fp32" if precision == "fp32" else "dense channels_last + bf16"
-                methods.append(Method(label, call, count_flops(call), images=batch, warmup=3))
+                methods.append(
+                    Method(
+                        label,
+                        call,
+                        count_flops(call),
+                        images=batch,
+                        warmup=2,
+                        budget_s=options.budget_s,
+                    )
+                )
                 nets.append(net)
-            log(f"  cuda: {name} batch {batch}")
-            run_interleaved(methods, max(options.repeat, 10), None, device)
+            log(f"  {device.type}: {name} batch {batch}")
+            run_interleaved(methods, repeat, None, device)
             for precision, method, net in zip(("fp32", "bf16"), methods, nets, strict=True):
                 rows, cols = net.grid_size(size)
-                case = GridCase("cuda", name, net, size, (net.stride,), batch=batch, device=device)
-                grid = f"{rows}x{cols}"
-                reference = methods[0].median_s  # "vs crops" column: here, vs fp32
-                row = timing_row(case, net.stride, grid, method, peaks[precision], reference)
+                case = GridCase(
+                    device.type, name, net, size, (net.stride,), batch=batch, device=device
+                )
+                reference = methods[0].median_s  # the "vs crops" column: here, vs fp32
+                row = timing_row(
+                    case, net.stride, f"{rows}x{cols}", method, peaks[precision], reference
+                )
                 row.note = "vs column: fp32 time / this time"
                 report.rows.append(row)
             del methods, nets
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     report.notes.append(
-        "cuda: % peak is against the GPU's own torch.mm rate in the same precision "
+        f"{device.type}: % peak is against the device's own torch.mm rate in the same precision "
         f"(fp32 {peaks['fp32'].median():.0f}, bf16 {peaks['bf16'].median():.0f} GFLOP/s, "
-        "TF32 matmul as torch configures it)"
+        "with torch's default TF32 setting)"
     )
 
 
-def _gpu_call(
+def _dense_call(
     net: nn.Module, x: torch.Tensor, window: tuple[int, int], *, bf16: bool
 ) -> Callable[[], torch.Tensor]:
-    """A dense ``score_grid`` call, under bfloat16 autocast if asked."""
+    """A dense ``score_grid`` call, under bfloat16 autocast on ``x``'s device if asked."""
 
     def call() -> torch.Tensor:
-        context = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        context = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16)
+            if bf16
+            else contextlib.nullcontext()
+        )
         with context:
             return score_grid(net, x, method="dense", input_size=window)
 
