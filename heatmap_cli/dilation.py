@@ -72,6 +72,7 @@ from heatmap_cli.surgery import (
     _unchanged,
     layer_norm_over_channels,
     linear_as_conv2d,
+    windowed_linear,
 )
 
 __all__ = ["AtrousOp", "AtrousPad", "DilatedNet", "StitchedNet", "dilate"]
@@ -161,6 +162,8 @@ class AtrousOp(nn.Module):
         divisor_override: For ``"avg"``: a fixed divisor.
         groups: For ``"conv"``: channel groups.
         module: For ``"conv"``: the original convolution, whose ``weight`` and ``bias`` are used.
+        head: For ``"conv"``: a converted Linear, computed by
+            :func:`~heatmap_cli.surgery.windowed_linear` (a matrix product on small outputs).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class AtrousOp(nn.Module):
         divisor_override: int | None = None,
         groups: int = 1,
         module: nn.Module | None = None,
+        head: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("conv", "max", "avg"):
@@ -196,6 +200,7 @@ class AtrousOp(nn.Module):
         self.divisor_override = divisor_override
         self.groups = groups
         self.module = module
+        self.head = head
         # along a dimension of kernel 1 dilation changes nothing, and dilated 1x1 kernels can be
         # slower
         self.atrous_dilation: Pair = (
@@ -247,6 +252,9 @@ class AtrousOp(nn.Module):
             if weight is None:
                 assert self.module is not None
                 weight, bias = self.module.weight, self.module.bias
+            if self.head and self.new_stride == (1, 1) and self.groups == 1:
+                x = F.pad(x, pads) if any(pads) else x
+                return windowed_linear(x, weight, bias, self.atrous_dilation)
             padding = (rows.before, cols.before) if symmetric else (0, 0)
             if not symmetric:
                 x = F.pad(x, pads)
@@ -740,7 +748,12 @@ class _Rewriter:
                 return False
             kernel_node = self.insert_call(node, _linear_kernel, (_arg(node, 1, "weight"), volume))
             op = AtrousOp(
-                "conv", kernel=(volume[1], volume[2]), dilation=(1, 1), padding=(0, 0), **common
+                "conv",
+                kernel=(volume[1], volume[2]),
+                dilation=(1, 1),
+                padding=(0, 0),
+                head=True,
+                **common,
             )
             self.replace(node, op, (x, kernel_node, _arg(node, 2, "bias")))
         elif target is F.pad:
@@ -807,7 +820,9 @@ class _Rewriter:
                 bias = self.insert_get(node, f"{node.target}.linear.bias")
             kernel_node = self.insert_call(node, _linear_kernel, (weight, module.volume))
             _, vh, vw = module.volume
-            op = AtrousOp("conv", kernel=(vh, vw), dilation=(1, 1), padding=(0, 0), **common)
+            op = AtrousOp(
+                "conv", kernel=(vh, vw), dilation=(1, 1), padding=(0, 0), head=True, **common
+            )
             self.replace(node, op, (x, kernel_node, bias))
             return True
         elif isinstance(module, nn.modules.padding._ConstantPadNd):

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from nets import (
     ALL_NETS,
     NATIVE_STRIDE,
@@ -19,9 +20,9 @@ from nets import (
 )
 from torch import nn
 
-from heatmap_cli import ConvolutionalizedNet, convolutionalize
+from heatmap_cli import ConvolutionalizedNet, convolutionalize, surgery
 from heatmap_cli.errors import ConversionError
-from heatmap_cli.surgery import LinearAsConv2d
+from heatmap_cli.surgery import LinearAsConv2d, windowed_linear
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,6 +52,50 @@ def test_grid_shape_follows_window_plus_stride_multiples(net_class):
         assert net.grid_size(size) == (rows, cols)
         with torch.no_grad():
             assert net(torch.randn(1, 3, *size)).shape == (1, NUM_CLASSES, rows, cols)
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "size", "kernel", "dilation"),
+    [
+        (1, 6, (5, 8), (3, 2), (1, 1)),  # a few cells: unfold + matmul
+        (3, 6, (9, 7), (3, 3), (2, 1)),  # dilated, as in the dilated network's head
+        (2, 5, (4, 6), (1, 1), (1, 1)),  # 1x1: a product over the channels, no unfold
+        (4, 3, (30, 30), (2, 2), (1, 1)),  # 3,364 cells: over the limit, a convolution
+        (2, 4, (3, 3), (3, 3), (1, 1)),  # one cell per image, like the training size
+    ],
+)
+def test_windowed_linear_equals_the_convolution(batch, channels, size, kernel, dilation):
+    x = torch.randn(batch, channels, *size)
+    weight, bias = torch.randn(7, channels, *kernel), torch.randn(7)
+    expected = F.conv2d(x, weight, bias, dilation=dilation)
+    result = windowed_linear(x, weight, bias, dilation)
+    assert result.shape == expected.shape
+    assert torch.allclose(result, expected, rtol=1e-5, atol=1e-5)
+    unbiased = windowed_linear(x, weight, None, dilation)
+    assert torch.allclose(unbiased, expected - bias[:, None, None], rtol=1e-5, atol=1e-5)
+
+
+def test_small_head_grids_skip_the_convolution_and_large_ones_use_it(monkeypatch):
+    # oneDNN runs a wide head convolution on a few cells at a fraction of the matmul rate and
+    # copies its whole weight per call (392 MiB on VGG16); small grids must avoid it
+    net = convolutionalize(seeded(VolumeHeadNet), WINDOW)
+    head_kernel = (32, 16, 3, 3)
+    kernels: list[tuple[int, ...]] = []
+    conv2d = F.conv2d
+
+    def spy(x, weight, *args, **kwargs):
+        kernels.append(tuple(weight.shape))
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    limit = surgery.MATMUL_HEAD_MAX_CELLS
+    small = WINDOW[0] + NATIVE_STRIDE * 3  # a 4x4 grid
+    large = WINDOW[0] + NATIVE_STRIDE * (int(limit**0.5) + 1)  # just over the limit
+    with torch.no_grad():
+        net(torch.randn(1, 3, small, small))
+        assert kernels and head_kernel not in kernels  # the body's convolutions were seen
+        net(torch.randn(1, 3, large, large))
+    assert head_kernel in kernels
 
 
 def test_first_linear_becomes_a_view_of_the_same_weights():

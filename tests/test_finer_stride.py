@@ -38,7 +38,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("stride", [4, 2, 1])
 @pytest.mark.parametrize("net_class", ALL_NETS)
-def test_stitch_dilate_and_crops_agree_on_padding_free_nets(net_class, stride):
+def test_stitch_dilate_and_crops_agree_on_padding_free_nets(net_class, stride, head_form):
     model = seeded(net_class)
     x = _input(5, 7, stride)  # non-square and not a multiple of the native stride
     grids = {

@@ -11,7 +11,7 @@ from heatmap_cli.errors import GeometryError
 
 
 @pytest.mark.parametrize("net_class", ALL_NETS)
-def test_dense_equals_crops_on_a_padding_free_net(net_class):
+def test_dense_equals_crops_on_a_padding_free_net(net_class, head_form):
     model = seeded(net_class)
     rows, cols = 4, 6  # non-square, so a transposed or mis-ordered grid cannot pass
     x = torch.randn(
