@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -509,39 +510,67 @@ def case_tuning(options: Options, peak: MatmulPeak, report: Report) -> None:
 
 
 def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> None:
-    """The default model's dense pass at 384, contiguous against channels_last, batch 1 and 8.
+    """The default model's dense pass at 384, batch 1 and 8: contiguous, channels_last, compiled.
 
     Depthwise convolutions, most of EfficientNet-Lite0's layers, are much faster in oneDNN in
     the channels_last layout; the command's engine uses that layout on every device, while
-    ``score_grid`` leaves the layout of the caller's network and input as they are.
+    ``score_grid`` leaves the layout of the caller's network and input as they are. The third
+    variant is what ``heatmap --compile`` runs: the channels_last network through
+    ``torch.compile`` with inductor's freezing, one compilation per input shape.
     """
+    import torch._inductor.config as inductor_config
+
     loaded = load_model()
     net = convert(loaded.model, loaded.input_size)
     # channels_last rewrites parameters in place: a separate model for that variant.
     net_cl = convert(copy.deepcopy(loaded.model), loaded.input_size)
     net_cl = net_cl.to(memory_format=torch.channels_last)
+    compiled = torch.compile(net_cl, dynamic=False)
     generator = torch.Generator().manual_seed(0)
     methods = []
     for batch in (1, 8):
         x = torch.randn(batch, 3, 384, 384, generator=generator)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        for label, model, inputs in (
-            ("dense (library)", net, x),
-            ("dense, channels_last model and input", net_cl, x_cl),
+
+        def call_compiled(inputs: torch.Tensor = x_cl) -> torch.Tensor:
+            with torch.inference_mode(), inductor_config.patch(freezing=True):
+                return compiled(inputs)
+
+        start = time.perf_counter()
+        try:
+            with quiet_warnings():
+                call_compiled()
+        except Exception as error:  # no C++ compiler, unsupported platform...
+            report.notes.append(f"tuning: {loaded.name} --compile failed: {type(error).__name__}")
+            compiled_calls = []
+        else:
+            report.notes.append(
+                f"tuning: {loaded.name} batch {batch}: compiling took "
+                f"{time.perf_counter() - start:.0f} s (once per input shape)"
+            )
+            compiled_calls = [("dense, channels_last + torch.compile (--compile)", call_compiled)]
+        for label, call in (
+            (
+                "dense (library)",
+                functools.partial(score_grid, net, x, method="dense", input_size=WINDOW),
+            ),
+            (
+                "dense, channels_last model and input (the command's layout)",
+                functools.partial(score_grid, net_cl, x_cl, method="dense", input_size=WINDOW),
+            ),
+            *compiled_calls,
         ):
-
-            def call(model: nn.Module = model, inputs: torch.Tensor = inputs) -> torch.Tensor:
-                return score_grid(model, inputs, method="dense", input_size=loaded.input_size)
-
             methods.append(
                 Method(label, call, count_flops(call), images=batch, budget_s=options.budget_s)
             )
     log(f"  tuning: {loaded.name}, {len(methods)} variants")
     run_interleaved(methods, options.repeat, peak, torch.device("cpu"))
-    for index, method in enumerate(methods):
+    base = methods[0]
+    for method in methods:
+        if method.label == "dense (library)":
+            base = method
         case = GridCase("tuning", loaded.name, net, (384, 384), (32,), batch=method.images)
         row = timing_row(case, net.stride, "6x6", method, peak, None)
-        base = methods[index - index % 2]
         row.note = f"{base.median_s / method.median_s:.2f}x the library's img/s"
         report.rows.append(row)
 

@@ -61,6 +61,7 @@ class CommandOptions:
     scores: str
     device: str
     fp32: bool
+    compile: bool
     alpha: float
     cmap: str
     colorbar: bool
@@ -151,6 +152,11 @@ class CommandOptions:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--fp32", is_flag=True, help="Keep float32 on CUDA (default: autocast bf16/fp16).")
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the network: seconds per input size once, faster passes after.",
+)
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1),
@@ -292,6 +298,7 @@ def _run(options: CommandOptions) -> None:
         method=options.method,
         device=options.device,
         fp32=options.fp32,
+        compile=options.compile,
         batch_size=options.batch_size,
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
@@ -383,6 +390,7 @@ def _process(
         "size": engine.settings.size,
     }
     done = failed = 0
+    notes_shown = len(engine.notes)  # printed already; a --compile fallback may add one later
     progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=quiet or len(items) <= 1)
     if scales is None:
         results = score_images(items, engine)
@@ -391,6 +399,9 @@ def _process(
     try:
         with progress:
             for item, result in results:
+                for note in engine.notes[notes_shown:]:
+                    progress.write(f"Note: {note}", file=sys.stderr)
+                notes_shown = len(engine.notes)
                 try:
                     if not isinstance(result, ImageResult):
                         raise result

@@ -10,6 +10,7 @@ reported for that image and the batch goes on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -61,6 +62,9 @@ class GridSettings:
             when the untiled pass would not fit ``memory_budget``.
         memory_budget: Activation memory allowed for one pass, in bytes; None picks a default
             for the device (``tiling.default_memory_budget``).
+        compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
+            constants): compiling costs seconds once per input size, each later pass is faster.
+            Falls back to the plain network, with a note, if compiling fails.
     """
 
     size: int = 384
@@ -73,6 +77,7 @@ class GridSettings:
     max_display_side: int = 4096
     tile: int | None = None
     memory_budget: int | None = None
+    compile: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +110,8 @@ class GridEngine:
         method: The method actually used (``"auto"`` resolved).
         stride: Output stride in resized pixels.
         native_stride: The converted network's own stride (None when it cannot be converted).
-        notes: Human-readable notes about choices made (fallbacks), for the CLI to print once.
+        notes: Human-readable notes about choices made (fallbacks), for the CLI to print once;
+            appended to while scoring if ``--compile`` fails on the first pass.
     """
 
     def __init__(self, loaded: LoadedModel, settings: GridSettings) -> None:
@@ -150,6 +156,11 @@ class GridEngine:
                 )
         if self._channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+        self._compiled: torch.nn.Module | None = None
+        if settings.compile and self.method in _TILEABLE_METHODS:
+            # inductor's C++ build logs a CUDA_HOME warning on CPU-only machines: not for users
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            self._compiled = torch.compile(self.network, dynamic=False)  # compiles on first call
 
     @property
     def _channels_last(self) -> bool:
@@ -232,8 +243,33 @@ class GridEngine:
                     batch_size=self.settings.batch_size,
                 )
             else:
-                grid = self.network(covered_input(x, self.window, self.stride))
+                grid = self._forward(covered_input(x, self.window, self.stride))
         return grid.float().cpu()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid network on ``(N, 3, H, W)``: compiled if asked for and compiling works."""
+        if self._compiled is None:
+            return self.network(x)
+        count, batch_size = x.shape[0], self.settings.batch_size
+        if count < batch_size:
+            # Every new shape costs a compilation (seconds; inductor's freezing rejects dynamic
+            # shapes), so a short last batch is padded to the full batch instead.
+            padding = x[:1].expand(batch_size - count, *x.shape[1:])
+            layout = torch.channels_last if self._channels_last else torch.contiguous_format
+            x = torch.cat([x, padding]).contiguous(memory_format=layout)
+        try:
+            # freezing makes the weights constants that inductor prepacks and folds; it needs
+            # inference mode, which score() has entered
+            with _inductor_freezing():
+                return self._compiled(x)[:count]
+        except Exception as error:  # no C++ compiler, an unsupported op...
+            self._compiled = None
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.notes.append(
+                f"--compile failed ({type(error).__name__}: {first_line[:120]}); "
+                "running the network uncompiled"
+            )
+            return self.network(x[:count])
 
     def tile_for(self, input_size: tuple[int, int]) -> int | None:
         """The tile side for images of ``input_size``, or None to evaluate them whole.
@@ -267,6 +303,12 @@ class GridEngine:
                 channels_last=True,
             )
         return grid.float().cpu()
+
+
+def _inductor_freezing() -> contextlib.AbstractContextManager[object]:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
 
 
 @dataclass

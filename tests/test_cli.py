@@ -953,3 +953,54 @@ def test_tiles_also_hold_at_a_finer_stride(tiny, tmp_path: Path, method: str) ->
     b = np.load(tmp_path / "tiled" / "photo.npz")["logits"]
     assert a.shape == b.shape == (6, 43, 68)  # stride 4: 200 = 32 + 4*42, 300 = 32 + 4*67
     assert np.abs(a - b).max() <= 1e-3 * (a.max() - a.min())
+
+
+# --- torch.compile (issue 5) -------------------------------------------------------------------
+
+
+def test_compiled_run_equals_the_plain_run(tiny, tmp_path: Path) -> None:
+    photos = [save_photo(tmp_path / "in" / f"{i}.png", size=(90, 60), seed=i) for i in range(2)]
+    plain = run(tmp_path / "in", "--out", tmp_path / "plain", "--size", "64", "-c", "2")
+    compiled = run(
+        tmp_path / "in", "--out", tmp_path / "compiled", "--size", "64", "-c", "2", "--compile"
+    )
+    assert plain.exit_code == compiled.exit_code == 0, compiled.output
+    for photo in photos:
+        a = np.load(tmp_path / "plain" / f"{photo.stem}.npz")["logits"]
+        b = np.load(tmp_path / "compiled" / f"{photo.stem}.npz")["logits"]
+        assert np.abs(a - b).max() <= 1e-4 * (a.max() - a.min())
+    # where inductor cannot compile here, the run falls back and says so; otherwise no note
+    notes = [line for line in stderr_lines(compiled) if line.startswith("Note:")]
+    assert all("--compile failed" in note for note in notes)
+
+
+def test_a_failing_compile_falls_back_with_one_note(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def broken_compile(module: nn.Module, **kwargs: object):
+        def compiled(x: torch.Tensor) -> torch.Tensor:
+            calls.append(tuple(x.shape))
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\ndetails")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    for i in range(3):  # two sizes: the fallback must hold for the later batches too
+        save_photo(tmp_path / "in" / f"{i}.png", size=(90 + 30 * (i % 2), 60), seed=i)
+    plain = run(tmp_path / "in", "--out", tmp_path / "plain", "--size", "64", "-c", "2")
+    compiled = run(
+        tmp_path / "in", "--out", tmp_path / "compiled", "--size", "64", "-c", "2", "--compile"
+    )
+    assert plain.exit_code == compiled.exit_code == 0, compiled.output
+    assert len(calls) == 1
+    assert calls[0][0] == 8  # a short batch is padded to --batch-size: one compilation per size
+    notes = [line for line in stderr_lines(compiled) if line.startswith("Note:")]
+    assert notes == [
+        "Note: --compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler "
+        "found); running the network uncompiled"
+    ]
+    for i in range(3):
+        a = np.load(tmp_path / "plain" / f"{i}.npz")["logits"]
+        np.testing.assert_array_equal(a, np.load(tmp_path / "compiled" / f"{i}.npz")["logits"])
