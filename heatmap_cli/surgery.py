@@ -12,7 +12,8 @@ window of the training input:
   a sliding ``avg_pool2d(kernel=(fh, fw), stride=1)`` (or ``max_pool2d``);
 * ``flatten`` of a ``(C, h, w)`` volume disappears, and the ``Linear(C*h*w, K)`` that reads it
   becomes ``conv2d`` with kernel ``(h, w)`` and the Linear's weight reshaped to ``(K, C, h, w)``,
-  a view of the same storage; later Linears become 1x1 convolutions;
+  a view of the same storage; later Linears become 1x1 convolutions (``windowed_linear``
+  computes them as a matrix product when the grid is small, where that is faster);
 * ``BatchNorm1d`` and ``LayerNorm`` over the vector act per position over the channels;
 * an adaptive pool that is the identity at the training size (torchvision's VGG and AlexNet)
   disappears, otherwise every input would collapse back to one cell.
