@@ -57,6 +57,7 @@ import heatmap_cli.surgery as surgery
 from heatmap_cli import convolutionalize, score_grid
 from heatmap_cli.grid import METHODS
 from heatmap_cli.images import find_images, read_image
+from heatmap_cli.lean import lean_copy
 from heatmap_cli.models import LoadedModel, load_model
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 from heatmap_cli.surgery import ConvolutionalizedNet
@@ -510,31 +511,39 @@ def case_tuning(options: Options, peak: MatmulPeak, report: Report) -> None:
 
 
 def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> None:
-    """The default model's dense pass at 384, batch 1 and 8: contiguous, channels_last, compiled.
+    """The default model's dense pass at 384, batch 1 and 8, step by step to the command's.
 
-    Depthwise convolutions, most of EfficientNet-Lite0's layers, are much faster in oneDNN in
-    the channels_last layout; the command's engine uses that layout on every device, while
-    ``score_grid`` leaves the layout of the caller's network and input as they are. The third
-    variant is what ``heatmap --compile`` runs: the channels_last network through
-    ``torch.compile`` with inductor's freezing, one compilation per input shape.
+    Variants: the library's ``score_grid`` call (contiguous); channels_last (depthwise
+    convolutions, most of EfficientNet-Lite0's layers, are much faster in oneDNN in that
+    layout); channels_last with the batch norms folded into the convolutions
+    (``heatmap_cli.lean.lean_copy``): what the command's ``GridEngine`` runs; and that through
+    ``torch.compile`` with inductor's freezing: what ``heatmap --compile`` runs, compiled once per
+    input shape. ``score_grid`` itself leaves the caller's layout and layers as they are.
     """
     import torch._inductor.config as inductor_config
 
     loaded = load_model()
     net = convert(loaded.model, loaded.input_size)
-    # channels_last rewrites parameters in place: a separate model for that variant.
+    # channels_last rewrites parameters in place: a separate model for those variants.
     net_cl = convert(copy.deepcopy(loaded.model), loaded.input_size)
     net_cl = net_cl.to(memory_format=torch.channels_last)
-    compiled = torch.compile(net_cl, dynamic=False)
+    lean = lean_copy(net_cl)
+    assert lean is not None
+    lean = lean.to(memory_format=torch.channels_last)
+    compiled = torch.compile(lean, dynamic=False)
     generator = torch.Generator().manual_seed(0)
     methods = []
     for batch in (1, 8):
         x = torch.randn(batch, 3, 384, 384, generator=generator)
         x_cl = x.contiguous(memory_format=torch.channels_last)
 
+        def call_lean(inputs: torch.Tensor = x_cl) -> torch.Tensor:
+            with torch.inference_mode():
+                return lean([inputs])
+
         def call_compiled(inputs: torch.Tensor = x_cl) -> torch.Tensor:
             with torch.inference_mode(), inductor_config.patch(freezing=True):
-                return compiled(inputs)
+                return compiled([inputs])
 
         start = time.perf_counter()
         try:
@@ -548,15 +557,19 @@ def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> No
                 f"tuning: {loaded.name} batch {batch}: compiling took "
                 f"{time.perf_counter() - start:.0f} s (once per input shape)"
             )
-            compiled_calls = [("dense, channels_last + torch.compile (--compile)", call_compiled)]
+            compiled_calls = [("dense, the command's + torch.compile (--compile)", call_compiled)]
         for label, call in (
             (
                 "dense (library)",
                 functools.partial(score_grid, net, x, method="dense", input_size=WINDOW),
             ),
             (
-                "dense, channels_last model and input (the command's layout)",
+                "dense, channels_last model and input",
                 functools.partial(score_grid, net_cl, x_cl, method="dense", input_size=WINDOW),
+            ),
+            (
+                f"dense, channels_last + {lean.folded} batch norms folded (the command's)",
+                call_lean,
             ),
             *compiled_calls,
         ):

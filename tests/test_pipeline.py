@@ -1,0 +1,93 @@
+"""GridEngine: what the command computes equals the library's reference, whatever it does for speed.
+
+The engine runs its network in channels_last, folds batch norms into convolutions for untiled
+passes and can compile; none of that may change a grid beyond float rounding, nor touch the
+values of the caller's model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
+from PIL import Image
+from torch import nn
+
+from heatmap_cli import score_grid
+from heatmap_cli.models import LoadedModel, load_model
+from heatmap_cli.pipeline import GridEngine, GridSettings
+from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+
+
+def loaded(model: nn.Module) -> LoadedModel:
+    return LoadedModel(
+        name="net",
+        model=model,
+        categories=tuple(f"class {i}" for i in range(10)),
+        mean=MEAN,
+        std=STD,
+        input_size=WINDOW,
+        interpolation="bilinear",
+        source="test",
+    )
+
+
+def random_pixels(batch: int, rows: int, cols: int) -> np.ndarray:
+    """uint8 ``(batch, H, W, 3)`` giving a ``rows x cols`` grid at the native stride."""
+    height, width = WINDOW[0] + NATIVE_STRIDE * (rows - 1), WINDOW[1] + NATIVE_STRIDE * (cols - 1)
+    return np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("net_class", ALL_NETS)
+def test_engine_grids_equal_crops_on_padding_free_nets(net_class) -> None:
+    model = seeded(net_class)
+    reference = copy.deepcopy(model)
+    engine = GridEngine(loaded(model), GridSettings(device="cpu", method="dense"))
+    pixels = random_pixels(3, 4, 6)
+    grid = engine.score(pixels)
+    crops = score_grid(reference, normalize(pixels, MEAN, STD), method="crops", input_size=WINDOW)
+    assert grid.shape == crops.shape == (3, 10, 4, 6)
+    assert (grid - crops).abs().max().item() < 1e-5
+
+
+def test_batch_norms_after_convolutions_are_folded_for_untiled_passes() -> None:
+    # the padding-free body has one Conv2d -> BatchNorm2d pair; the pooled head's BatchNorm1d
+    # is applied per position and has no convolution of its own before it
+    assert GridEngine(loaded(seeded(VolumeHeadNet)), GridSettings(device="cpu")).folded_norms == 1
+    assert GridEngine(loaded(seeded(PooledHeadNet)), GridSettings(device="cpu")).folded_norms == 1
+
+
+def test_the_callers_model_keeps_its_values() -> None:
+    model = seeded(VolumeHeadNet)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = GridEngine(loaded(model), GridSettings(device="cpu"))
+    engine.score(random_pixels(1, 2, 3))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_pretrained_default_model_engine_equals_score_grid_on_the_model() -> None:
+    default = load_model()
+    engine = GridEngine(default, GridSettings(device="cpu", size=288))
+    assert engine.folded_norms > 0
+    reference = load_model().model
+    with Image.open(SAMPLES / "chelsea.jpg") as photo:
+        image = photo.convert("RGB")
+    geometry = plan_geometry(
+        (image.height, image.width), shorter_side=288, window=default.input_size, stride=32
+    )
+    pixels = resize_for_grid(image, geometry.input_size, default.interpolation)[None]
+    grid = engine.score(pixels)
+    x = normalize(pixels, default.mean, default.std)
+    expected = score_grid(reference, x, method="dense", input_size=default.input_size)
+    assert grid.shape == expected.shape
+    spread = (expected.max() - expected.min()).item()
+    assert (grid - expected).abs().max().item() < 1e-4 * spread
