@@ -1,7 +1,10 @@
 """From image files to score grids: one converted model, a loader thread, same-size batches.
 
 ``GridEngine`` holds the model converted once (and, for finer strides, its dilated form) and
-turns batches of resized uint8 images into logit grids. ``score_images`` feeds it: worker threads
+turns batches of resized uint8 images into logit grids, as fast as it knows how without changing
+them beyond float rounding: channels_last layout, batch norms folded into the convolutions for
+untiled dense passes, optionally ``torch.compile``; on CUDA, autocast unless ``fp32``.
+``score_images`` feeds it: worker threads
 decode and resize the next images while the network runs on the current batch, and images whose
 resized sizes are equal are stacked into one forward pass. A failure to read one image is
 reported for that image and the batch goes on.
