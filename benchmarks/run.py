@@ -57,7 +57,7 @@ import heatmap_cli.surgery as surgery
 from heatmap_cli import convolutionalize, score_grid
 from heatmap_cli.grid import METHODS
 from heatmap_cli.images import find_images, read_image
-from heatmap_cli.lean import lean_copy
+from heatmap_cli.lean import folded_copy
 from heatmap_cli.models import LoadedModel, load_model
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 from heatmap_cli.surgery import ConvolutionalizedNet
@@ -516,7 +516,7 @@ def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> No
     Variants: the library's ``score_grid`` call (contiguous); channels_last (depthwise
     convolutions, most of EfficientNet-Lite0's layers, are much faster in oneDNN in that
     layout); channels_last with the batch norms folded into the convolutions
-    (``heatmap_cli.lean.lean_copy``): what the command's ``GridEngine`` runs; and that through
+    (``heatmap_cli.lean.folded_copy``): what the command's ``GridEngine`` runs; and that through
     ``torch.compile`` with inductor's freezing: what ``heatmap --compile`` runs, compiled once per
     input shape. ``score_grid`` itself leaves the caller's layout and layers as they are.
     """
@@ -527,23 +527,20 @@ def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> No
     # channels_last rewrites parameters in place: a separate model for those variants.
     net_cl = convert(copy.deepcopy(loaded.model), loaded.input_size)
     net_cl = net_cl.to(memory_format=torch.channels_last)
-    lean = lean_copy(net_cl)
-    assert lean is not None
-    lean = lean.to(memory_format=torch.channels_last)
-    compiled = torch.compile(lean, dynamic=False)
+    folded = folded_copy(net_cl)
+    assert folded is not None
+    net_folded, folded_count = folded
+    net_folded = net_folded.to(memory_format=torch.channels_last)
+    compiled = torch.compile(net_folded, dynamic=False)
     generator = torch.Generator().manual_seed(0)
     methods = []
     for batch in (1, 8):
         x = torch.randn(batch, 3, 384, 384, generator=generator)
         x_cl = x.contiguous(memory_format=torch.channels_last)
 
-        def call_lean(inputs: torch.Tensor = x_cl) -> torch.Tensor:
-            with torch.inference_mode():
-                return lean([inputs])
-
         def call_compiled(inputs: torch.Tensor = x_cl) -> torch.Tensor:
             with torch.inference_mode(), inductor_config.patch(freezing=True):
-                return compiled([inputs])
+                return compiled(inputs)
 
         start = time.perf_counter()
         try:
@@ -568,8 +565,8 @@ def tune_default_model(options: Options, peak: MatmulPeak, report: Report) -> No
                 functools.partial(score_grid, net_cl, x_cl, method="dense", input_size=WINDOW),
             ),
             (
-                f"dense, channels_last + {lean.folded} batch norms folded (the command's)",
-                call_lean,
+                f"dense, channels_last + {folded_count} batch norms folded (the command's)",
+                functools.partial(score_grid, net_folded, x_cl, method="dense", input_size=WINDOW),
             ),
             *compiled_calls,
         ):

@@ -33,7 +33,7 @@ from torch import fx, nn
 
 from heatmap_cli.surgery import ConvolutionalizedNet
 
-__all__ = ["BandedSameConv2d", "LeanNet", "lean_copy"]
+__all__ = ["BandedSameConv2d", "LeanNet", "folded_copy", "lean_copy"]
 
 
 def _timm_class(name: str) -> type[nn.Module] | None:
@@ -189,25 +189,12 @@ class LeanNet(nn.Module):
         return self.graph_module(holder)
 
 
-def lean_copy(net: nn.Module) -> LeanNet | None:
-    """A leaner copy of a converted network's graph, or None where that is not known to be exact.
-
-    Args:
-        net: A ``ConvolutionalizedNet`` (exactly: subclasses such as those of
-            ``heatmap_cli.dilation`` do more than run their graph) in eval mode. It is not
-            modified: the copy has its own weights.
+def _fold_norms(gm: fx.GraphModule) -> int:
+    """Folds, in place, every eval-mode batch norm that follows a convolution used only by it.
 
     Returns:
-        A :class:`LeanNet` computing the same grid, called as ``lean([x])``; None for any other
-        network, or a graph of more than one input.
+        How many were folded.
     """
-    if type(net) is not ConvolutionalizedNet:
-        return None  # subclasses (heatmap_cli.dilation) do more than run the graph
-    source = net.graph_module
-    if sum(node.op == "placeholder" for node in source.graph.nodes) != 1:
-        return None
-    gm = copy.deepcopy(source)
-    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     same_conv = _timm_class("Conv2dSame")
     bn_act = _timm_class("BatchNormAct2d")
     modules = dict(gm.named_modules())
@@ -242,6 +229,60 @@ def lean_copy(net: nn.Module) -> LeanNet | None:
         folded += 1
         gm.set_submodule(node.target, _after_norm(norm))
         modules[node.target] = gm.get_submodule(node.target)
+    return folded
+
+
+def folded_copy(net: nn.Module) -> tuple[ConvolutionalizedNet, int] | None:
+    """A copy of a converted network with its batch norms folded into the convolutions.
+
+    Unlike :func:`lean_copy`, the result is an ordinary :class:`ConvolutionalizedNet` (called
+    with the input tensor), so it can be dilated, stitched or tiled like the original.
+
+    Args:
+        net: A ``ConvolutionalizedNet`` (exactly, not a subclass) in eval mode; not modified.
+
+    Returns:
+        ``(copy, number of batch norms folded)``; the copy has its own weights. None when no
+        batch norm folds or ``net`` is of another type.
+    """
+    if type(net) is not ConvolutionalizedNet:
+        return None
+    gm = copy.deepcopy(net.graph_module)
+    folded = _fold_norms(gm)
+    if not folded:
+        return None
+    copied = ConvolutionalizedNet(
+        gm,
+        stride=net.stride,
+        window=net.window,
+        global_context=net.global_context,
+        source_model=net.source_model,
+    )
+    return copied, folded
+
+
+def lean_copy(net: nn.Module) -> LeanNet | None:
+    """A leaner copy of a converted network's graph, or None where that is not known to be exact.
+
+    Args:
+        net: A ``ConvolutionalizedNet`` (exactly: subclasses such as those of
+            ``heatmap_cli.dilation`` do more than run their graph) in eval mode. It is not
+            modified: the copy has its own weights.
+
+    Returns:
+        A :class:`LeanNet` computing the same grid, called as ``lean([x])``; None for any other
+        network, or a graph of more than one input.
+    """
+    if type(net) is not ConvolutionalizedNet:
+        return None  # subclasses (heatmap_cli.dilation) do more than run the graph
+    source = net.graph_module
+    if sum(node.op == "placeholder" for node in source.graph.nodes) != 1:
+        return None
+    gm = copy.deepcopy(source)
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    folded = _fold_norms(gm)
+    same_conv = _timm_class("Conv2dSame")
+    modules = dict(gm.named_modules())
 
     if same_conv is not None:
         for name, module in list(modules.items()):

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from heatmap_cli import score_grid
+from heatmap_cli.dilation import DilatedNet
 from heatmap_cli.models import LoadedModel, load_model
 from heatmap_cli.pipeline import GridEngine, GridSettings
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
@@ -57,11 +58,29 @@ def test_engine_grids_equal_crops_on_padding_free_nets(net_class) -> None:
     assert (grid - crops).abs().max().item() < 1e-5
 
 
-def test_batch_norms_after_convolutions_are_folded_for_untiled_passes() -> None:
+@pytest.mark.parametrize(("method", "stride"), [("dilate", 4), ("stitch", 2), ("crops", 4)])
+def test_engine_grids_at_finer_strides_equal_crops(method: str, stride: int) -> None:
+    model = seeded(VolumeHeadNet)
+    reference = copy.deepcopy(model)
+    settings = GridSettings(device="cpu", method=method, stride=stride)
+    engine = GridEngine(loaded(model), settings)
+    assert engine.folded_norms == 1  # the folded copy is what gets dilated or stitched
+    pixels = random_pixels(2, 3, 4)
+    grid = engine.score(pixels)
+    x = normalize(pixels, MEAN, STD)
+    crops = score_grid(reference, x, stride=stride, method="crops", input_size=WINDOW)
+    assert grid.shape == crops.shape
+    assert (grid - crops).abs().max().item() < 1e-5
+
+
+def test_batch_norms_after_convolutions_are_folded() -> None:
     # the padding-free body has one Conv2d -> BatchNorm2d pair; the pooled head's BatchNorm1d
     # is applied per position and has no convolution of its own before it
     assert GridEngine(loaded(seeded(VolumeHeadNet)), GridSettings(device="cpu")).folded_norms == 1
     assert GridEngine(loaded(seeded(PooledHeadNet)), GridSettings(device="cpu")).folded_norms == 1
+    unfoldable = nn.Sequential(nn.Conv2d(3, 4, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    plain = nn.Sequential(unfoldable, nn.Flatten(), nn.Linear(4, 10)).eval()
+    assert GridEngine(loaded(plain), GridSettings(device="cpu")).folded_norms == 0
 
 
 def test_the_callers_model_keeps_its_values() -> None:
@@ -89,5 +108,20 @@ def test_pretrained_default_model_engine_equals_score_grid_on_the_model() -> Non
     x = normalize(pixels, default.mean, default.std)
     expected = score_grid(reference, x, method="dense", input_size=default.input_size)
     assert grid.shape == expected.shape
+    spread = (expected.max() - expected.min()).item()
+    assert (grid - expected).abs().max().item() < 1e-4 * spread
+
+
+def test_pretrained_default_model_dilates_its_folded_copy() -> None:
+    engine = GridEngine(load_model(), GridSettings(device="cpu", size=256, stride=16))
+    assert engine.folded_norms > 0
+    assert isinstance(engine.network, DilatedNet)  # folding left nothing dilation cannot read
+    assert engine.notes == []
+    pixels = np.random.default_rng(1).integers(0, 256, (1, 256, 288, 3), dtype=np.uint8)
+    grid = engine.score(pixels)
+    x = normalize(pixels, engine.loaded.mean, engine.loaded.std)
+    reference = load_model().model
+    expected = score_grid(reference, x, stride=16, method="dilate", input_size=(224, 224))
+    assert grid.shape == expected.shape == (1, 1000, 3, 5)
     spread = (expected.max() - expected.min()).item()
     assert (grid - expected).abs().max().item() < 1e-4 * spread
