@@ -187,6 +187,8 @@ class AtrousOp(nn.Module):
         super().__init__()
         if kind not in ("conv", "max", "avg"):
             raise ValueError(f"unknown kind {kind!r}")
+        if head and (kind != "conv" or new_stride != (1, 1) or groups != 1):
+            raise ValueError("a converted Linear slides with stride 1 and no groups")
         self.kind = kind
         self.kernel = kernel
         self.stride = stride
@@ -252,7 +254,7 @@ class AtrousOp(nn.Module):
             if weight is None:
                 assert self.module is not None
                 weight, bias = self.module.weight, self.module.bias
-            if self.head and self.new_stride == (1, 1) and self.groups == 1:
+            if self.head:
                 x = F.pad(x, pads) if any(pads) else x
                 return windowed_linear(x, weight, bias, self.atrous_dilation)
             padding = (rows.before, cols.before) if symmetric else (0, 0)

@@ -174,17 +174,11 @@ def _take(holder: list[torch.Tensor]) -> torch.Tensor:
 
 
 class LeanNet(nn.Module):
-    """The rewritten graph; call with ``[x]``: the list is emptied, so ``x`` dies early.
+    """The rewritten graph; call with ``[x]``: the list is emptied, so ``x`` dies early."""
 
-    Args:
-        graph_module: The rewritten copy.
-        folded: How many batch norms were folded into convolutions.
-    """
-
-    def __init__(self, graph_module: fx.GraphModule, folded: int = 0) -> None:
+    def __init__(self, graph_module: fx.GraphModule) -> None:
         super().__init__()
         self.graph_module = graph_module
-        self.folded = folded
 
     def forward(self, holder: list[torch.Tensor]) -> torch.Tensor:
         """The grid of the one tensor in ``holder``, which is emptied."""
@@ -282,7 +276,7 @@ def lean_copy(net: nn.Module) -> LeanNet | None:
         return None
     gm = copy.deepcopy(source)
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
-    folded = _fold_norms(gm)
+    _fold_norms(gm)
     same_conv = _timm_class("Conv2dSame")
     modules = dict(gm.named_modules())
 
@@ -296,4 +290,4 @@ def lean_copy(net: nn.Module) -> LeanNet | None:
         taken = gm.graph.call_function(_take, (placeholder,))
     placeholder.replace_all_uses_with(taken, delete_user_cb=lambda user: user is not taken)
     gm.recompile()
-    return LeanNet(gm, folded)
+    return LeanNet(gm)

@@ -2,12 +2,11 @@
 
 ``GridEngine`` holds the model converted once (and, for finer strides, its dilated form) and
 turns batches of resized uint8 images into logit grids, as fast as it knows how without changing
-them beyond float rounding: channels_last layout, batch norms folded into the convolutions for
-untiled dense passes, optionally ``torch.compile``; on CUDA, autocast unless ``fp32``.
-``score_images`` feeds it: worker threads
-decode and resize the next images while the network runs on the current batch, and images whose
-resized sizes are equal are stacked into one forward pass. A failure to read one image is
-reported for that image and the batch goes on.
+them beyond float rounding: channels_last layout, batch norms folded into the convolutions,
+optionally ``torch.compile`` (on CUDA it also autocasts unless ``fp32``, which does change them).
+``score_images`` feeds it: worker threads decode and resize the next images while the network
+runs on the current batch, and images whose resized sizes are equal are stacked into one forward
+pass. A failure to read one image is reported for that image and the batch goes on.
 """
 
 from __future__ import annotations
@@ -145,11 +144,6 @@ class GridEngine:
             # ResourceWarning from garbage collection, a library's DeprecationWarning) are not
             # about this model and must not reach the user as notes.
             self.notes.extend(str(w.message) for w in caught if w.category is UserWarning)
-            # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on
-            # the CPU, equal to float rounding. Crops still run the caller's unmodified model.
-            folded = folded_copy(converted)
-            if folded is not None:
-                converted, self.folded_norms = folded
             self.network = converted
             self.native_stride = converted.stride
         except ConversionError as error:
@@ -158,6 +152,11 @@ class GridEngine:
             self.notes.append(f"{error} Falling back to method 'crops'.")
         self.method, self.stride = self._choose_method()
         if self.method in _TILEABLE_METHODS:
+            # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on
+            # the CPU, equal to float rounding. Crops run the caller's unmodified model instead.
+            folded = folded_copy(self.network)
+            if folded is not None:
+                self.network, self.folded_norms = folded
             self.network = self._grid_network(self.network)
         if settings.tile is not None and self.method in _TILEABLE_METHODS:
             smallest = minimum_tile(self.network)
