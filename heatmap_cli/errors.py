@@ -1,41 +1,73 @@
-"""Exceptions raised by the library.
+"""Every exception the library raises on purpose, and the one helper that describes errors.
 
 Every failure a user can cause (a bad image, a model that cannot be converted, a class that
-does not exist, weights that are missing) has its own type, so the command-line layer can turn
-it into one clear line and the right exit status without parsing messages.
+does not exist, weights that are missing, an option that cannot work) has its own type, so the
+command-line layer can turn it into one clear line and choose the exit status from the base
+class alone, without parsing messages:
+
+* ``UsageError`` and its subclasses: what the user asked for can never work (exit 2);
+* every other ``HeatmapError``: an input or an output failed (exit 1).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = [
+    "ConversionError",
+    "GeometryError",
+    "HeatmapError",
+    "ImageReadError",
+    "InvalidOptionError",
+    "OutputWriteError",
+    "RenderError",
+    "UnknownClassError",
+    "UnknownModelError",
+    "UsageError",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
+    "first_line",
+]
+
 
 class HeatmapError(Exception):
     """Base class of every error the library raises on purpose."""
+
+
+class UsageError(HeatmapError, ValueError):
+    """Base class of errors in what the user asked for: options, models, classes, sizes."""
+
+
+class InvalidOptionError(UsageError):
+    """An option value or a combination of options that cannot work (device, method, pooling)."""
+
+
+class GeometryError(UsageError):
+    """Sizes, strides or windows that do not fit together (e.g. a stride that does not divide)."""
+
+
+class UnknownModelError(UsageError):
+    """A model name that no model source knows."""
+
+
+class WeightsMismatchError(UsageError):
+    """A weights file that is unreadable or does not match the model's architecture."""
+
+
+class UnknownClassError(UsageError):
+    """A class index out of range, or a class name that matches none or several classes."""
 
 
 class ConversionError(HeatmapError, ValueError):
     """The classifier's head cannot be rewritten as convolutions (e.g. attention over tokens)."""
 
 
-class GeometryError(HeatmapError, ValueError):
-    """Sizes, strides or windows that do not fit together (e.g. a stride that does not divide)."""
-
-
-class UnknownModelError(HeatmapError, ValueError):
-    """A model name that neither torchvision nor timm knows."""
-
-
 class WeightsUnavailableError(HeatmapError):
     """Pretrained weights are neither cached nor downloadable (offline machine)."""
 
 
-class WeightsMismatchError(HeatmapError, ValueError):
-    """A weights file that is unreadable or does not match the model's architecture."""
-
-
-class UnknownClassError(HeatmapError, ValueError):
-    """A class index out of range, or a class name that matches none or several classes."""
+class RenderError(HeatmapError, ValueError):
+    """Scores, centres or colour ranges that cannot be drawn (mismatched shapes, NaN)."""
 
 
 class ImageReadError(HeatmapError):
@@ -54,3 +86,16 @@ class ImageReadError(HeatmapError):
 
 class OutputWriteError(HeatmapError):
     """An output file or folder that cannot be written."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type name when it has none.
+
+    Args:
+        error: Any exception.
+
+    Returns:
+        One line, suitable for a one-line report.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__
