@@ -23,3 +23,65 @@ def head_form(request, monkeypatch):
     limit = 10**9 if request.param == "matmul" else -1
     monkeypatch.setattr(surgery, "MATMUL_HEAD_MAX_CELLS", limit)
     return request.param
+
+
+# ---------------------------------------------------------------------------------------------
+# Application fixtures: the pretrained default model, and toy models served by a model source
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pretrained():
+    """The offline default model, loaded once for the whole session.
+
+    Tests may run it (and engines may lay it out channels_last), but must not change its weights.
+    """
+    from heatmap_cli.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture
+def serve_model():
+    """Registers model sources that serve ready-made models by name, for the test's duration.
+
+    ``serve_model(name, build)`` makes ``load_model(name)`` (and ``--model name``) return
+    ``build()``; it returns the list of ``(name, weights)`` loads, which grows on every load.
+    """
+    from heatmap_cli.models import ModelSource, register_source, unregister_source
+
+    families: list[str] = []
+
+    def serve(name, build):
+        loads = []
+
+        class Served(ModelSource):
+            family = f"test:{name}"
+
+            def claims(self, key):
+                return key == name
+
+            def load(self, key, *, weights, download):
+                loads.append((key, weights))
+                return build()
+
+        register_source(Served())
+        families.append(Served.family)
+        return loads
+
+    yield serve
+    for family in families:
+        unregister_source(family)
+
+
+@pytest.fixture
+def crashing_open(monkeypatch):
+    """Opening a file named ``crash.*`` raises an error no one planned for (not an OSError)."""
+    real_open = Path.open
+
+    def crashing(self, *args, **kwargs):
+        if self.name.startswith("crash."):
+            raise RuntimeError("decoder crashed")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", crashing)

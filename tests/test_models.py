@@ -14,18 +14,34 @@ import torch
 import torchvision
 from PIL import Image
 
-from heatmap_cli import models
 from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
-from heatmap_cli.models import DEFAULT_MODEL, LoadedModel, available_models, load_model
+from heatmap_cli.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    ModelEntry,
+    ModelSource,
+    available_models,
+    get_source,
+    imagenet_categories,
+    list_sources,
+    load_model,
+    register_source,
+    unregister_source,
+)
+from heatmap_cli.models.default import (
+    lite0_module_map,
+    package_weights_file,
+    rename_lukemelas_keys,
+)
 
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "sample_images"
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat
 ESPRESSO = 967
 
 
-@pytest.fixture(scope="module")
-def lite0() -> LoadedModel:
-    return load_model()
+@pytest.fixture
+def lite0(pretrained) -> LoadedModel:
+    return pretrained
 
 
 @pytest.fixture
@@ -77,14 +93,14 @@ def test_default_model_metadata(lite0: LoadedModel) -> None:
     assert len(lite0.categories) == lite0.num_classes == 1000
     assert lite0.categories[281] == "tabby"
     assert lite0.categories[967] == "espresso"
-    assert lite0.categories == models.imagenet_categories()
+    assert lite0.categories == imagenet_categories()
 
 
 def test_lite0_key_map_is_complete_and_one_to_one(lite0: LoadedModel) -> None:
-    package_file = models._lite0_package_file()
+    package_file = package_weights_file()
     assert package_file is not None
     lukemelas = torch.load(package_file, map_location="cpu", weights_only=True)
-    module_map = models._lite0_module_map(lite0.model)
+    module_map = lite0_module_map(lite0.model)
 
     # Spot checks of the documented renaming (flat lukemelas index -> timm stage/block).
     assert module_map["_conv_stem"] == "conv_stem"
@@ -95,7 +111,7 @@ def test_lite0_key_map_is_complete_and_one_to_one(lite0: LoadedModel) -> None:
     assert module_map["_blocks.2._project_conv"] == "blocks.1.1.conv_pwl"
     assert module_map["_blocks.15._bn2"] == "blocks.6.0.bn3"
 
-    renamed = models._lite0_from_lukemelas(lukemelas, lite0.model)
+    renamed = rename_lukemelas_keys(lukemelas, lite0.model)
     expected = lite0.model.state_dict()
     assert len(renamed) == len(lukemelas)
     assert renamed.keys() == expected.keys()
@@ -121,7 +137,7 @@ def test_default_model_recognises_sample_photos(
 def test_default_model_accepts_timm_and_lukemelas_files(lite0: LoadedModel, tmp_path: Path) -> None:
     timm_file = tmp_path / "lite0_timm.pth"
     torch.save(lite0.model.state_dict(), timm_file)
-    package_file = models._lite0_package_file()
+    package_file = package_weights_file()
     assert package_file is not None
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -173,7 +189,7 @@ def test_torchvision_loads_cached_weights_with_metadata(
     assert loaded.std == pytest.approx((0.229, 0.224, 0.225))
     assert loaded.input_size == (224, 224)
     assert loaded.interpolation == "bilinear"
-    assert loaded.categories == models.imagenet_categories()
+    assert loaded.categories == imagenet_categories()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), reference(x))
@@ -218,22 +234,34 @@ def test_checkpoint_with_python_objects_is_refused(tmp_path: Path) -> None:
         load_model("resnet18", weights=path)
 
 
-def test_wrong_architecture_is_summarised(tmp_path: Path) -> None:
+def key_differences(model: torch.nn.Module, state_dict: dict) -> tuple[int, int]:
+    """(missing, unexpected) key counts of loading ``state_dict`` into ``model``, as the
+    libraries installed here name them (a timm or torchvision release may rename layers)."""
+    expected = model.state_dict().keys()
+    return len(expected - state_dict.keys()), len(state_dict.keys() - expected)
+
+
+def test_wrong_architecture_is_summarised(lite0: LoadedModel, tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
-    torch.save(seeded_resnet18().state_dict(), path)
+    state_dict = seeded_resnet18().state_dict()
+    torch.save(state_dict, path)
+    missing, unexpected = key_differences(lite0.model, state_dict)
     with pytest.raises(WeightsMismatchError) as excinfo:
         load_model(DEFAULT_MODEL, weights=path)
     message = str(excinfo.value)
     assert message.startswith(f"{path}: does not fit efficientnet_lite0")
-    assert "291 missing keys: conv_stem.weight" in message
-    assert "117 unexpected keys: conv1.weight" in message
+    assert f"{missing} missing keys: conv_stem.weight" in message
+    assert f"{unexpected} unexpected keys: conv1.weight" in message
     assert "shape mismatches" in message
 
 
 def test_wrong_size_of_same_family_is_summarised(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
-    torch.save(seeded_resnet18().state_dict(), path)
-    with pytest.raises(WeightsMismatchError, match=r"does not fit resnet34 .*: 96 missing keys"):
+    state_dict = seeded_resnet18().state_dict()
+    torch.save(state_dict, path)
+    missing, _ = key_differences(torchvision.models.resnet34(), state_dict)
+    assert missing > 0
+    with pytest.raises(WeightsMismatchError, match=rf"does not fit resnet34 .*: {missing} missing"):
         load_model("resnet34", weights=path)
 
 
@@ -248,7 +276,7 @@ def test_resnet18_weights_file_reproduces_outputs(wrap: str, tmp_path: Path) -> 
 
     loaded = load_model("resnet18", weights=path)
     assert loaded.source == str(path)
-    assert loaded.categories == models.imagenet_categories()
+    assert loaded.categories == imagenet_categories()
     assert loaded.input_size == (224, 224)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -302,7 +330,7 @@ def test_timm_weights_file(tmp_path: Path) -> None:
 
     loaded = load_model("timm/resnet18", weights=path)
     assert loaded.name == "timm/resnet18"
-    assert loaded.categories == models.imagenet_categories()
+    assert loaded.categories == imagenet_categories()
     assert loaded.interpolation == reference.pretrained_cfg["interpolation"]
     assert loaded.mean == pytest.approx(reference.pretrained_cfg["mean"])
     assert loaded.input_size == tuple(reference.pretrained_cfg["input_size"][1:])
@@ -345,7 +373,80 @@ def test_available_models() -> None:
     assert set(torchvision.models.list_models(module=torchvision.models)) <= set(names)
     assert not any(name.startswith("timm/") for name in names)
 
-    with_timm = available_models(timm_filter="resnet18.*")
+    with_timm = available_models("resnet18.*")
     timm_entries = [entry for entry in with_timm if entry.family == "timm"]
     assert "timm/resnet18.a1_in1k" in [entry.name for entry in timm_entries]
     assert all(entry.name.startswith("timm/resnet18.") for entry in timm_entries)
+
+
+# --- the registry of model sources ---------------------------------------------------------------
+
+
+class ToySource(ModelSource):
+    """A whole new family of names in a few lines: ``toy/N`` is a classifier of N classes.
+
+    In the package this would be one new file under heatmap_cli/models/ and one
+    ``register_source(ToySource())`` line in heatmap_cli/models/__init__.py.
+    """
+
+    family = "toy"
+    prefix = "toy/"
+    hint = "a toy model is toy/CLASSES"
+
+    def claims(self, name: str) -> bool:
+        return name.startswith(self.prefix) and name[len(self.prefix) :].isdigit()
+
+    def names(self) -> list[str]:
+        return ["toy/2", "toy/3"]
+
+    def entries(self, pattern: str | None = None) -> list[ModelEntry]:
+        return [ModelEntry(name, self.family, "random", True, None) for name in self.names()]
+
+    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+        classes = int(name[len(self.prefix) :])
+        torch.manual_seed(classes)
+        layers = [torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(4, classes))
+        return LoadedModel(
+            name=name,
+            model=model,
+            categories=tuple(f"toy class {i}" for i in range(classes)),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            input_size=(32, 32),
+            interpolation="bilinear",
+            source=f"toy weights ({weights or 'random'})",
+        )
+
+
+@pytest.fixture
+def toy() -> ModelSource:
+    source = register_source(ToySource())
+    yield source
+    unregister_source(source.family)
+
+
+def test_a_registered_source_loads_lists_and_suggests_its_models(toy: ModelSource) -> None:
+    assert [s.family for s in list_sources()] == ["default", "torchvision", "timm", "toy"]
+    assert get_source(" toy/3 ") is toy
+    loaded = load_model(" toy/3 ")
+    assert loaded.name == " toy/3 "  # the name as given
+    assert loaded.num_classes == 3
+    assert not loaded.model.training
+    assert loaded.model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert [e.name for e in available_models() if e.family == "toy"] == ["toy/2", "toy/3"]
+    with pytest.raises(UnknownModelError) as excinfo:
+        load_model("toy/2x")
+    message = str(excinfo.value)
+    assert "Did you mean toy/2, toy/3?" in message
+    assert message.endswith("any timm model is timm/NAME; a toy model is toy/CLASSES.")
+
+
+def test_a_family_is_registered_once(toy: ModelSource) -> None:
+    with pytest.raises(ValueError, match="'toy' is registered already"):
+        register_source(ToySource())
+    unregister_source("toy")
+    assert "toy" not in [s.family for s in list_sources()]
+    with pytest.raises(UnknownModelError):
+        load_model("toy/3")
+    register_source(toy)  # for the fixture's clean-up

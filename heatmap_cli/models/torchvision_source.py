@@ -1,0 +1,176 @@
+"""torchvision's ImageNet classifiers (``resnet50``, ``vgg16``...) with their ``DEFAULT`` weights.
+
+Weights are downloaded and cached by torch hub in ``<torch.hub.get_dir()>/checkpoints/``; class
+names, mean/std, interpolation and the input size come from torchvision's weights enums.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from heatmap_cli.errors import WeightsMismatchError, WeightsUnavailableError
+from heatmap_cli.models.base import (
+    LoadedModel,
+    ModelEntry,
+    ModelSource,
+    as_interpolation,
+    as_triple,
+    short_reason,
+)
+from heatmap_cli.models.weights import load_strict, read_state_dict, torch_hub_cache_path
+
+__all__ = ["TorchvisionSource"]
+
+# The old DenseNet checkpoints name layers 'norm.1' where the modules are now 'norm1';
+# torchvision renames them while loading its own weights, so do the same for local files.
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+@cache
+def _torchvision_names() -> frozenset[str]:
+    """Names of torchvision's ImageNet classification models (not detection, video, ...)."""
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+class TorchvisionSource(ModelSource):
+    """Every model of ``torchvision.models.list_models(module=torchvision.models)``."""
+
+    family = "torchvision"
+
+    def claims(self, name: str) -> bool:
+        """Whether ``name`` (any case) is a torchvision classification model."""
+        return name.lower() in _torchvision_names()
+
+    def names(self) -> Iterable[str]:
+        """Every torchvision classification model, in name order."""
+        return sorted(_torchvision_names())
+
+    def entries(self, pattern: str | None = None) -> list[ModelEntry]:
+        """Every model with its ``DEFAULT`` weights and whether torch hub has them cached."""
+        del pattern
+        entries = []
+        for name in self.names():
+            enum = torchvision.models.get_model_weights(name).DEFAULT
+            path = torch_hub_cache_path(enum.url)
+            entries.append(
+                ModelEntry(
+                    name=name,
+                    family=self.family,
+                    weights=str(enum),
+                    cached=path.is_file(),
+                    location=path,
+                )
+            )
+        return entries
+
+    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+        """Builds a torchvision classifier with its ``DEFAULT`` weights or a local file."""
+        arch = name.lower()
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        if weights is None:
+            model = _pretrained(arch, enum, download)
+            source = f"torchvision {enum}"
+        else:
+            model = _from_state_dict(arch, enum, read_state_dict(weights), weights)
+            source = str(weights)
+        preset = enum.transforms()
+        crop = tuple(preset.crop_size)
+        return LoadedModel(
+            name=name,
+            model=model,
+            categories=tuple(enum.meta["categories"]),
+            mean=as_triple(preset.mean),
+            std=as_triple(preset.std),
+            input_size=(crop[0], crop[-1]),
+            interpolation=as_interpolation(preset.interpolation.value),
+            source=source,
+        )
+
+
+def _pretrained(arch: str, enum: WeightsEnum, download: bool) -> nn.Module:
+    """Builds ``arch`` with ``enum``'s weights, downloading them first if allowed.
+
+    The download is done here rather than inside torchvision so that a network failure and a
+    broken cached file can be told apart and reported with the file's full path.
+    """
+    cache_path = torch_hub_cache_path(enum.url)
+    if not cache_path.is_file():
+        _download(arch, enum, cache_path, download)
+    try:
+        return torchvision.models.get_model(arch, weights=enum)
+    except Exception as err:
+        # The file is there, so whatever fails now is the file's fault (truncated, replaced).
+        raise WeightsMismatchError(
+            f"{cache_path}: cached weights for {arch} cannot be loaded ({short_reason(err)}); "
+            "delete the file to download it again, or pass --weights FILE."
+        ) from err
+
+
+def _download(arch: str, enum: WeightsEnum, cache_path: Path, allowed: bool) -> None:
+    """Fetches ``enum``'s file into the torch hub cache, or says why it is not there."""
+    fix = (
+        f"download {enum.url} on a connected machine and put it at {cache_path} "
+        "(set TORCH_HOME to use another folder), or pass --weights FILE"
+    )
+    missing = f"Weights {enum} for {arch} are not cached ({cache_path} is missing)"
+    if not allowed:
+        raise WeightsUnavailableError(f"{missing}; {fix}.")
+    match = torch.hub.HASH_REGEX.search(cache_path.name)
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            enum.url, str(cache_path), match.group(1) if match else None, progress=True
+        )
+    except (OSError, http.client.HTTPException, RuntimeError) as err:
+        # RuntimeError: torch.hub's hash check; OSError covers URLError and socket errors.
+        raise WeightsUnavailableError(
+            f"{missing} and could not be downloaded ({short_reason(err)}); {fix}."
+        ) from err
+
+
+def _from_state_dict(
+    arch: str, enum: WeightsEnum, state_dict: dict[str, torch.Tensor], path: Path
+) -> nn.Module:
+    """Builds ``arch`` without pretrained weights, configured as for ``enum``, and loads a file.
+
+    torchvision's builders change a few constructor arguments when they load pretrained weights;
+    the same changes are made here so that a copy of the released file (the usual reason for
+    ``--weights`` on an offline machine) gives exactly the pretrained model.
+    """
+    kwargs: dict[str, Any] = {"num_classes": len(enum.meta["categories"])}
+    aux_prefixes: tuple[str, ...] = ()
+    if arch in ("googlenet", "inception_v3"):
+        aux_prefixes = ("aux1.", "aux2.") if arch == "googlenet" else ("AuxLogits.",)
+        # The released weights expect Google's [-1, 1] input; transform_input converts the
+        # ImageNet-normalized input to it inside the model, as the builder does.
+        kwargs["transform_input"] = True
+        kwargs["init_weights"] = False
+        kwargs["aux_logits"] = any(key.startswith(aux_prefixes) for key in state_dict)
+    elif arch.startswith("vit_"):
+        kwargs["image_size"] = enum.meta["min_size"][0]
+    elif arch.startswith("maxvit"):
+        kwargs["input_size"] = enum.meta["min_size"]
+    if arch.startswith("densenet"):
+        state_dict = {
+            _DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state_dict.items()
+        }
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    load_strict(model, state_dict, path, arch)
+    if kwargs.get("aux_logits"):
+        # The auxiliary heads only matter in training; drop them as the builder does.
+        model.aux_logits = False
+        for prefix in aux_prefixes:
+            setattr(model, prefix.rstrip("."), None)
+    return model
