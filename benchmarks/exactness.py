@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from heatmap_cli.grid import score_grid
-from heatmap_cli.images import read_image
+from heatmap_cli.io import read_image
 from heatmap_cli.models import load_model
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 from heatmap_cli.surgery import convolutionalize

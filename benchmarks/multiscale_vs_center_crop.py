@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from heatmap_cli.classes import rank_by_peak
-from heatmap_cli.images import read_image
+from heatmap_cli.engine import GridEngine, GridSettings
+from heatmap_cli.io import read_image
 from heatmap_cli.models import LoadedModel, load_model
-from heatmap_cli.multiscale import format_ranking, parse_scales, rank_image, score_multiscale
-from heatmap_cli.pipeline import GridEngine, GridSettings
+from heatmap_cli.multiscale import parse_scales, score_multiscale
 from heatmap_cli.preprocess import normalize
+from heatmap_cli.ranking import format_ranking, rank_by_peak, rank_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 Ranking = list[tuple[int, float]]
@@ -95,9 +95,13 @@ def main() -> None:
 
         rows = [
             ("224 centre crop (reference)", reference, crop_s),
-            (f"dense, 1 pass at {args.size}, max pooling", rank_image(single, top_k), single_s),
-            (f"{passes}, max pooling", rank_image(multi, top_k, "max"), multi_s),
-            (f"{passes}, mean pooling", rank_image(multi, top_k, "mean"), multi_s),
+            (
+                f"dense, 1 pass at {args.size}, max pooling",
+                rank_image(single.passes, top_k),
+                single_s,
+            ),
+            (f"{passes}, max pooling", rank_image(multi.passes, top_k, "max"), multi_s),
+            (f"{passes}, mean pooling", rank_image(multi.passes, top_k, "mean"), multi_s),
             (f"{passes}, peak of averaged map", averaged_map, multi_s),
         ]
         for method, ranking, seconds in rows:
@@ -112,7 +116,7 @@ def main() -> None:
         )
         print(f"|  | passes (input WxH / grid rows x cols) | {grids} |  |  |  |  |", flush=True)
         for pooling in ("max", "mean"):
-            table = format_ranking(multi, categories, top_k, pooling)  # type: ignore[arg-type]
+            table = format_ranking(multi.passes, categories, top_k, pooling)
             breakdowns.append(f"{photo.name}, {pooling} pooling, per pass:\n{table}")
     print("\n" + "\n\n".join(breakdowns))
 

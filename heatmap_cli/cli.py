@@ -2,13 +2,16 @@
 
 Exit status: 0 when every image succeeded, 1 when some failed (after finishing all the others),
 2 for usage errors, 130 when interrupted (finished images are kept; ``--skip-existing`` resumes).
-Library errors become one line on stderr; ``--debug`` shows tracebacks.
+Library errors become one line on stderr, and their base class alone chooses the status
+(``errors.UsageError``: 2, any other ``HeatmapError``: 1); ``--debug`` shows tracebacks.
 
 Nothing heavy is imported at module level, so ``heatmap --help`` answers without loading torch.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,15 +20,42 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
+
 if TYPE_CHECKING:
-    from heatmap_cli.images import ImageInput
+    from tqdm import tqdm
+
+    from heatmap_cli.engine import GridEngine
+    from heatmap_cli.io import ImageInput
+    from heatmap_cli.loader import Outcome
     from heatmap_cli.outputs import OutputOptions
-    from heatmap_cli.pipeline import GridEngine
 
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+class _LazyChoice(click.Choice):
+    """A ``click.Choice`` whose values are a library list, imported when a value is checked.
+
+    The lists live next to the code that uses them (the engine's methods, the rankings'
+    poolings); importing them for ``--help`` would import torch, so the option names a metavar
+    instead of listing the values.
+    """
+
+    def __init__(self, module: str, attribute: str) -> None:
+        self._source = (module, attribute)
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The values, imported on first use."""
+        if self._choices is None:
+            module, attribute = self._source
+            self._choices = tuple(getattr(importlib.import_module(module), attribute))
+        return self._choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -138,10 +168,12 @@ class CommandOptions:
 )
 @click.option(
     "--method",
-    type=click.Choice(["auto", "dense", "dilate", "stitch", "crops"]),
+    type=_LazyChoice("heatmap_cli.engine", "METHOD_CHOICES"),
+    metavar="METHOD",
     default="auto",
     show_default=True,
-    help="auto: dense at the native stride, dilate for a finer one; crops: exact reference.",
+    help="dense (native stride), dilate or stitch (finer strides), crops (exact reference); "
+    "auto: dense, or dilate for a finer stride.",
 )
 @click.option(
     "--scores",
@@ -217,7 +249,8 @@ class CommandOptions:
 @click.option("--flip", is_flag=True, help="Also average each scale's horizontal mirror.")
 @click.option(
     "--pooling",
-    type=click.Choice(["max", "mean"]),
+    type=_LazyChoice("heatmap_cli.ranking", "POOLINGS"),
+    metavar="POOLING",
     default="max",
     show_default=True,
     help="Image-level ranking: spatial max or mean of each class's probability.",
@@ -234,25 +267,15 @@ def main(**options: Any) -> None:
       heatmap photo.jpg --stride 16
       heatmap photos/ --out maps/
     """
-    from heatmap_cli import errors
-    from heatmap_cli.render import RenderError
-
     command = CommandOptions(**options)
-    debug = command.debug
     try:
         _run(command)
     except click.ClickException:
         raise
-    except (
-        errors.UnknownClassError,
-        errors.GeometryError,
-        errors.UnknownModelError,
-        errors.WeightsMismatchError,
-        RenderError,
-    ) as error:
-        _fail(error, EXIT_USAGE, debug)
-    except (errors.HeatmapError, OSError) as error:
-        _fail(error, EXIT_SOME_FAILED, debug)
+    except UsageError as error:
+        _fail(error, EXIT_USAGE, command.debug)
+    except (HeatmapError, OSError) as error:
+        _fail(error, EXIT_SOME_FAILED, command.debug)
 
 
 def _fail(error: BaseException, status: int, debug: bool) -> NoReturn:
@@ -263,35 +286,88 @@ def _fail(error: BaseException, status: int, debug: bool) -> NoReturn:
 
 
 def _run(options: CommandOptions) -> None:
-    from heatmap_cli.classes import resolve_classes
-    from heatmap_cli.errors import ImageReadError
-    from heatmap_cli.images import DEFAULT_MAX_PIXELS, find_images, remove_stale_temporaries
-    from heatmap_cli.models import load_model
-    from heatmap_cli.multiscale import parse_scales
-    from heatmap_cli.outputs import OutputOptions, completion_marker
-    from heatmap_cli.pipeline import GridEngine, GridSettings
+    from heatmap_cli.io import find_images, remove_stale_temporaries
+    from heatmap_cli.outputs import completion_marker
     from heatmap_cli.render import check_cmap
 
-    out = options.out
     if options.max_pixels is not None and options.max_pixels <= 0:
         raise click.BadParameter("must be positive", param_hint="--max-pixels")
     check_cmap(options.cmap)
+    scales = _scales(options.scales)
     try:
-        scales = parse_scales(options.scales) if options.scales is not None else None
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--scales") from None
-    if options.flip and scales is None:
-        scales = (1.0,)
-    try:
-        items = find_images(list(options.inputs), exclude=[out])
+        items = find_images(list(options.inputs), exclude=[options.out])
     except ImageReadError as error:  # a missing input or unlistable folder: nothing was done
         raise click.UsageError(str(error)) from None
     if not items:
         raise click.UsageError("no images found in the given inputs")
-    _check_writable(out)
+    _check_writable(options.out)
 
     started = time.perf_counter()
+    engine, rendering = _start(options)
+    for note in engine.notes:
+        click.echo(f"Note: {note}", err=True)
+    remove_stale_temporaries(options.out)
+    todo = [
+        item
+        for item in items
+        if not (options.skip_existing and completion_marker(options.out, item.stem).exists())
+    ]
+    done, failed = _process(todo, engine, rendering, options, scales)
+    summary = f"{done} done, {failed} failed"
+    if len(items) > len(todo):
+        summary += f", {len(items) - len(todo)} skipped (already done)"
+    if not options.quiet or failed:
+        click.echo(
+            f"{summary} in {time.perf_counter() - started:.1f}s ({engine.loaded.name}, "
+            f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
+            f"outputs in {options.out}",
+            err=True,
+        )
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _scales(text: str | None) -> tuple[float, ...]:
+    """``--scales`` parsed; a plain run (and ``--flip`` alone) is the one scale 1."""
+    if text is None:
+        return (1.0,)
+    from heatmap_cli.multiscale import parse_scales
+
+    try:
+        return parse_scales(text)
+    except UsageError as error:
+        raise click.BadParameter(str(error), param_hint="--scales") from None
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out") from None
+    if not os.access(out, os.W_OK):
+        raise click.BadParameter(f"{out} is not writable", param_hint="--out")
+
+
+def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
+    """Loads the model, resolves ``--class`` and converts the model once."""
+    from heatmap_cli.engine import GridEngine, GridSettings
+    from heatmap_cli.io import DEFAULT_MAX_PIXELS
+    from heatmap_cli.models import load_model
+    from heatmap_cli.outputs import OutputOptions
+    from heatmap_cli.ranking import resolve_classes
+
     loaded = load_model(options.model, weights=options.weights)
+    rendering = OutputOptions(
+        classes=resolve_classes(options.class_specs, loaded.categories),
+        top_k=options.top_k,
+        scores=options.scores,
+        cmap=options.cmap,
+        alpha=options.alpha,
+        colorbar=options.colorbar,
+        pooling=options.pooling,
+    )
+    budget = options.memory_budget
     settings = GridSettings(
         size=options.size,
         stride=options.stride,
@@ -303,148 +379,41 @@ def _run(options: CommandOptions) -> None:
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
         tile=options.tile,
-        memory_budget=None if options.memory_budget is None else int(options.memory_budget * 2**30),
+        memory_budget=None if budget is None else int(budget * 2**30),
     )
-    rendering = OutputOptions(
-        classes=resolve_classes(options.class_specs, loaded.categories),
-        top_k=options.top_k,
-        scores=options.scores,
-        cmap=options.cmap,
-        alpha=options.alpha,
-        colorbar=options.colorbar,
-        pooling=options.pooling,
-    )
-    engine = GridEngine(loaded, settings)
-    for note in engine.notes:
-        click.echo(f"Note: {note}", err=True)
-    remove_stale_temporaries(out)
-
-    todo = [
-        i for i in items if not (options.skip_existing and completion_marker(out, i.stem).exists())
-    ]
-    skipped = len(items) - len(todo)
-    done, failed = _process(
-        todo,
-        engine,
-        rendering,
-        out,
-        scales=scales,
-        flip=options.flip,
-        quiet=options.quiet,
-        debug=options.debug,
-    )
-    elapsed = time.perf_counter() - started
-    summary = f"{done} done, {failed} failed"
-    if skipped:
-        summary += f", {skipped} skipped (already done)"
-    if not options.quiet or failed:
-        click.echo(
-            f"{summary} in {elapsed:.1f}s ({loaded.name}, {engine.method}, stride {engine.stride}, "
-            f"{engine.device.type}); outputs in {out}",
-            err=True,
-        )
-    if failed:
-        sys.exit(EXIT_SOME_FAILED)
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out") from None
-    import os
-
-    if not os.access(out, os.W_OK):
-        raise click.BadParameter(f"{out} is not writable", param_hint="--out")
+    return GridEngine(loaded, settings), rendering
 
 
 def _process(
     items: list[ImageInput],
     engine: GridEngine,
-    options: OutputOptions,
-    out: Path,
-    *,
-    scales: tuple[float, ...] | None,
-    flip: bool,
-    quiet: bool,
-    debug: bool,
+    rendering: OutputOptions,
+    options: CommandOptions,
+    scales: tuple[float, ...],
 ) -> tuple[int, int]:
+    """Scores and writes every image, reporting each; returns ``(done, failed)``."""
     from tqdm import tqdm
 
-    from heatmap_cli.classes import image_ranking
-    from heatmap_cli.multiscale import (
-        MultiScaleImage,
-        format_ranking,
-        rank_image,
-        score_images_multiscale,
-    )
-    from heatmap_cli.outputs import softmax, write_outputs
-    from heatmap_cli.pipeline import ImageResult, score_images
+    from heatmap_cli.loader import score_images
 
-    summary = {
-        "model": engine.loaded.name,
-        "weights": engine.loaded.source,
-        "method": engine.method,
-        "native_stride": engine.native_stride,
-        "size": engine.settings.size,
-    }
     done = failed = 0
     notes_shown = len(engine.notes)  # printed already; a --compile fallback may add one later
-    progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=quiet or len(items) <= 1)
-    if scales is None:
-        results = score_images(items, engine)
-    else:
-        results = score_images_multiscale(items, engine, scales, flip=flip)
+    disabled = options.quiet or len(items) <= 1
+    progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=disabled)
+    outcomes = score_images(items, engine, scales=scales, flip=options.flip)
     try:
         with progress:
-            for item, result in results:
+            for outcome in outcomes:
                 for note in engine.notes[notes_shown:]:
                     progress.write(f"Note: {note}", file=sys.stderr)
                 notes_shown = len(engine.notes)
-                try:
-                    if not isinstance(result, ImageResult):
-                        raise result
-                    record = dict(summary)
-                    if isinstance(result, MultiScaleImage):
-                        passes = result.multiscale
-                        ranking = rank_image(passes, options.top_k, options.pooling)
-                        record.update(passes.record())
-                        table = format_ranking(
-                            passes, engine.categories, options.top_k, options.pooling
-                        )
-                    else:
-                        ranking = image_ranking(
-                            softmax(result.logits), options.top_k, options.pooling
-                        )
-                        table = ", ".join(f"{engine.categories[i]} {p:.2f}" for i, p in ranking)
-                    write_outputs(
-                        ranking=ranking,
-                        out_dir=out,
-                        stem=item.stem,
-                        source=item.path,
-                        logits=result.logits,
-                        geometry=result.geometry,
-                        display=result.display,
-                        categories=engine.categories,
-                        options=options,
-                        summary=record,
-                    )
+                if _finish(outcome, engine, rendering, options, progress):
                     done += 1
-                    if not quiet:
-                        separator = "\n" if "\n" in table else " "
-                        progress.write(f"{item.path}:{separator}{table}", file=sys.stdout)
-                    if not quiet:
-                        for note in result.notes:
-                            progress.write(f"Warning: {item.path}: {note}", file=sys.stderr)
-                except Exception as error:  # one image's failure never stops the batch
-                    if debug:
-                        raise
+                else:
                     failed += 1
-                    progress.write(f"Error: {_describe_failure(item.path, error)}", file=sys.stderr)
                 progress.update(1)
     except KeyboardInterrupt:
-        if debug:
+        if options.debug:
             raise
         click.echo(
             f"\nInterrupted: {done} done, {failed} failed, {len(items) - done - failed} not "
@@ -453,13 +422,41 @@ def _process(
         )
         sys.exit(EXIT_INTERRUPTED)
     finally:
-        results.close()  # stops the loader threads now, not when garbage-collected
+        outcomes.close()  # stops the loader threads now, not when garbage-collected
     return done, failed
 
 
-def _describe_failure(path: Path, error: Exception) -> str:
-    from heatmap_cli.errors import HeatmapError
+def _finish(
+    outcome: Outcome,
+    engine: GridEngine,
+    rendering: OutputOptions,
+    options: CommandOptions,
+    progress: tqdm,
+) -> bool:
+    """Writes one image's outputs and reports it; False (and one error line) if it failed."""
+    from heatmap_cli.outputs import write_outputs
+    from heatmap_cli.ranking import describe_ranking
 
+    path = outcome.item.path
+    try:
+        result = outcome.unwrap()
+        write_outputs(result, engine, rendering, options.out)
+    except Exception as error:  # one image's failure never stops the batch
+        if options.debug:
+            raise
+        progress.write(f"Error: {_describe_failure(path, error)}", file=sys.stderr)
+        return False
+    if not options.quiet:
+        passes, categories = result.grid.passes, engine.categories
+        table = describe_ranking(passes, categories, rendering.top_k, rendering.pooling)
+        separator = "\n" if "\n" in table else " "
+        progress.write(f"{path}:{separator}{table}", file=sys.stdout)
+        for note in result.notes:
+            progress.write(f"Warning: {path}: {note}", file=sys.stderr)
+    return True
+
+
+def _describe_failure(path: Path, error: Exception) -> str:
     text = str(error)
     if not isinstance(error, HeatmapError):  # not a foreseen failure: say what it was
         text = f"unexpected {type(error).__name__}: {text} (--debug shows the traceback)"

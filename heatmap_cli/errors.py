@@ -22,6 +22,7 @@ __all__ = [
     "OutputWriteError",
     "RenderError",
     "UnknownClassError",
+    "UnknownColormapError",
     "UnknownModelError",
     "UsageError",
     "WeightsMismatchError",
@@ -68,6 +69,10 @@ class WeightsUnavailableError(HeatmapError):
 
 class RenderError(HeatmapError, ValueError):
     """Scores, centres or colour ranges that cannot be drawn (mismatched shapes, NaN)."""
+
+
+class UnknownColormapError(InvalidOptionError, RenderError):
+    """A colormap name matplotlib does not know: an option value that cannot be drawn."""
 
 
 class ImageReadError(HeatmapError):

@@ -142,19 +142,3 @@ class GridGeometry:
         """
         sy, sx = self.scale
         return np.array([self.window[1] * sx, self.window[0] * sy], dtype=np.float32)
-
-    def to_original(self, row: float, col: float) -> tuple[float, float]:
-        """Maps a (possibly fractional) cell index to its window centre in original pixels.
-
-        Args:
-            row: Cell row index.
-            col: Cell column index.
-
-        Returns:
-            ``(x, y)`` in original-image pixels.
-        """
-        sy, sx = self.scale
-        return (
-            (col * self.stride + self.window[1] / 2) * sx,
-            (row * self.stride + self.window[0] / 2) * sy,
-        )

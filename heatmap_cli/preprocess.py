@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from heatmap_cli.errors import GeometryError
+from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.geometry import GridGeometry, snapped_input_size
 
 __all__ = ["normalize", "plan_geometry", "resize_for_grid"]
@@ -70,7 +70,7 @@ def resize_for_grid(
     try:
         resample = _RESAMPLING[interpolation.lower()]
     except KeyError:
-        raise GeometryError(
+        raise InvalidOptionError(
             f"unknown interpolation {interpolation!r}; choose from {', '.join(_RESAMPLING)}"
         ) from None
     height, width = input_size

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,26 +11,27 @@ import torch.nn.functional as F
 from nets import WINDOW, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
+from toys import as_loaded
 
-from heatmap_cli.classes import rank_by_peak
-from heatmap_cli.errors import GeometryError, ImageReadError
+from heatmap_cli.engine import GridEngine, GridSettings
+from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.images import ImageInput
-from heatmap_cli.models import LoadedModel
 from heatmap_cli.multiscale import (
-    MultiScaleImage,
-    format_ranking,
-    image_scores,
+    PassAverage,
     multiscale_grid,
     parse_scales,
-    rank_image,
     resample_grid,
-    score_images_multiscale,
     score_multiscale,
 )
-from heatmap_cli.outputs import softmax
-from heatmap_cli.pipeline import GridEngine, GridSettings, ImageResult
 from heatmap_cli.preprocess import plan_geometry, resize_for_grid
+from heatmap_cli.ranking import (
+    describe_ranking,
+    format_ranking,
+    image_scores,
+    rank_by_peak,
+    rank_image,
+    softmax,
+)
 
 METHODS = [("dense", None), ("dilate", 4), ("stitch", 4), ("crops", 8)]
 
@@ -46,16 +45,8 @@ def engine_for(
     stride: int | None = None,
     classes: int = 10,
 ) -> GridEngine:
-    loaded = LoadedModel(
-        name="tiny",
-        model=net,
-        categories=tuple(f"class {i}" for i in range(classes)),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        input_size=window,
-        interpolation="bicubic",
-        source="test",
-    )
+    categories = [f"class {i}" for i in range(classes)]
+    loaded = as_loaded(net, window=window, categories=categories, interpolation="bicubic")
     settings = GridSettings(size=size, stride=stride, method=method, device="cpu")
     return GridEngine(loaded, settings)
 
@@ -91,8 +82,8 @@ def test_single_scale_without_flip_is_the_plain_result(method, stride):
     assert np.array_equal(result.probs, softmax(plain))
     probs = softmax(plain)
     peaks = probs.reshape(probs.shape[0], -1).max(axis=1)
-    assert [i for i, _ in rank_image(result, 4)] == rank_by_peak(probs, 4)
-    assert [s for _, s in rank_image(result, 4)] == [
+    assert [i for i, _ in rank_image(result.passes, 4)] == rank_by_peak(probs, 4)
+    assert [s for _, s in rank_image(result.passes, 4)] == [
         float(peaks[i]) for i in rank_by_peak(probs, 4)
     ]
 
@@ -263,12 +254,12 @@ def test_max_pooling_ranks_the_hot_spot_and_mean_pooling_the_spread_class():
     cold_cell = np.exp([-5.0, 0.0, -6.0]) / np.exp([-5.0, 0.0, -6.0]).sum()
     hot, spread = hot_cell[0], cold_cell[1]
 
-    by_max = rank_image(result, 2, "max")
+    by_max = rank_image(result.passes, 2, "max")
     assert [i for i, _ in by_max] == [0, 1]
     assert by_max[0][1] == pytest.approx(hot, rel=1e-5)
     assert by_max[1][1] == pytest.approx(spread, rel=1e-5)
 
-    by_mean = rank_image(result, 3, pooling="mean")
+    by_mean = rank_image(result.passes, 3, pooling="mean")
     assert [i for i, _ in by_mean] == [1, 0, 2]
     cells = [p.geometry.shape[0] * p.geometry.shape[1] for p in result.passes]
     expected_mean = np.mean([((n - 1) * cold_cell + hot_cell) / n for n in cells], axis=0)
@@ -281,19 +272,24 @@ def test_max_pooling_ranks_the_hot_spot_and_mean_pooling_the_spread_class():
         result.passes[3].geometry.shape[1] - 1,
     ]
     np.testing.assert_allclose(
-        image_scores(result, "max"), np.mean([p.peak for p in result.passes], axis=0)
+        image_scores(result.passes, "max"), np.mean([p.peak for p in result.passes], axis=0)
     )
-    with pytest.raises(GeometryError, match="pooling must be one of max, mean"):
-        image_scores(result, "median")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="pooling must be one of max, mean"):
+        image_scores(result.passes, "median")
 
-    table = format_ranking(result, ["hot", "spread", "none"], top_k=2)
+    table = format_ranking(result.passes, ["hot", "spread", "none"], top_k=2)
     lines = table.splitlines()
     assert len(lines) == 3
     assert "1x" in lines[0] and "2x flip" in lines[0]
     assert lines[1].split()[:3] == ["1", "0", "hot"]
+    assert describe_ranking(result.passes, ["hot", "spread", "none"], 2) == table
+    hot_peak, spread_peak = result.passes[0].peak[:2]
+    assert describe_ranking(result.passes[:1], ["hot", "spread", "none"], 2) == (
+        f"hot {hot_peak:.2f}, spread {spread_peak:.2f}"
+    )
 
 
-def test_json_record_says_which_passes_went_in():
+def test_passes_average_in_any_order_on_the_common_grid():
     result = multiscale_grid(
         random_photo(60, 80),
         score=hot_spot_scorer,
@@ -301,31 +297,39 @@ def test_json_record_says_which_passes_went_in():
         interpolation="bilinear",
         scales=(1, 1.5),
         flip=True,
+        keep_pass_logits=True,
     )
-    record = json.loads(json.dumps(result.record()))["multiscale"]
-    assert record["scales"] == [1.0, 1.5]
-    assert record["flip"] is True
-    assert record["common_grid"] == "first"
-    assert record["averaged"] == "logits"
-    assert record["passes"][3] == {
-        "scale": 1.5,
-        "flip": True,
-        "input_size": {"width": 124, "height": 92},
-        "grid": {"rows": 7, "cols": 11},
-    }
+    # The loader adds passes as their batches finish, in any order.
+    average = PassAverage([p.geometry for p in result.passes])
+    assert average.geometry == result.geometry
+    for index in (3, 1, 2, 0):
+        assert not average.complete
+        average.add(index, result.passes[index].logits, result.passes[index])
+    assert average.complete
+    again = average.result()
+    assert all(a is b for a, b in zip(again.passes, result.passes, strict=True))
+    np.testing.assert_allclose(again.logits, result.logits, rtol=1e-6, atol=1e-6)
+    partial = PassAverage([p.geometry for p in result.passes[:2]])
+    partial.add(0, result.passes[0].logits, result.passes[0])
+    with pytest.raises(ValueError, match="1 of 2 passes"):
+        partial.result()
+    with pytest.raises(InvalidOptionError, match="common grid must be one of first, finest"):
+        PassAverage([result.geometry], "coarsest")  # type: ignore[arg-type]
 
 
 def test_scales_are_parsed_and_checked():
     assert parse_scales("1, 1.5,2") == (1.0, 1.5, 2.0)
-    with pytest.raises(GeometryError, match=r"comma-separated numbers like 1,1.5,2; got '1,,2'"):
+    with pytest.raises(
+        InvalidOptionError, match=r"comma-separated numbers like 1,1.5,2; got '1,,2'"
+    ):
         parse_scales("1,,2")
-    with pytest.raises(GeometryError, match="scale 'x' is not a number"):
+    with pytest.raises(InvalidOptionError, match="scale 'x' is not a number"):
         parse_scales("1,x")
-    with pytest.raises(GeometryError, match=r"scales must be positive numbers, got 0\.0"):
+    with pytest.raises(InvalidOptionError, match=r"scales must be positive numbers, got 0\.0"):
         parse_scales("0")
-    with pytest.raises(GeometryError, match="scales must be positive numbers, got nan"):
+    with pytest.raises(InvalidOptionError, match="scales must be positive numbers, got nan"):
         parse_scales("nan")
-    with pytest.raises(GeometryError, match="at least one scale is needed"):
+    with pytest.raises(InvalidOptionError, match="at least one scale is needed"):
         multiscale_grid(
             random_photo(60, 80),
             score=hot_spot_scorer,
@@ -333,25 +337,3 @@ def test_scales_are_parsed_and_checked():
             interpolation="bilinear",
             scales=(),
         )
-
-
-def test_images_are_scored_in_order_and_failures_reported(tmp_path: Path):
-    engine = volume_engine()
-    items = []
-    for name, seed in (("a.png", 4), ("b.png", 5)):
-        random_photo(70, 95, seed).save(tmp_path / name)
-        items.append(ImageInput(tmp_path / name, Path(name).with_suffix("")))
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    items.insert(1, ImageInput(tmp_path / "broken.png", Path("broken")))
-
-    results = list(score_images_multiscale(items, engine, (1, 1.5), flip=True))
-
-    assert [item for item, _ in results] == items
-    assert isinstance(results[1][1], ImageReadError)
-    for _, result in (results[0], results[2]):
-        assert isinstance(result, MultiScaleImage) and isinstance(result, ImageResult)
-        assert result.logits is result.multiscale.logits
-        assert result.geometry == engine.plan((70, 95))
-        assert len(result.multiscale.passes) == 4
-        assert all(p.logits is None for p in result.multiscale.passes)  # not kept by default
-        assert result.display.shape == (70, 95, 3)

@@ -21,8 +21,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from torch import nn
+from toys import as_loaded
 
-from heatmap_cli import models
 from heatmap_cli.cli import main
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.render import cell_values_to_image
@@ -52,21 +52,22 @@ class RedSquareNet(nn.Module):
         return self.fc(features.mean([2, 3]))
 
 
-@pytest.fixture
-def red_square_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    def load(name: str, *, weights: Path | None = None, download: bool = True) -> LoadedModel:
-        return LoadedModel(
-            name="red-square",
-            model=RedSquareNet().eval(),
-            categories=("background", "red square"),
-            mean=(0.0, 0.0, 0.0),
-            std=(1.0, 1.0, 1.0),
-            input_size=(WINDOW, WINDOW),
-            interpolation="bilinear",
-            source="hand-built",
-        )
+def red_square_loaded() -> LoadedModel:
+    return as_loaded(
+        RedSquareNet(),
+        window=(WINDOW, WINDOW),
+        categories=("background", "red square"),
+        name="red-square",
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        source="hand-built",
+    )
 
-    monkeypatch.setattr(models, "load_model", load)
+
+@pytest.fixture
+def red_square_model(serve_model) -> None:
+    """Serves RedSquareNet as the model ``red-square``."""
+    serve_model("red-square", red_square_loaded)
 
 
 def scene(width: int, height: int, centre: tuple[int, int], seed: int) -> Image.Image:
@@ -135,7 +136,7 @@ def test_heat_peaks_on_the_red_square(
         main,
         [
             *(str(photos), "--out", str(out), "--class", "red square"),
-            *("--size", str(SIZE), "--device", "cpu", "-q", *options),
+            *("--size", str(SIZE), "--device", "cpu", "-q", "--model", "red-square", *options),
         ],
     )
 
@@ -178,7 +179,10 @@ def test_heat_is_drawn_where_the_square_is(red_square_model, tmp_path: Path) -> 
 
     result = CliRunner().invoke(
         main,
-        [str(photos), "--out", str(out), "--class", "1", "--size", str(SIZE), "--device", "cpu"],
+        [
+            *(str(photos), "--out", str(out), "--class", "1", "--size", str(SIZE)),
+            *("--device", "cpu", "--model", "red-square"),
+        ],
     )
 
     assert result.exit_code == 0, result.output

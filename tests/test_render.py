@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from heatmap_cli import render
+from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.render import (
     RenderError,
@@ -23,6 +23,7 @@ from heatmap_cli.render import (
     peak_location,
     render_class_overlay,
 )
+from heatmap_cli.render.labels import tick_labels
 
 METHODS = ["pchip", "linear"]
 
@@ -168,19 +169,23 @@ def test_smooth_and_linear_agree_on_the_data_and_differ_in_between():
     assert not np.allclose(smooth, linear, atol=1e-3)
 
 
-def test_banded_filling_matches_one_band(monkeypatch):
+def test_banded_filling_matches_one_band():
     rng = np.random.default_rng(5)
     values = rng.uniform(size=(5, 7))
     centers = lattice(np.arange(7) * 37 + 60, np.arange(5) * 41 + 50)
     whole = cell_values_to_image(values, centers, (333, 377))
-    monkeypatch.setattr(render, "_BAND_PIXELS", 1000)
     for method in METHODS:
-        banded = cell_values_to_image(values, centers, (333, 377), method=method)
-        monkeypatch.setattr(render, "_BAND_PIXELS", 1 << 30)
-        single = cell_values_to_image(values, centers, (333, 377), method=method)
-        monkeypatch.setattr(render, "_BAND_PIXELS", 1000)
+        banded, single = (
+            cell_values_to_image(values, centers, (333, 377), method=method, band_pixels=pixels)
+            for pixels in (1000, 1 << 30)
+        )
         np.testing.assert_array_equal(banded, single)
     np.testing.assert_array_equal(whole, cell_values_to_image(values, centers, (333, 377)))
+    heat = np.clip(whole, 0, 1)
+    image = photo(333, 377)
+    np.testing.assert_array_equal(
+        overlay(image, heat, band_pixels=1000), overlay(image, heat, band_pixels=1 << 30)
+    )
 
 
 @pytest.mark.parametrize(
@@ -282,6 +287,9 @@ def test_unknown_colormap_lists_suggestions():
         overlay(photo(4, 4), np.zeros((4, 4)), cmap="infern")
     with pytest.raises(RenderError, match=r"did you mean viridis"):
         check_cmap("Viridis")
+    # A colormap is an option value: the command exits 2 for it, as for any usage error.
+    with pytest.raises(InvalidOptionError, match=r"unknown colormap 'Viridis'"):
+        check_cmap("Viridis")
     check_cmap("cividis")
 
 
@@ -368,8 +376,8 @@ def test_colorbar_rejects_bad_ranges_and_colormaps():
 
 
 def test_tick_labels_are_exact():
-    assert render._tick_texts([0.0, 0.25, 0.5], 0.25) == ["0.00", "0.25", "0.50"]
-    assert render._tick_texts([-4.0, 0.0, 4.0], 4.0) == ["-4", "0", "4"]
+    assert tick_labels([0.0, 0.25, 0.5], 0.25) == ["0.00", "0.25", "0.50"]
+    assert tick_labels([-4.0, 0.0, 4.0], 4.0) == ["-4", "0", "4"]
 
 
 # --- contact sheet, render_class_overlay -------------------------------------------------------

@@ -16,11 +16,13 @@ import torch
 from nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
+from toys import as_loaded
 
 from heatmap_cli import score_grid
 from heatmap_cli.dilation import DilatedNet
-from heatmap_cli.models import LoadedModel, load_model
-from heatmap_cli.pipeline import GridEngine, GridSettings
+from heatmap_cli.engine import GridEngine, GridSettings, Tiling
+from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
@@ -28,16 +30,7 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
 
 def loaded(model: nn.Module) -> LoadedModel:
-    return LoadedModel(
-        name="net",
-        model=model,
-        categories=tuple(f"class {i}" for i in range(10)),
-        mean=MEAN,
-        std=STD,
-        input_size=WINDOW,
-        interpolation="bilinear",
-        source="test",
-    )
+    return as_loaded(model, window=WINDOW, name="net", mean=MEAN, std=STD)
 
 
 def random_pixels(batch: int, rows: int, cols: int) -> np.ndarray:
@@ -94,35 +87,65 @@ def test_the_callers_model_keeps_its_values() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_pretrained_default_model_engine_equals_score_grid_on_the_model() -> None:
-    default = load_model()
-    engine = GridEngine(default, GridSettings(device="cpu", size=288))
+def test_pretrained_default_model_engine_equals_score_grid_on_the_model(pretrained) -> None:
+    engine = GridEngine(pretrained, GridSettings(device="cpu", size=288))
     assert engine.folded_norms > 0
-    reference = load_model().model
     with Image.open(SAMPLES / "chelsea.jpg") as photo:
         image = photo.convert("RGB")
     geometry = plan_geometry(
-        (image.height, image.width), shorter_side=288, window=default.input_size, stride=32
+        (image.height, image.width), shorter_side=288, window=pretrained.input_size, stride=32
     )
-    pixels = resize_for_grid(image, geometry.input_size, default.interpolation)[None]
+    pixels = resize_for_grid(image, geometry.input_size, pretrained.interpolation)[None]
     grid = engine.score(pixels)
-    x = normalize(pixels, default.mean, default.std)
-    expected = score_grid(reference, x, method="dense", input_size=default.input_size)
+    x = normalize(pixels, pretrained.mean, pretrained.std)
+    expected = score_grid(pretrained.model, x, method="dense", input_size=pretrained.input_size)
     assert grid.shape == expected.shape
     spread = (expected.max() - expected.min()).item()
     assert (grid - expected).abs().max().item() < 1e-4 * spread
 
 
-def test_pretrained_default_model_dilates_its_folded_copy() -> None:
-    engine = GridEngine(load_model(), GridSettings(device="cpu", size=256, stride=16))
+def test_pretrained_default_model_dilates_its_folded_copy(pretrained) -> None:
+    engine = GridEngine(pretrained, GridSettings(device="cpu", size=256, stride=16))
     assert engine.folded_norms > 0
     assert isinstance(engine.network, DilatedNet)  # folding left nothing dilation cannot read
     assert engine.notes == []
     pixels = np.random.default_rng(1).integers(0, 256, (1, 256, 288, 3), dtype=np.uint8)
     grid = engine.score(pixels)
-    x = normalize(pixels, engine.loaded.mean, engine.loaded.std)
-    reference = load_model().model
-    expected = score_grid(reference, x, stride=16, method="dilate", input_size=(224, 224))
+    x = normalize(pixels, pretrained.mean, pretrained.std)
+    expected = score_grid(pretrained.model, x, stride=16, method="dilate", input_size=(224, 224))
     assert grid.shape == expected.shape == (1, 1000, 3, 5)
     spread = (expected.max() - expected.min()).item()
     assert (grid - expected).abs().max().item() < 1e-4 * spread
+
+
+def test_tiled_batches_say_how_they_were_tiled() -> None:
+    model = seeded(VolumeHeadNet)
+    whole = GridEngine(loaded(model), GridSettings(device="cpu"))
+    tiled = GridEngine(loaded(copy.deepcopy(model)), GridSettings(device="cpu", tile=60))
+    pixels = random_pixels(2, 8, 9)  # 100 x 108 pixels: more than one 60-pixel tile each way
+    grid, tiling = whole.score_batch(pixels)
+    tiled_grid, tiled_tiling = tiled.score_batch(pixels)
+    assert tiling == Tiling() and not tiling.tiled
+    assert tiled_tiling.tiled and tiled_tiling.tile == 60 and tiled_tiling.tiles >= 4
+    assert (grid - tiled_grid).abs().max().item() < 1e-5
+
+
+def test_plan_scales_the_shorter_side() -> None:
+    engine = GridEngine(loaded(seeded(VolumeHeadNet)), GridSettings(device="cpu", size=60))
+    assert engine.plan((90, 120)) == engine.plan((90, 120), 1.0)
+    assert engine.plan((90, 120), 2.0) == plan_geometry(
+        (90, 120), shorter_side=120, window=WINDOW, stride=NATIVE_STRIDE
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (GridSettings(device="cpu", method="fast"), "unknown method 'fast'"),
+        (GridSettings(device="cpu", batch_size=0), "batch size must be positive"),
+        (GridSettings(device="floppy"), "unknown device 'floppy'"),
+    ],
+)
+def test_bad_settings_are_invalid_options(settings: GridSettings, message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        GridEngine(loaded(seeded(VolumeHeadNet)), settings)

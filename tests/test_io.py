@@ -1,4 +1,4 @@
-"""Tests of heatmap_cli.images: reading every kind of input, finding files, atomic writes."""
+"""Tests of heatmap_cli.io: reading every kind of input, finding files, atomic writes."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
-from heatmap_cli import images
 from heatmap_cli.errors import ImageReadError, OutputWriteError
-from heatmap_cli.images import (
+from heatmap_cli.io import (
     DEFAULT_MAX_PIXELS,
     ImageInput,
     atomic_writer,
     find_images,
+    is_temporary_name,
     output_path,
-    outputs_exist,
     read_image,
     remove_stale_temporaries,
     write_json,
@@ -368,7 +367,6 @@ def test_concurrent_reads_keep_pillows_global(
         sizes = list(pool.map(lambda p: read_image(p, max_pixels=None).size, paths * 25))
     assert sizes == [(10, 10), (40, 40), (20, 30), (60, 10)] * 25
     assert Image.MAX_IMAGE_PIXELS == 500
-    assert not images._pillow_guard_lock.locked()
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
@@ -520,16 +518,6 @@ def test_output_path_keeps_dots_in_stems(tmp_path: Path) -> None:
     assert output_path(tmp_path, Path("photo.v2"), "_cat.png") == tmp_path / "photo.v2_cat.png"
 
 
-def test_outputs_exist(tmp_path: Path) -> None:
-    first, second = tmp_path / "x.npz", tmp_path / "x.json"
-    first.touch()
-    assert not outputs_exist([first, second])
-    second.touch()
-    assert outputs_exist([first, second])
-    assert not outputs_exist([])
-    assert not outputs_exist([tmp_path])  # a folder is not an output
-
-
 # --------------------------------------------------------------------------------------
 # Atomic writing
 # --------------------------------------------------------------------------------------
@@ -643,7 +631,7 @@ def test_temporary_file_is_hidden_and_in_the_same_folder(tmp_path: Path) -> None
         [temporary] = list((tmp_path / "sub").iterdir())
         assert temporary.name.startswith(".x.npz.")
         assert temporary.name.endswith(".tmp")
-        assert images._TEMP_NAME_RE.match(temporary.name)
+        assert is_temporary_name(temporary.name)
         assert not path.exists()
         file.write(b"data")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.npz"]
@@ -691,7 +679,7 @@ def test_interrupt_inside_a_writer_helper(tmp_path: Path, monkeypatch: pytest.Mo
     def interrupted_fsync(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images.os, "fsync", interrupted_fsync)
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
         write_png(path, np.zeros((4, 4, 3), np.uint8))
     assert path.read_bytes() == b"old"
@@ -726,7 +714,7 @@ def test_permission_denied_on_write(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def refuse(source: object, target: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OutputWriteError) as info:
         write_json(path, {"new": 1})
     assert str(info.value) == f"cannot write {path}: permission denied"
@@ -744,7 +732,7 @@ def test_unwritable_folder_fails_before_writing(
             raise OSError(30, "Read-only file system")
         return real_open(path, flags, mode)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(images.os, "open", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(OutputWriteError, match="read-only file system"):
         write_npz(tmp_path / "x.npz", a=np.zeros(2))
 
@@ -817,7 +805,7 @@ def test_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(images.os, "scandir", refuse)
+    monkeypatch.setattr(os, "scandir", refuse)
     with pytest.raises(ImageReadError) as info:
         find_images([tmp_path / "photos"])
     assert info.value.path == tmp_path / "photos" / "sub"

@@ -1,0 +1,286 @@
+"""The loader of every run: image files to averaged score grids, read ahead and batched by size.
+
+Worker threads read, orient and resize the next images while the network runs on the current
+batch. Every image is scored in *passes* (:mod:`heatmap_cli.multiscale`): a plain run is the one
+pass ``(scale 1, no flip)``, ``--scales``/``--flip`` add more, and it is the same code path either
+way. Network inputs of equal size, from any images and any passes, are stacked into one forward
+pass; an image is done when all its passes are in, and is yielded at once (so results come in
+batch order, which may differ from input order).
+
+One error policy: any exception while reading, resizing, scoring or averaging one image fails
+that image (the exception is yielded in place of its result) and never the others, whatever its
+type: an ``ImageReadError`` for a bad file as much as an unexpected error or running out of
+memory on a huge photo. A failing forward pass fails the images whose inputs it held.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from heatmap_cli.engine import GridEngine
+from heatmap_cli.io import ImageInput, read_image
+from heatmap_cli.multiscale import (
+    CommonGrid,
+    MultiScaleResult,
+    PassAverage,
+    PassInput,
+    check_scales,
+    finish_pass,
+    plan_passes,
+)
+
+__all__ = [
+    "ImageResult",
+    "Outcome",
+    "Prepared",
+    "display_image",
+    "prepare",
+    "score_images",
+    "small_image_note",
+]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image read and resized for each of its passes, ready for the network.
+
+    Attributes:
+        item: The input file and its output stem.
+        passes: Every pass's network input, in evaluation order.
+        display: uint8 ``(h, w, 3)`` photo for overlays (original size, or smaller if huge).
+        icc_profile: The photo's embedded RGB colour profile, for the overlays; None if none.
+        notes: Warnings about this image for the user (e.g. upscaled from below the window).
+    """
+
+    item: ImageInput
+    passes: tuple[PassInput, ...]
+    display: np.ndarray
+    icc_profile: bytes | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The score grid of one image.
+
+    Attributes:
+        item: The input file and its output stem.
+        grid: The class maps averaged over the passes on one geometry, and every pass (a plain
+            run: one pass, its grid bit for bit).
+        display: uint8 ``(h, w, 3)`` photo for overlays.
+        icc_profile: The photo's embedded RGB colour profile, for the overlays; None if none.
+        notes: Warnings about this image for the user (e.g. upscaled from below the window).
+    """
+
+    item: ImageInput
+    grid: MultiScaleResult
+    display: np.ndarray
+    icc_profile: bytes | None = None
+    notes: tuple[str, ...] = ()
+
+
+class Outcome(NamedTuple):
+    """What the loader yields for every input; unpacks as ``item, result``.
+
+    Attributes:
+        item: The input file and its output stem.
+        result: Its result, or the exception that stopped it.
+    """
+
+    item: ImageInput
+    result: ImageResult | Exception
+
+    def unwrap(self) -> ImageResult:
+        """The result; raises the exception that stopped the image instead, if one did."""
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def display_image(image: Image.Image, max_side: int) -> np.ndarray:
+    """The photo as uint8 ``(h, w, 3)``, shrunk so its longest side is at most ``max_side``."""
+    longest = max(image.size)
+    if longest > max_side:
+        scale = max_side / longest
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def small_image_note(original_size: tuple[int, int], window: tuple[int, int]) -> str | None:
+    """A warning for an image smaller than the network's window, which must be upscaled.
+
+    Args:
+        original_size: ``(H, W)`` of the decoded image.
+        window: ``(h, w)`` window of the network (its training input).
+
+    Returns:
+        One line of text, or None when the image is at least as large as the window.
+    """
+    (height, width), (win_h, win_w) = original_size, window
+    if height >= win_h and width >= win_w:
+        return None
+    return (
+        f"{width}x{height} is smaller than the network's {win_w}x{win_h} window; "
+        "upscaled, so its scores are less reliable"
+    )
+
+
+def prepare(
+    item: ImageInput, engine: GridEngine, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> Prepared:
+    """Reads, orients and resizes one image for every pass (runs in a loader thread).
+
+    Args:
+        item: The image file and its output stem.
+        engine: The converted model (size, stride, window, interpolation, limits).
+        scales: Factors of ``engine.settings.size``.
+        flip: Also prepare each scale's mirror image.
+
+    Returns:
+        The image ready for the network.
+
+    Raises:
+        ImageReadError: The file cannot be read as an image.
+    """
+    image = read_image(item.path, max_pixels=engine.settings.max_pixels)
+    passes = plan_passes(image, engine.plan, engine.loaded.interpolation, scales, flip)
+    note = small_image_note((image.height, image.width), engine.window)
+    return Prepared(
+        item=item,
+        passes=passes,
+        display=display_image(image, engine.settings.max_display_side),
+        icc_profile=image.info.get("icc_profile"),
+        notes=(note,) if note else (),
+    )
+
+
+class _InFlight:
+    """A prepared image whose passes are being scored."""
+
+    def __init__(self, prepared: Prepared, common: CommonGrid) -> None:
+        self.prepared = prepared
+        self.average = PassAverage([p.geometry for p in prepared.passes], common)
+        self.failed = False
+
+    def result(self) -> ImageResult:
+        prepared = self.prepared
+        return ImageResult(
+            item=prepared.item,
+            grid=self.average.result(),
+            display=prepared.display,
+            icc_profile=prepared.icc_profile,
+            notes=prepared.notes,
+        )
+
+
+class _Batches:
+    """Network inputs waiting for a full batch of their size, at most ``limit`` of them."""
+
+    def __init__(self, engine: GridEngine, limit: int) -> None:
+        self._engine = engine
+        self._limit = limit
+        self._pending: OrderedDict[tuple[int, int], list[tuple[_InFlight, int]]] = OrderedDict()
+        self._held = 0
+
+    def add(self, image: _InFlight) -> Iterator[Outcome]:
+        """Queues every pass of ``image``; scores the batches that fill up, or the oldest."""
+        for index, spec in enumerate(image.prepared.passes):
+            group = self._pending.setdefault(spec.geometry.input_size, [])
+            group.append((image, index))
+            self._held += 1
+            if len(group) >= self._engine.settings.batch_size:
+                yield from self._flush(spec.geometry.input_size)
+        while self._held >= self._limit:
+            yield from self._flush(next(iter(self._pending)))
+
+    def drain(self) -> Iterator[Outcome]:
+        """Scores everything still queued."""
+        while self._pending:
+            yield from self._flush(next(iter(self._pending)))
+
+    def _flush(self, size: tuple[int, int]) -> Iterator[Outcome]:
+        group = self._pending.pop(size)
+        self._held -= len(group)
+        live = [(image, index) for image, index in group if not image.failed]
+        if not live:
+            return
+        stacked = np.stack([image.prepared.passes[index].network_input() for image, index in live])
+        try:
+            grids, tiling = self._engine.score_batch(stacked)
+        except Exception as error:  # one failing batch must not stop the others
+            for image in dict.fromkeys(image for image, _ in live):
+                image.failed = True
+                yield Outcome(image.prepared.item, error)
+            return
+        for (image, index), grid in zip(live, grids.numpy(), strict=True):
+            if image.failed:
+                continue
+            try:
+                image.average.add(index, *finish_pass(image.prepared.passes[index], grid, tiling))
+                if image.average.complete:
+                    yield Outcome(image.prepared.item, image.result())
+            except Exception as error:
+                image.failed = True
+                yield Outcome(image.prepared.item, error)
+
+
+def score_images(
+    items: Iterable[ImageInput],
+    engine: GridEngine,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    common: CommonGrid = "first",
+    workers: int = 2,
+) -> Iterator[Outcome]:
+    """Scores many images, yielding each image's result or the error that stopped it.
+
+    Decoding and resizing run in ``workers`` threads ahead of the network; network inputs with
+    the same size are stacked into batches of up to ``settings.batch_size``. Closing the
+    generator early (an interrupted caller) cancels the images not yet being read.
+
+    Args:
+        items: Images to score.
+        engine: The converted model.
+        scales: Factors of ``engine.settings.size``; ``(1.0,)`` is a plain run.
+        flip: Also score each scale's mirror image.
+        common: The grid passes are averaged on: ``"first"`` or ``"finest"``.
+        workers: Loader threads.
+
+    Yields:
+        Every input's :class:`Outcome` (its result or its exception), exactly once.
+
+    Raises:
+        InvalidOptionError: For bad scales (before any image is read).
+    """
+    check_scales(scales)
+    limit = max(2 * engine.settings.batch_size, 2 * workers)  # inputs held ahead of the network
+    batches = _Batches(engine, limit)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader")
+    try:
+        futures: deque[tuple[ImageInput, Future[Prepared]]] = deque()
+        iterator = iter(items)
+        while True:
+            while len(futures) < limit and (item := next(iterator, None)) is not None:
+                futures.append((item, pool.submit(prepare, item, engine, scales, flip)))
+            if not futures:
+                break
+            item, future = futures.popleft()
+            try:
+                prepared = future.result()
+            except Exception as error:  # a bad image is reported, the others go on
+                yield Outcome(item, error)
+                continue
+            yield from batches.add(_InFlight(prepared, common))
+        yield from batches.drain()
+    finally:
+        # On an early close (Ctrl-C in the caller) do not decode the images queued ahead.
+        pool.shutdown(wait=True, cancel_futures=True)

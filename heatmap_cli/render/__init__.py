@@ -1,0 +1,34 @@
+"""Turning a grid of class scores into pictures: heat images, overlays, labels, contact sheets.
+
+Everything here is a pure function of numpy arrays (in the spirit of pytorch-grad-cam's
+``show_cam_on_image``): images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order, heat
+maps are ``float32`` arrays of shape ``(H, W)`` in ``[0, 1]``. Nothing is read from or written to
+disk; :mod:`heatmap_cli.outputs` encodes the returned arrays.
+
+* :mod:`~heatmap_cli.render.heat`: scores to a heat image (placement between window centres);
+* :mod:`~heatmap_cli.render.colour`: colormaps and blending over the photo;
+* :mod:`~heatmap_cli.render.labels`: text labels, colour bars, contact sheets;
+* :mod:`~heatmap_cli.render.class_overlay`: one class's overlay, composed from the above.
+"""
+
+from __future__ import annotations
+
+from heatmap_cli.errors import RenderError
+from heatmap_cli.render.class_overlay import render_class_overlay
+from heatmap_cli.render.colour import DEFAULT_CMAP, check_cmap, overlay
+from heatmap_cli.render.heat import cell_values_to_image, normalize_scores, peak_location
+from heatmap_cli.render.labels import add_colorbar, annotate, contact_sheet
+
+__all__ = [
+    "DEFAULT_CMAP",
+    "RenderError",
+    "add_colorbar",
+    "annotate",
+    "cell_values_to_image",
+    "check_cmap",
+    "contact_sheet",
+    "normalize_scores",
+    "overlay",
+    "peak_location",
+    "render_class_overlay",
+]
