@@ -212,9 +212,9 @@ class _Batches:
         live = [(image, index) for image, index in group if not image.failed]
         if not live:
             return
-        stacked = np.stack([image.prepared.passes[index].network_input() for image, index in live])
         try:
-            grids, tiling = self._engine.score_batch(stacked)
+            inputs = [image.prepared.passes[index].network_input() for image, index in live]
+            grids, tiling = self._engine.score_batch(np.stack(inputs))
         except Exception as error:  # one failing batch must not stop the others
             for image in dict.fromkeys(image for image, _ in live):
                 image.failed = True
