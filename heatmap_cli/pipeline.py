@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from heatmap_cli.dilation import StitchedNet, dilate
 from heatmap_cli.errors import ConversionError, GeometryError
+from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.grid import check_stride, covered_input, score_grid
+from heatmap_cli.grid import get_method, score_grid
 from heatmap_cli.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
-from heatmap_cli.lean import folded_copy
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.stitch import covered_input
 from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
 from heatmap_cli.tiling import (
     choose_tile,
@@ -41,9 +41,6 @@ from heatmap_cli.tiling import (
 
 __all__ = ["GridEngine", "GridSettings", "ImageResult", "Prepared", "score_images"]
 
-METHOD_CHOICES = ("auto", "dense", "dilate", "stitch", "crops")
-# Methods whose network is one convolutional pass that tiles exactly.
-_TILEABLE_METHODS = ("dense", "dilate", "stitch")
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
@@ -124,8 +121,8 @@ class GridEngine:
             raise GeometryError(f"size must be positive, got {settings.size}")
         if settings.batch_size <= 0:
             raise GeometryError(f"batch size must be positive, got {settings.batch_size}")
-        if settings.method not in METHOD_CHOICES:
-            raise GeometryError(f"unknown method {settings.method!r}")
+        if settings.method != "auto":
+            get_method(settings.method)  # raises for an unknown method, naming the choices
         self.loaded = loaded
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -147,18 +144,14 @@ class GridEngine:
             self.network = converted
             self.native_stride = converted.stride
         except ConversionError as error:
-            if settings.method not in ("auto", "crops"):
+            if settings.method != "auto" and get_method(settings.method).needs_converted:
                 raise
             self.notes.append(f"{error} Falling back to method 'crops'.")
         self.method, self.stride = self._choose_method()
-        if self.method in _TILEABLE_METHODS:
-            # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on
-            # the CPU, equal to float rounding. Crops run the caller's unmodified model instead.
-            folded = folded_copy(self.network)
-            if folded is not None:
-                self.network, self.folded_norms = folded
-            self.network = self._grid_network(self.network)
-        if settings.tile is not None and self.method in _TILEABLE_METHODS:
+        self.grid_method = get_method(self.method)
+        if self.grid_method.build is not None:
+            self.network = self._grid_network(self.network)  # type: ignore[arg-type]
+        if settings.tile is not None and self.grid_method.tileable:
             smallest = minimum_tile(self.network)
             if settings.tile < smallest:
                 raise GeometryError(
@@ -168,7 +161,7 @@ class GridEngine:
         if self._channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._compiled: torch.nn.Module | None = None
-        if settings.compile and self.method in _TILEABLE_METHODS:
+        if settings.compile and self.grid_method.build is not None:
             # inductor's C++ build logs a CUDA_HOME warning on CPU-only machines: not for users
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             # compiles on the first call
@@ -181,20 +174,18 @@ class GridEngine:
         # ConvNeXt-T alone is slower (0.84-0.92x). MPS gains nothing dependable from it.
         return self.device.type in ("cpu", "cuda")
 
-    def _grid_network(self, converted: ConvolutionalizedNet) -> ConvolutionalizedNet:
-        """The one network that computes this engine's grid: native, dilated or stitched."""
-        if self.method == "dense":
-            return converted
-        if self.method == "stitch":
-            return StitchedNet(
-                converted,
-                factor=converted.stride // self.stride,
-                reason="method 'stitch' was asked for",
-                batch_size=self.settings.batch_size,
-            )
+    def _grid_network(self, converted: ConvolutionalizedNet) -> torch.nn.Module:
+        """The one network that computes this engine's grid, built by the grid method."""
+        if self.grid_method.folds_norms:
+            # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on
+            # the CPU, equal to float rounding.
+            folded = folded_copy(converted)
+            if folded is not None:
+                converted, self.folded_norms = folded
+        assert self.grid_method.build is not None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            network = dilate(converted, self.stride)
+            network = self.grid_method.build(converted, self.stride, self.settings.batch_size)
         self.notes.extend(str(w.message) for w in caught if w.category is UserWarning)
         return network
 
@@ -202,15 +193,9 @@ class GridEngine:
         requested, stride = self.settings.method, self.settings.stride
         if self.native_stride is None:
             return "crops", stride or _CROPS_FALLBACK_STRIDE
-        if requested == "crops":
-            if stride is not None and stride <= 0:
-                raise GeometryError(f"stride must be positive, got {stride}")
-            return "crops", stride or self.native_stride
-        stride = stride or self.native_stride
-        check_stride(stride, self.native_stride)
         if requested == "auto":
-            requested = "dense" if stride == self.native_stride else "dilate"
-        return requested, stride
+            requested = "dense" if stride in (None, self.native_stride) else "dilate"
+        return requested, get_method(requested).resolve_stride(stride, self.native_stride)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -245,12 +230,12 @@ class GridEngine:
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(), torch.inference_mode():
-            if self.method == "crops":
+            if self.grid_method.build is None:  # crops: the model window by window
                 grid = score_grid(
                     self.network,
                     x,
                     stride=self.stride,
-                    method="crops",
+                    method=self.method,
                     input_size=self.window,
                     batch_size=self.settings.batch_size,
                 )
@@ -289,7 +274,7 @@ class GridEngine:
         Explicit ``--tile`` wins; otherwise tiles are used only when the estimated activation
         memory of one pass exceeds the budget. Crops never need tiles (one window per pass).
         """
-        if self.method == "crops" or self.method not in _TILEABLE_METHODS:
+        if not self.grid_method.tileable:
             return None
         if input_size not in self._tiles:
             if self.settings.tile is not None:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import WINDOW, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
 
@@ -33,6 +32,7 @@ from heatmap_cli.multiscale import (
 from heatmap_cli.outputs import softmax
 from heatmap_cli.pipeline import GridEngine, GridSettings, ImageResult
 from heatmap_cli.preprocess import plan_geometry, resize_for_grid
+from tests.nets import WINDOW, VolumeHeadNet, seeded
 
 METHODS = [("dense", None), ("dilate", 4), ("stitch", 4), ("crops", 8)]
 

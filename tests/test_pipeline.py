@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
 
 from heatmap_cli import score_grid
-from heatmap_cli.dilation import DilatedNet
+from heatmap_cli.dilate import DilatedNet
 from heatmap_cli.models import LoadedModel, load_model
 from heatmap_cli.pipeline import GridEngine, GridSettings
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from tests.nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
