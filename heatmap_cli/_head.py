@@ -362,10 +362,20 @@ class _HeadRewriter:
 
 
 def rewrite_head(graph_module: fx.GraphModule, name: str, matmul_max_cells: int) -> list[str]:
-    """Rewrites the head of a shape-propagated graph in place.
+    """Rewrites, in place, the head of a classifier's graph so that it slides over the map.
+
+    Args:
+        graph_module: The traced classifier, its nodes' shapes recorded at the training size
+            (``node.meta["tensor_meta"]``); its submodules are shared with the caller's model
+            and never written to (new modules get new top-level names).
+        name: The model's name, for messages.
+        matmul_max_cells: Stored on the converted Linears (``heatmap_cli.layers``).
 
     Returns:
-        The names of the global pools that stay inside the body.
+        The names of the global pools that stay inside the body (squeeze-and-excitation).
+
+    Raises:
+        ConversionError: For a head operation with no per-position equivalent, or no head.
     """
     for node in list(graph_module.graph.nodes):
         if _is_identity_adaptive_pool(graph_module, node):

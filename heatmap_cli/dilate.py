@@ -51,7 +51,13 @@ from torch import fx, nn
 
 from heatmap_cli._atrous import atrous_graph_module
 from heatmap_cli._fx import UnsupportedGraph
-from heatmap_cli.stitch import StitchedNet, check_stride, covered_input, stitched_grid
+from heatmap_cli.stitch import (
+    StitchedNet,
+    check_stride,
+    covered_input,
+    native_network,
+    stitched_grid,
+)
 from heatmap_cli.surgery import ConvolutionalizedNet
 
 __all__ = ["DilatedNet", "dilate", "dilate_grid", "dilated_network"]
@@ -113,7 +119,7 @@ def dilate(net: ConvolutionalizedNet, stride: int) -> ConvolutionalizedNet | Sti
             valid strides).
         TypeError: If ``net`` is not a converted network.
     """
-    base = getattr(net, "base", net)
+    base = native_network(net)
     if not isinstance(base, ConvolutionalizedNet):
         raise TypeError(
             f"dilate() takes a network from convolutionalize(), not {type(net).__name__}"

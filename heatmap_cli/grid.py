@@ -212,7 +212,7 @@ def dense_grid(
         return net(covered_input(x, net.window, net.stride))  # type: ignore[arg-type]
 
 
-def native_network(net: ConvolutionalizedNet, stride: int, batch_size: int) -> nn.Module:
+def dense_network(net: ConvolutionalizedNet, stride: int, batch_size: int) -> nn.Module:
     """The engine's network for ``method="dense"``: the converted network itself."""
     del stride, batch_size  # checked to be the native stride; one pass
     return net
@@ -223,7 +223,7 @@ register_method(
         "dense",
         "one pass of the converted network, at its native stride",
         dense_grid,
-        native_network,
+        dense_network,
         strides="native",
         tileable=True,
         folds_norms=True,

@@ -126,10 +126,12 @@ def test_padded_real_net_dense_and_crops_differ_in_logits_and_agree_in_top1():
 
 def test_the_built_in_methods_are_registered_in_order():
     assert method_names()[:4] == ("dense", "stitch", "dilate", "crops")
-    for name in method_names():
+    for name in ("dense", "stitch", "dilate"):  # one network each: tiled, folded, compiled
         method = get_method(name)
-        assert method.name == name and method.description
-        assert method.tileable <= (method.build is not None)
+        assert method.build and method.needs_converted and method.tileable and method.folds_norms
+    crops = get_method("crops")  # the unmodified model, window by window
+    assert crops.build is None and not crops.needs_converted and crops.strides == "any"
+    assert all(get_method(name).description for name in method_names())
 
 
 def test_a_name_cannot_be_registered_twice():
@@ -175,6 +177,8 @@ def test_a_registered_toy_method_runs_through_score_grid_and_the_engine():
     assert (grid - mirrored).abs().max().item() < 1e-5
     assert (grid - score_grid(model, x, input_size=WINDOW)).abs().max().item() > 1e-2
 
+    with pytest.raises(GeometryError, match="method 'mirror' runs at the native stride 8"):
+        GridEngine(_loaded(model), GridSettings(device="cpu", method="mirror", stride=4))
     settings = GridSettings(device="cpu", method="mirror")
     engine = GridEngine(_loaded(model), settings)
     assert (engine.method, engine.stride) == ("mirror", NATIVE_STRIDE)

@@ -81,6 +81,21 @@ class SqueezeExciteNet(PaddedNet):
         return self.fc(x.mean((2, 3)))
 
 
+class ResidualDropoutNet(PaddedNet):
+    """PaddedNet whose residual branch passes torchvision's StochasticDepth (ConvNeXt, ...): fx
+    records its ``stochastic_depth`` as a call, the identity in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_path = torchvision.ops.StochasticDepth(0.2, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.down1(self.stem(x))))
+        x = F.relu(self.drop_path(self.dilated(x)) + self.pointwise(x))
+        x = self.last(F.relu(self.down2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 def convert(net_class: type[nn.Module], window: tuple[int, int] = PADDED_WINDOW) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -171,6 +186,17 @@ def test_unknown_operation_falls_back_to_the_probe(padded: nn.Module) -> None:
     with pytest.raises(GeometryError, match="unknown function abs"):
         receptive_field(net, method="analytic")
     assert receptive_field(net) == receptive_field(padded)
+
+
+def test_residual_dropout_is_analysed_not_probed(padded: nn.Module) -> None:
+    # the analysis reads stochastic_depth's training flag (its 4th argument, not its mode)
+    net = convert(ResidualDropoutNet)
+    assert any(
+        getattr(node.target, "__name__", "") == "stochastic_depth"
+        for node in net.graph_module.graph.nodes
+    )
+    field = receptive_field(net, method="analytic")
+    assert field == receptive_field(padded) == receptive_field(net, method="probe")
 
 
 def test_global_context_cannot_be_tiled() -> None:
