@@ -156,8 +156,10 @@ def register_method(method: GridMethod) -> GridMethod:
     Raises:
         InvalidOptionError: If another method has that name.
     """
+    if method.name == "auto":
+        raise InvalidOptionError("'auto' is reserved: the command's choice of dense or dilate")
     existing = _METHODS.get(method.name)
-    if method.name == "auto" or (existing is not None and existing is not method):
+    if existing is not None and existing is not method:
         raise InvalidOptionError(f"a grid method named {method.name!r} already exists")
     _METHODS[method.name] = method
     return method

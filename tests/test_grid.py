@@ -139,7 +139,7 @@ def test_a_name_cannot_be_registered_twice():
     assert register_method(dense) is dense  # the same object again: nothing changes
     with pytest.raises(InvalidOptionError, match="'dense' already exists"):
         register_method(GridMethod("dense", "another", dense_grid))
-    with pytest.raises(InvalidOptionError, match="'auto' already exists"):
+    with pytest.raises(InvalidOptionError, match="'auto' is reserved"):
         register_method(GridMethod("auto", "the command's own choice", dense_grid))
 
 
