@@ -24,8 +24,8 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from heatmap_cli import convolutionalize
-from heatmap_cli.dilation import DilatedNet, dilate
-from heatmap_cli.grid import stitched_grid
+from heatmap_cli.dilate import DilatedNet, dilate
+from heatmap_cli.stitch import stitched_grid
 
 
 def count_flops(fn: Callable[[], torch.Tensor]) -> int:

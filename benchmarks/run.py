@@ -50,6 +50,7 @@ from _common import (
     run_interleaved,
     timing_cells,
 )
+from heatmap_cli.lean import folded_copy
 from PIL import Image
 from torch import nn
 
@@ -57,7 +58,6 @@ import heatmap_cli.surgery as surgery
 from heatmap_cli import convolutionalize, score_grid
 from heatmap_cli.grid import METHODS
 from heatmap_cli.io import find_images, read_image
-from heatmap_cli.lean import folded_copy
 from heatmap_cli.models import LoadedModel, load_model
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
 from heatmap_cli.surgery import ConvolutionalizedNet

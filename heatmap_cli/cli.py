@@ -37,25 +37,24 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class _LazyChoice(click.Choice):
-    """A ``click.Choice`` whose values are a library list, imported when a value is checked.
+    """A ``click.Choice`` whose values are a library list, looked up when a value is checked.
 
-    The lists live next to the code that uses them (the engine's methods, the rankings'
+    The lists live next to the code that uses them (the registered grid methods, the rankings'
     poolings); importing them for ``--help`` would import torch, so the option names a metavar
-    instead of listing the values.
+    instead of listing the values. A function is called at every check, so a method registered
+    after start-up is offered too.
     """
 
     def __init__(self, module: str, attribute: str) -> None:
         self._source = (module, attribute)
-        self._choices: tuple[str, ...] | None = None
         self.case_sensitive = True
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
         """The values, imported on first use."""
-        if self._choices is None:
-            module, attribute = self._source
-            self._choices = tuple(getattr(importlib.import_module(module), attribute))
-        return self._choices
+        module, attribute = self._source
+        values = getattr(importlib.import_module(module), attribute)
+        return tuple(values() if callable(values) else values)
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -168,7 +167,7 @@ class CommandOptions:
 )
 @click.option(
     "--method",
-    type=_LazyChoice("heatmap_cli.engine", "METHOD_CHOICES"),
+    type=_LazyChoice("heatmap_cli.engine", "method_choices"),
     metavar="METHOD",
     default="auto",
     show_default=True,

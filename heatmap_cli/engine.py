@@ -22,33 +22,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from heatmap_cli.dilation import StitchedNet, dilate
 from heatmap_cli.errors import ConversionError, GeometryError, InvalidOptionError, first_line
+from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.grid import METHODS, check_stride, covered_input, score_grid
+from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
 from heatmap_cli.io import DEFAULT_MAX_PIXELS
-from heatmap_cli.lean import folded_copy
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry
+from heatmap_cli.stitch import covered_input
 from heatmap_cli.surgery import convolutionalize
 from heatmap_cli.tiling import choose_tile, default_memory_budget, minimum_tile, tiled_score_grid
 
 __all__ = [
-    "METHOD_CHOICES",
     "UNTILED",
     "GridEngine",
     "GridNetwork",
     "GridSettings",
     "Tiling",
     "build_grid_network",
+    "method_choices",
     "resolve_device",
 ]
 
-METHOD_CHOICES: tuple[str, ...] = ("auto", *METHODS)
-"""``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every grid method."""
 
-# Methods whose network is one convolutional pass that tiles exactly.
-_TILEABLE_METHODS = ("dense", "dilate", "stitch")
+def method_choices() -> tuple[str, ...]:
+    """``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every method.
+
+    ``heatmap_cli.grid.register_method`` adds one.
+    """
+    return ("auto", *method_names())
+
+
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
@@ -168,7 +172,7 @@ def build_grid_network(
     Args:
         model: The classifier in eval mode, on its device (never modified).
         window: ``(h, w)`` training input of the classifier.
-        method: ``"auto"`` or a grid method (see :data:`METHOD_CHOICES`).
+        method: ``"auto"`` or a grid method (see :func:`method_choices`).
         stride: Output stride in input pixels, or None for the native stride.
         batch_size: Passes per forward call of a stitched network.
 
@@ -185,41 +189,25 @@ def build_grid_network(
         with _user_warnings_as(notes):
             converted = convolutionalize(model, window)
     except ConversionError as error:
-        if method not in ("auto", "crops"):
+        if method != "auto" and get_method(method).needs_converted:
             raise
         notes.append(f"{error} Falling back to method 'crops'.")
         return GridNetwork(model, "crops", stride or _CROPS_FALLBACK_STRIDE, None, 0, tuple(notes))
     native = converted.stride
-    method, stride = _choose_method(method, stride, native)
-    if method == "crops":
+    if method == "auto":
+        method = "dense" if stride in (None, native) else "dilate"
+    grid_method = get_method(method)
+    stride = grid_method.resolve_stride(stride, native)
+    if grid_method.build is None:  # crops: the caller's unmodified model, window by window
         return GridNetwork(model, method, stride, native, 0, tuple(notes))
-    # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on the CPU,
-    # equal to float rounding. Crops run the caller's unmodified model instead.
-    network, folded = folded_copy(converted) or (converted, 0)
-    if method == "stitch":
-        network = StitchedNet(
-            network,
-            factor=native // stride,
-            reason="method 'stitch' was asked for",
-            batch_size=batch_size,
-        )
-    elif method == "dilate":
-        with _user_warnings_as(notes):
-            network = dilate(network, stride)
+    network, folded = converted, 0
+    if grid_method.folds_norms:
+        # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on the
+        # CPU, equal to float rounding.
+        network, folded = folded_copy(converted) or (converted, 0)
+    with _user_warnings_as(notes):
+        network = grid_method.build(network, stride, batch_size)
     return GridNetwork(network, method, stride, native, folded, tuple(notes))
-
-
-def _choose_method(requested: str, stride: int | None, native_stride: int) -> tuple[str, int]:
-    """``(method, stride)`` with ``auto`` and a missing stride resolved, the stride checked."""
-    if requested == "crops":
-        if stride is not None and stride <= 0:
-            raise GeometryError(f"stride must be positive, got {stride}")
-        return "crops", stride or native_stride
-    stride = stride or native_stride
-    check_stride(stride, native_stride)
-    if requested == "auto":
-        requested = "dense" if stride == native_stride else "dilate"
-    return requested, stride
 
 
 @contextlib.contextmanager
@@ -279,11 +267,12 @@ class GridEngine:
             batch_size=settings.batch_size,
         )
         self.method, self.stride = built.method, built.stride
+        self.grid_method: GridMethod = get_method(built.method)
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
         self.notes: list[str] = list(built.notes)
         self.network: nn.Module = built.network
         self._tiles: dict[tuple[int, int], int | None] = {}
-        if settings.tile is not None and self.method in _TILEABLE_METHODS:
+        if settings.tile is not None and self.grid_method.tileable:
             smallest = minimum_tile(self.network)
             if settings.tile < smallest:
                 raise GeometryError(
@@ -293,7 +282,7 @@ class GridEngine:
         if self._channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._compiled: nn.Module | None = None
-        if settings.compile and self.method in _TILEABLE_METHODS:
+        if settings.compile and self.grid_method.build is not None:
             # inductor's C++ build logs a CUDA_HOME warning on CPU-only machines: not for users
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             # compiles on the first call
@@ -350,12 +339,12 @@ class GridEngine:
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(), torch.inference_mode():
-            if self.method == "crops":
+            if self.grid_method.build is None:  # crops: the model on every window
                 grid = score_grid(
                     self.network,
                     x,
                     stride=self.stride,
-                    method="crops",
+                    method=self.method,
                     input_size=self.window,
                     batch_size=self.settings.batch_size,
                 )
@@ -369,7 +358,7 @@ class GridEngine:
         Explicit ``--tile`` wins; otherwise tiles are used only when the estimated activation
         memory of one pass exceeds the budget. Crops never need tiles (one window per pass).
         """
-        if self.method not in _TILEABLE_METHODS:
+        if not self.grid_method.tileable:
             return None
         if input_size not in self._tiles:
             if self.settings.tile is not None:
@@ -447,10 +436,8 @@ def _check_settings(settings: GridSettings) -> None:
         raise GeometryError(f"size must be positive, got {settings.size}")
     if settings.batch_size <= 0:
         raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
-    if settings.method not in METHOD_CHOICES:
-        raise InvalidOptionError(
-            f"unknown method {settings.method!r}; choose from {', '.join(METHOD_CHOICES)}"
-        )
+    if settings.method != "auto":
+        get_method(settings.method)  # raises for an unknown method, naming the choices
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager[object]:

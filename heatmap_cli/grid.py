@@ -1,71 +1,211 @@
-"""``score_grid``: a grid of class scores, one per window of an image, by several methods.
+"""``score_grid``: a grid of class scores, one per window of an image, and the method registry.
 
 Every method returns the same thing: ``(N, K, rows, cols)`` logits where cell ``(i, j)`` is the
 classifier's answer on the window whose top-left corner is ``(i * stride, j * stride)`` in the
-input. They differ in how they get there:
+input. They differ in how they get there; each is a :class:`GridMethod`, registered here once:
 
 * ``"dense"``: one pass of the convolutionalized network, at its native stride;
+* ``"stitch"``: a finer stride ``s/f`` from ``f*f`` shifted passes, interleaved
+  (``heatmap_cli.stitch``);
+* ``"dilate"``: the same finer stride in one pass of an "a trous" network
+  (``heatmap_cli.dilate``), which falls back to stitching, with one warning, for a network it
+  cannot dilate;
 * ``"crops"``: the unmodified model on every window, batched; the exact reference, and the
-  fallback for models that cannot be converted;
-* ``"stitch"``: a finer stride ``s/f`` from ``f*f`` passes of the converted network over the
-  input shifted by every multiple of ``s/f`` in both directions, interleaved;
-* ``"dilate"``: the same finer stride in one pass of an "a trous" network whose last ``f``-fold
-  downsampling runs at stride 1 and whose later spatial operations are dilated
-  (``heatmap_cli.dilation``). It falls back to stitching, with one warning, for a network it
-  cannot dilate.
+  fallback for models that cannot be converted (``heatmap_cli.crops``).
 
 On a network without zero padding all four agree to float precision. With padding, ``"dilate"``
 equals ``"dense"`` on the cells of the native grid and differs from ``"stitch"`` near the
-borders of the shifted passes (see ``heatmap_cli.dilation``).
+borders of the shifted passes (see ``heatmap_cli.dilate``).
+
+A new method is one new file with its grid function (and the network it builds for the
+command's engine) plus one :func:`register_method` line.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from heatmap_cli.errors import ConversionError, GeometryError
+from heatmap_cli.crops import crops_grid
+from heatmap_cli.dilate import dilate_grid, dilated_network
+from heatmap_cli.errors import ConversionError, GeometryError, InvalidOptionError
 from heatmap_cli.geometry import grid_shape
+from heatmap_cli.stitch import (
+    StitchedNet,
+    check_stride,
+    covered_input,
+    stitch_grid,
+    stitched_network,
+)
 from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
 
 __all__ = [
-    "METHODS",
+    "GridFunction",
+    "GridMethod",
+    "NetworkBuilder",
+    "StrideRule",
     "as_convolutional",
-    "check_stride",
-    "covered_input",
+    "get_method",
+    "method_names",
+    "register_method",
     "score_grid",
-    "stitched_grid",
-    "valid_strides",
 ]
 
+GridFunction = Callable[[nn.Module, torch.Tensor, int, tuple[int, int], int], torch.Tensor]
+"""``grid(net, x, stride, window, batch_size) -> (N, K, rows, cols)`` logits. ``net`` is the
+converted network (or a finer-stride one made from it) for methods that need one, else the
+model as given; ``stride`` is already checked against :attr:`GridMethod.strides`."""
 
-class GridMethod(Protocol):
-    """A way to compute the score grid; see ``score_grid`` for the meaning of the arguments."""
+NetworkBuilder = Callable[[ConvolutionalizedNet, int, int], nn.Module]
+"""``build(native_net, stride, batch_size) -> network``: the one module the command's engine
+runs, ``(N, 3, H, W) -> (N, K, rows, cols)`` with ``.stride`` and ``.window``."""
 
-    def __call__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        stride: int | None,
-        input_size: tuple[int, int],
-        batch_size: int,
-    ) -> torch.Tensor: ...
+StrideRule = Literal["native", "divisors", "any"]
 
 
-def as_convolutional(model: nn.Module, input_size: tuple[int, int]) -> ConvolutionalizedNet:
+@dataclass(frozen=True)
+class GridMethod:
+    """One way to compute a score grid.
+
+    Attributes:
+        name: What ``score_grid(method=...)`` and ``--method`` call it.
+        description: One line for the command's ``--help``.
+        grid: Computes the grid for ``score_grid`` (see :data:`GridFunction`).
+        build: Builds the network the command's engine runs for a native converted network
+            (see :data:`NetworkBuilder`); None when there is no such network (``crops`` runs the
+            unmodified model window by window).
+        strides: Which strides it accepts: ``"native"`` (the network's own), ``"divisors"``
+            (those dividing the native stride), ``"any"`` positive one.
+        needs_converted: Whether it needs the converted network (else it gets the model).
+        tileable: Whether its network can be evaluated in exact tiles (``heatmap_cli.tiling``:
+            it needs ``.stride``, ``.window`` and, for finer strides, ``.native_stride``).
+        folds_norms: Whether its network gains from batch norms folded into the convolutions
+            before it is built (``heatmap_cli.fold``).
+    """
+
+    name: str
+    description: str
+    grid: GridFunction
+    build: NetworkBuilder | None = None
+    strides: StrideRule = "divisors"
+    needs_converted: bool = True
+    tileable: bool = False
+    folds_norms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.build is None and (self.tileable or self.folds_norms):
+            raise ValueError(f"method {self.name!r} builds no network to tile or fold")
+        if self.build is not None and not self.needs_converted:
+            raise ValueError(f"method {self.name!r} builds its network from a converted one")
+
+    def resolve_stride(
+        self, stride: int | None, native_stride: int, own_stride: int | None = None
+    ) -> int:
+        """The stride this method runs at: ``stride`` checked, or the network's own when None.
+
+        Args:
+            stride: The stride asked for, in input pixels; None for the network's own.
+            native_stride: The native stride of the converted network (what ``"divisors"``
+                must divide).
+            own_stride: The stride of the network given, when it is a finer-stride one (a
+                result of ``dilate``); default ``native_stride``.
+
+        Returns:
+            The output stride.
+
+        Raises:
+            GeometryError: If the method does not accept ``stride`` (the message lists what
+                it accepts).
+        """
+        own = native_stride if own_stride is None else own_stride
+        if stride is None:
+            return own
+        if self.strides == "any":
+            if stride <= 0:
+                raise GeometryError(f"stride must be positive, got {stride}")
+        elif self.strides == "divisors":
+            check_stride(stride, native_stride)
+        elif stride != own:
+            check_stride(stride, own)
+            finer = " or ".join(
+                f"method={m.name!r}" for m in _METHODS.values() if m.strides == "divisors"
+            )
+            raise GeometryError(
+                f"method {self.name!r} runs at the native stride {own}; for stride {stride} "
+                f"use {finer}"
+            )
+        return stride
+
+
+_METHODS: dict[str, GridMethod] = {}
+
+
+def register_method(method: GridMethod) -> GridMethod:
+    """Adds a grid method to the registry (registering the same object again changes nothing).
+
+    Args:
+        method: The method; its name must be new (``"auto"`` is the command's own choice).
+
+    Returns:
+        ``method``, so a module can write ``MINE = register_method(GridMethod(...))``.
+
+    Raises:
+        InvalidOptionError: If another method has that name.
+    """
+    if method.name == "auto":
+        raise InvalidOptionError("'auto' is reserved: the command's choice of dense or dilate")
+    existing = _METHODS.get(method.name)
+    if existing is not None and existing is not method:
+        raise InvalidOptionError(f"a grid method named {method.name!r} already exists")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister_method(name: str) -> None:
+    """Removes a method from the registry (a test's or a plug-in's own; absent names are fine).
+
+    Args:
+        name: The method's name.
+    """
+    _METHODS.pop(name, None)
+
+
+def get_method(name: str) -> GridMethod:
+    """The registered method called ``name``.
+
+    Raises:
+        InvalidOptionError: If there is none; the message lists the choices.
+    """
+    if name not in _METHODS:
+        raise InvalidOptionError(
+            f"unknown method {name!r}; choose from {', '.join(method_names())}"
+        )
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """The names of the registered methods, in registration order."""
+    return tuple(_METHODS)
+
+
+def as_convolutional(
+    model: nn.Module, input_size: tuple[int, int]
+) -> ConvolutionalizedNet | StitchedNet:
     """Returns ``model`` itself if already converted at ``input_size``, else converts it.
 
     Args:
-        model: A classifier, or a ``ConvolutionalizedNet``.
+        model: A classifier, a ``ConvolutionalizedNet`` or a finer-stride network made from
+            one (``dilate``'s ``DilatedNet`` or ``StitchedNet``).
         input_size: ``(h, w)`` training size of the classifier.
 
     Returns:
         The converted network.
     """
-    if isinstance(model, ConvolutionalizedNet):
+    if isinstance(model, (ConvolutionalizedNet, StitchedNet)):
         if tuple(model.window) != tuple(input_size):
             raise GeometryError(
                 f"the network was converted for a {model.window} window, not {tuple(input_size)}"
@@ -74,44 +214,61 @@ def as_convolutional(model: nn.Module, input_size: tuple[int, int]) -> Convoluti
     return convolutionalize(model, input_size)
 
 
-def source_model(model: nn.Module) -> nn.Module:
-    """The unmodified classifier behind a converted network (or the model itself)."""
-    if isinstance(model, ConvolutionalizedNet) and model.source_model is not None:
-        return model.source_model
-    return model
+def dense_grid(
+    net: nn.Module, x: torch.Tensor, stride: int, window: tuple[int, int], batch_size: int
+) -> torch.Tensor:
+    """``score_grid(method="dense")``: one pass of the converted network at its own stride."""
+    del stride, window, batch_size  # the network's own; one pass: the batch is the caller's
+    with torch.inference_mode():
+        return net(covered_input(x, net.window, net.stride))  # type: ignore[arg-type]
 
 
-def valid_strides(native_stride: int) -> list[int]:
-    """Output strides reachable from a native stride: its divisors, largest first."""
-    return [d for d in range(native_stride, 0, -1) if native_stride % d == 0]
+def dense_network(net: ConvolutionalizedNet, stride: int, batch_size: int) -> nn.Module:
+    """The engine's network for ``method="dense"``: the converted network itself."""
+    del stride, batch_size  # checked to be the native stride; one pass
+    return net
 
 
-def check_stride(stride: int, native_stride: int) -> None:
-    """Raises ``GeometryError`` unless ``stride`` divides the native stride."""
-    if stride <= 0 or native_stride % stride:
-        choices = ", ".join(str(s) for s in valid_strides(native_stride))
-        raise GeometryError(
-            f"stride {stride} does not divide the network's native stride {native_stride}; "
-            f"valid strides: {choices}"
-        )
-
-
-def covered_input(x: torch.Tensor, window: tuple[int, int], stride: int) -> torch.Tensor:
-    """Drops the bottom/right pixels that no whole window at ``stride`` covers.
-
-    Inputs prepared by ``heatmap_cli.preprocess`` are snapped and lose nothing; an arbitrary
-    tensor keeps exactly the region the grid describes.
-
-    Args:
-        x: ``(N, C, H, W)`` input.
-        window: ``(h, w)`` window.
-        stride: Grid stride in pixels.
-
-    Returns:
-        ``(N, C, h + stride*a, w + stride*b)``, a view of ``x``.
-    """
-    rows, cols = grid_shape((x.shape[2], x.shape[3]), window, stride)
-    return x[:, :, : window[0] + stride * (rows - 1), : window[1] + stride * (cols - 1)]
+register_method(
+    GridMethod(
+        "dense",
+        "one pass of the converted network, at its native stride",
+        dense_grid,
+        dense_network,
+        strides="native",
+        tileable=True,
+        folds_norms=True,
+    )
+)
+register_method(
+    GridMethod(
+        "stitch",
+        "a finer stride from f*f passes over the input shifted by the stride, interleaved",
+        stitch_grid,
+        stitched_network,
+        tileable=True,
+        folds_norms=True,
+    )
+)
+register_method(
+    GridMethod(
+        "dilate",
+        "a finer stride in one pass of the 'a trous' network (stitches where it cannot)",
+        dilate_grid,
+        dilated_network,
+        tileable=True,
+        folds_norms=True,
+    )
+)
+register_method(
+    GridMethod(
+        "crops",
+        "the unmodified model on every window: the exact reference, slow",
+        crops_grid,
+        strides="any",
+        needs_converted=False,
+    )
+)
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -119,162 +276,22 @@ def _check_input(x: torch.Tensor) -> None:
         raise GeometryError("x must be a float tensor of shape (N, C, H, W)")
 
 
-def dense_grid(
-    model: nn.Module,
-    x: torch.Tensor,
-    stride: int | None,
-    input_size: tuple[int, int],
-    batch_size: int,
-) -> torch.Tensor:
-    """One forward pass of the convolutionalized network at its native stride."""
-    del batch_size  # one pass: the batch is the caller's
-    net = as_convolutional(model, input_size)
-    if stride is not None and stride != net.stride:
-        check_stride(stride, net.stride)
-        raise GeometryError(
-            f"method 'dense' runs at the native stride {net.stride}; for stride {stride} use "
-            "method='dilate' or method='stitch'"
-        )
-    with torch.inference_mode():
-        return net(covered_input(x, net.window, net.stride))
-
-
-def crops_grid(
-    model: nn.Module,
-    x: torch.Tensor,
-    stride: int | None,
-    input_size: tuple[int, int],
-    batch_size: int,
-) -> torch.Tensor:
-    """The unmodified model on every window, ``batch_size`` windows per forward pass."""
-    window = (int(input_size[0]), int(input_size[1]))
+def _network_and_stride(
+    method: GridMethod, model: nn.Module, stride: int | None, window: tuple[int, int]
+) -> tuple[nn.Module, int]:
+    """What ``method.grid`` runs on, and the stride it runs at."""
+    if method.needs_converted:
+        net = as_convolutional(model, window)
+        return net, method.resolve_stride(stride, net.native_stride, net.stride)
     if stride is None:
         try:
             stride = as_convolutional(model, window).stride
         except ConversionError as error:
             raise GeometryError(
-                "method 'crops' needs an explicit stride for a model that cannot be converted "
-                f"({error})"
+                f"method {method.name!r} needs an explicit stride for a model that cannot be "
+                f"converted ({error})"
             ) from error
-    if stride <= 0:
-        raise GeometryError(f"stride must be positive, got {stride}")
-    classifier = source_model(model)
-    rows, cols = grid_shape((x.shape[2], x.shape[3]), window, stride)
-    corners = [(i * stride, j * stride) for i in range(rows) for j in range(cols)]
-    scores: list[torch.Tensor] = []
-    with torch.inference_mode():
-        for start in range(0, len(corners), batch_size):
-            chunk = corners[start : start + batch_size]
-            windows = torch.stack(
-                [x[:, :, top : top + window[0], left : left + window[1]] for top, left in chunk],
-                dim=1,
-            )  # (N, len(chunk), C, h, w)
-            logits = classifier(windows.flatten(0, 1))
-            scores.append(logits.reshape(x.shape[0], len(chunk), -1))
-    grid = torch.cat(scores, dim=1)  # (N, rows*cols, K), cells in row-major order
-    return grid.permute(0, 2, 1).reshape(x.shape[0], -1, rows, cols)
-
-
-def native_network(model: nn.Module, input_size: tuple[int, int]) -> ConvolutionalizedNet:
-    """The converted network at its native stride behind ``model``.
-
-    Args:
-        model: A classifier, a ``ConvolutionalizedNet``, or a finer-stride network made from one
-            by ``heatmap_cli.dilation.dilate`` (which keeps its native network as ``.base``).
-        input_size: ``(h, w)`` training size of the classifier.
-
-    Returns:
-        The native-stride converted network.
-    """
-    net = as_convolutional(model, input_size)
-    base = getattr(net, "base", None)
-    return base if isinstance(base, ConvolutionalizedNet) else net
-
-
-def stitched_grid(
-    net: ConvolutionalizedNet, x: torch.Tensor, stride: int, *, batch_size: int = 32
-) -> torch.Tensor:
-    """Shift-and-stitch: a grid at ``stride = net.stride / f`` from ``f*f`` shifted passes.
-
-    The pass for offset ``(dy, dx)`` (every multiple of ``stride`` below the native stride, in
-    both directions) sees ``x[:, :, dy:, dx:]`` cut to the largest ``window + native*k`` it
-    covers, and its cells land at ``(i*f + dy/stride, j*f + dx/stride)``. Passes whose inputs have
-    the same shape run together, ``batch_size`` passes per forward.
-
-    Args:
-        net: Converted network at its native stride.
-        x: ``(N, C, H, W)`` normalized images, ``H, W >= window``.
-        stride: Output stride; must divide ``net.stride``.
-        batch_size: Shifted passes per forward pass.
-
-    Returns:
-        ``(N, K, rows, cols)`` logits, ``(rows, cols) = grid_shape((H, W), window, stride)``;
-        cell ``(i, j)`` is the window whose top-left corner is ``(i*stride, j*stride)``.
-
-    Raises:
-        GeometryError: If ``stride`` does not divide the native stride.
-    """
-    check_stride(stride, net.stride)
-    window, factor, n = net.window, net.stride // stride, x.shape[0]
-    rows, cols = grid_shape((x.shape[2], x.shape[3]), window, stride)
-    # pass (a, b) is shifted by (a*stride, b*stride) and fills cells (a::factor, b::factor)
-    passes: dict[tuple[int, ...], list[tuple[int, int, torch.Tensor]]] = {}
-    for a, b in itertools.product(range(min(factor, rows)), range(min(factor, cols))):
-        shifted = covered_input(x[:, :, a * stride :, b * stride :], window, net.stride)
-        passes.setdefault(tuple(shifted.shape), []).append((a, b, shifted))
-
-    grid: torch.Tensor | None = None
-    with torch.inference_mode():
-        for same_shape in passes.values():
-            for start in range(0, len(same_shape), batch_size):
-                chunk = same_shape[start : start + batch_size]
-                scores = net(torch.cat([shifted for _, _, shifted in chunk]))
-                if grid is None:
-                    grid = scores.new_empty(n, scores.shape[1], rows, cols)
-                for k, (a, b, _) in enumerate(chunk):
-                    grid[:, :, a::factor, b::factor] = scores[k * n : (k + 1) * n]
-    assert grid is not None  # rows, cols >= 1: the (0, 0) pass always exists
-    return grid
-
-
-def stitch_grid(
-    model: nn.Module,
-    x: torch.Tensor,
-    stride: int | None,
-    input_size: tuple[int, int],
-    batch_size: int,
-) -> torch.Tensor:
-    """Shift-and-stitch at a stride that divides the native one (see ``stitched_grid``)."""
-    if stride is None:
-        stride = as_convolutional(model, input_size).stride
-    return stitched_grid(native_network(model, input_size), x, stride, batch_size=batch_size)
-
-
-def dilate_grid(
-    model: nn.Module,
-    x: torch.Tensor,
-    stride: int | None,
-    input_size: tuple[int, int],
-    batch_size: int,
-) -> torch.Tensor:
-    """One pass of the "a trous" network for ``stride`` (see ``heatmap_cli.dilation``)."""
-    # dilation imports this module; importing it here keeps the import graph acyclic
-    from heatmap_cli.dilation import StitchedNet, dilate
-
-    net = as_convolutional(model, input_size)
-    finer = dilate(net, net.stride if stride is None else stride)
-    if isinstance(finer, StitchedNet):  # could not be dilated; the warning was given once
-        return stitched_grid(finer.base, x, finer.stride, batch_size=batch_size)
-    with torch.inference_mode():
-        return finer(covered_input(x, finer.window, finer.stride))
-
-
-METHODS: dict[str, GridMethod] = {
-    "dense": dense_grid,
-    "stitch": stitch_grid,
-    "dilate": dilate_grid,
-    "crops": crops_grid,
-}
+    return model, method.resolve_stride(stride, stride)
 
 
 def score_grid(
@@ -290,7 +307,7 @@ def score_grid(
 
     Args:
         model: The classifier (eval mode), or a network returned by ``convolutionalize`` or by
-            ``heatmap_cli.dilation.dilate`` (reused as is, which saves converting it on every
+            ``heatmap_cli.dilate.dilate`` (reused as is, which saves converting it on every
             call). Must be on ``x``'s device.
         x: ``(N, 3, H, W)`` images normalized with the model's mean/std. Sizes of the form
             ``input_size + stride * k`` are covered exactly; otherwise the bottom/right pixels
@@ -298,7 +315,8 @@ def score_grid(
         stride: Output stride in input pixels; None means the stride of ``model`` (the native
             one, or that of a network made by ``dilate``). For ``"stitch"``/``"dilate"`` it must
             divide the native stride; ``"crops"`` takes any.
-        method: ``"dense"``, ``"stitch"``, ``"dilate"`` or ``"crops"``.
+        method: A registered method (:func:`method_names`): ``"dense"``, ``"stitch"``,
+            ``"dilate"`` or ``"crops"``.
         input_size: ``(h, w)`` the model was trained at: the window of one cell.
         batch_size: Windows per forward pass for ``"crops"``; shifted passes per forward pass
             for ``"stitch"`` (and for ``"dilate"`` when it falls back to stitching).
@@ -308,16 +326,16 @@ def score_grid(
         is ``(i * stride, j * stride)`` in ``x``.
 
     Raises:
-        GeometryError: For an input smaller than the window, an invalid stride, or an unknown
-            method.
+        InvalidOptionError: For an unknown method.
+        GeometryError: For an input smaller than the window or an invalid stride.
         ConversionError: If a method that needs the converted network cannot convert the model
             (use ``"crops"``).
     """
     _check_input(x)
-    if method not in METHODS:
-        raise GeometryError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    grid_method = get_method(method)
     if batch_size <= 0:
         raise GeometryError(f"batch_size must be positive, got {batch_size}")
     window = (int(input_size[0]), int(input_size[1]))
     grid_shape((x.shape[2], x.shape[3]), window, stride or 1)  # raises for too-small inputs
-    return METHODS[method](model, x, stride, window, batch_size)
+    net, stride = _network_and_stride(grid_method, model, stride, window)
+    return grid_method.grid(net, x, stride, window, batch_size)

@@ -24,12 +24,12 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image, ImageCms
 from torch import nn
-from toys import as_loaded
 
 from heatmap_cli.cli import main
 from heatmap_cli.errors import ImageReadError, UnknownClassError
 from heatmap_cli.models import LoadedModel, imagenet_categories
 from heatmap_cli.outputs import slug
+from tests.toys import as_loaded
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_images"

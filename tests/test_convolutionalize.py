@@ -8,7 +8,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import (
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from heatmap_cli import ConvolutionalizedNet, convolutionalize
+from heatmap_cli.errors import ConversionError
+from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS, LinearAsConv2d, windowed_linear
+from tests.nets import (
     ALL_NETS,
     NATIVE_STRIDE,
     NUM_CLASSES,
@@ -18,11 +24,6 @@ from nets import (
     VolumeHeadNet,
     seeded,
 )
-from torch import nn
-
-from heatmap_cli import ConvolutionalizedNet, convolutionalize, surgery
-from heatmap_cli.errors import ConversionError
-from heatmap_cli.surgery import LinearAsConv2d, windowed_linear
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,27 +76,35 @@ def test_windowed_linear_equals_the_convolution(batch, channels, size, kernel, d
     assert torch.allclose(unbiased, expected - bias[:, None, None], rtol=1e-5, atol=1e-5)
 
 
-def test_small_head_grids_skip_the_convolution_and_large_ones_use_it(monkeypatch):
+class ConvolutionKernels(TorchFunctionMode):
+    """Records the kernel shape of every ``F.conv2d`` call made while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.conv2d:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            self.kernels.append(tuple(weight.shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("limit", [DEFAULT_MATMUL_MAX_CELLS, 30])
+def test_small_head_grids_skip_the_convolution_and_large_ones_use_it(limit):
     # oneDNN runs a wide head convolution on a few cells at a fraction of the matmul rate and
     # copies its whole weight per call (392 MiB on VGG16); small grids must avoid it
-    net = convolutionalize(seeded(VolumeHeadNet), WINDOW)
+    net = convolutionalize(seeded(VolumeHeadNet), WINDOW, matmul_max_cells=limit)
     head_kernel = (32, 16, 3, 3)
-    kernels: list[tuple[int, ...]] = []
-    conv2d = F.conv2d
-
-    def spy(x, weight, *args, **kwargs):
-        kernels.append(tuple(weight.shape))
-        return conv2d(x, weight, *args, **kwargs)
-
-    monkeypatch.setattr(F, "conv2d", spy)
-    limit = surgery.MATMUL_HEAD_MAX_CELLS
-    small = WINDOW[0] + NATIVE_STRIDE * 3  # a 4x4 grid
-    large = WINDOW[0] + NATIVE_STRIDE * (int(limit**0.5) + 1)  # just over the limit
-    with torch.no_grad():
+    side = int(limit**0.5)
+    small = WINDOW[0] + NATIVE_STRIDE * (side - 1)  # side x side cells: at most the limit
+    large = WINDOW[0] + NATIVE_STRIDE * side  # (side + 1)^2 cells: over the limit
+    with torch.no_grad(), ConvolutionKernels() as small_pass:
         net(torch.randn(1, 3, small, small))
-        assert kernels and head_kernel not in kernels  # the body's convolutions were seen
+    with torch.no_grad(), ConvolutionKernels() as large_pass:
         net(torch.randn(1, 3, large, large))
-    assert head_kernel in kernels
+    assert small_pass.kernels and head_kernel not in small_pass.kernels  # the body's were seen
+    assert head_kernel in large_pass.kernels
 
 
 def test_first_linear_becomes_a_view_of_the_same_weights():
@@ -173,9 +182,11 @@ def test_attention_is_refused_with_a_pointer_to_crops():
 def test_squeeze_excitation_pools_stay_global_and_warn():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.mobilenet_v3_small().eval()
-    with pytest.warns(UserWarning, match="global pooling inside its body"):
+    blocks = [m for m in model.modules() if isinstance(m, torchvision.ops.SqueezeExcitation)]
+    with pytest.warns(UserWarning, match=f"global pooling inside its body \\({len(blocks)} "):
         net = convolutionalize(model, (224, 224))
-    assert len(net.global_context) == 9
+    assert blocks
+    assert len(net.global_context) == len(blocks)  # one global pool per block, head excepted
 
 
 # --- Every torchvision classifier --------------------------------------------------------------

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
-from toys import as_loaded
 
 from heatmap_cli import score_grid
-from heatmap_cli.dilation import DilatedNet
+from heatmap_cli.dilate import DilatedNet
 from heatmap_cli.engine import GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from tests.nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
+from tests.toys import as_loaded
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)

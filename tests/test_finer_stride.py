@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
 from torch import nn
 
 from heatmap_cli import convolutionalize, score_grid
-from heatmap_cli.dilation import AtrousOp, DilatedNet, StitchedNet, dilate
+from heatmap_cli.dilate import DilatedNet, dilate
 from heatmap_cli.errors import GeometryError
 from heatmap_cli.geometry import grid_shape
+from heatmap_cli.layers import AtrousOp
+from heatmap_cli.stitch import StitchedNet
+from tests.nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
 
 
 def _input(rows: int, cols: int, stride: int, batch: int = 2, window=WINDOW) -> torch.Tensor:
@@ -40,9 +42,10 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("net_class", ALL_NETS)
 def test_stitch_dilate_and_crops_agree_on_padding_free_nets(net_class, stride, head_form):
     model = seeded(net_class)
+    net = convolutionalize(model, WINDOW, matmul_max_cells=head_form)
     x = _input(5, 7, stride)  # non-square and not a multiple of the native stride
     grids = {
-        method: score_grid(model, x, stride=stride, method=method, input_size=WINDOW)
+        method: score_grid(net, x, stride=stride, method=method, input_size=WINDOW)
         for method in ("stitch", "dilate", "crops")
     }
     assert grids["crops"].shape == (2, NUM_CLASSES, 5, 7)

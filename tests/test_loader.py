@@ -7,15 +7,15 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from nets import WINDOW, VolumeHeadNet, seeded
 from PIL import Image
-from toys import as_loaded
 
 from heatmap_cli.engine import GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import ImageReadError
 from heatmap_cli.io import ImageInput, read_image
 from heatmap_cli.loader import ImageResult, score_images
 from heatmap_cli.preprocess import resize_for_grid
+from tests.nets import WINDOW, VolumeHeadNet, seeded
+from tests.toys import as_loaded
 
 
 class CountingEngine(GridEngine):

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import WINDOW, VolumeHeadNet, seeded
 from PIL import Image
 from torch import nn
-from toys import as_loaded
 
 from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.errors import GeometryError, InvalidOptionError
@@ -32,6 +30,8 @@ from heatmap_cli.ranking import (
     rank_image,
     softmax,
 )
+from tests.nets import WINDOW, VolumeHeadNet, seeded
+from tests.toys import as_loaded
 
 METHODS = [("dense", None), ("dilate", 4), ("stitch", 4), ("crops", 8)]
 

@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from nets import WINDOW, VolumeHeadNet, seeded
 from PIL import Image
-from toys import as_loaded
 
 from heatmap_cli.engine import UNTILED, GridEngine, GridSettings, Tiling
 from heatmap_cli.io import ImageInput
@@ -17,6 +15,8 @@ from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import score_multiscale
 from heatmap_cli.outputs import OutputOptions, build_record, rendered_classes, slug
 from heatmap_cli.ranking import rank_image
+from tests.nets import WINDOW, VolumeHeadNet, seeded
+from tests.toys import as_loaded
 
 
 def scored(scales: tuple[float, ...], flip: bool) -> tuple[ImageResult, GridEngine]:

@@ -21,11 +21,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from torch import nn
-from toys import as_loaded
 
 from heatmap_cli.cli import main
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.render import cell_values_to_image
+from tests.toys import as_loaded
 
 WINDOW = 64
 NATIVE_STRIDE = 8

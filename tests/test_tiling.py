@@ -10,26 +10,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from nets import WINDOW, VolumeHeadNet, seeded
 from timm.layers import Conv2dSame
 from torch import nn
 
+from heatmap_cli.dilate import dilate
 from heatmap_cli.errors import GeometryError
+from heatmap_cli.fold import lean_copy
 from heatmap_cli.geometry import grid_shape
-from heatmap_cli.grid import covered_input, score_grid
-from heatmap_cli.lean import BandedSameConv2d, lean_copy
+from heatmap_cli.grid import score_grid
+from heatmap_cli.layers import BandedSameConv2d
 from heatmap_cli.preprocess import normalize
+from heatmap_cli.stitch import covered_input
 from heatmap_cli.surgery import convolutionalize
 from heatmap_cli.tiling import (
     ReceptiveField,
     choose_tile,
-    display_size,
     estimate_activation_bytes,
     minimum_tile,
     plan_tiles,
     receptive_field,
     tiled_score_grid,
 )
+from tests.nets import WINDOW, VolumeHeadNet, seeded
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -75,6 +77,21 @@ class SqueezeExciteNet(PaddedNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.relu(self.down1(self.stem(x))))
         x = x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+        x = self.last(F.relu(self.down2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class ResidualDropoutNet(PaddedNet):
+    """PaddedNet whose residual branch passes torchvision's StochasticDepth (ConvNeXt, ...): fx
+    records its ``stochastic_depth`` as a call, the identity in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_path = torchvision.ops.StochasticDepth(0.2, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.down1(self.stem(x))))
+        x = F.relu(self.drop_path(self.dilated(x)) + self.pointwise(x))
         x = self.last(F.relu(self.down2(x)))
         return self.fc(x.mean((2, 3)))
 
@@ -169,6 +186,17 @@ def test_unknown_operation_falls_back_to_the_probe(padded: nn.Module) -> None:
     with pytest.raises(GeometryError, match="unknown function abs"):
         receptive_field(net, method="analytic")
     assert receptive_field(net) == receptive_field(padded)
+
+
+def test_residual_dropout_is_analysed_not_probed(padded: nn.Module) -> None:
+    # the analysis reads stochastic_depth's training flag (its 4th argument, not its mode)
+    net = convert(ResidualDropoutNet)
+    assert any(
+        getattr(node.target, "__name__", "") == "stochastic_depth"
+        for node in net.graph_module.graph.nodes
+    )
+    field = receptive_field(net, method="analytic")
+    assert field == receptive_field(padded) == receptive_field(net, method="probe")
 
 
 def test_global_context_cannot_be_tiled() -> None:
@@ -328,8 +356,7 @@ def test_shift_and_stitch_without_native_stride_is_not_exact(padded: nn.Module) 
 def test_tiled_equals_untiled_a_trous(padded: nn.Module, stride: int) -> None:
     """The finer-stride engineer's dilated network: analysed through its own layers, and tiled
     on the native lattice."""
-    dilation = pytest.importorskip("heatmap_cli.dilation")
-    net = dilation.dilate(padded, stride)
+    net = dilate(padded, stride)
     size = (48 + 8 * 30 + stride, 48 + 8 * 21 + stride)  # not congruent to 48 modulo 8
     field = receptive_field(net, size, method="analytic")
     assert field == receptive_field(net, size, method="probe")
@@ -437,12 +464,17 @@ def test_tiled_equals_untiled_default_architecture() -> None:
     model = randomize_batch_norm(timm.create_model("tf_efficientnet_lite0", pretrained=False))
     net = convolutionalize(model, (224, 224))
     field = receptive_field(net)
-    assert minimum_tile(net) == 1088
-    pixels = random_pixels(224, 224 + 32 * 34)  # columns split in two tiles of 1184
-    grid = tiled_score_grid(net, pixels, mean=(0.5,) * 3, std=(0.5,) * 3, tile=1184, field=field)
+    (top, bottom), (left, right) = field.cells_dropped(net.window)
+    smallest = minimum_tile(net)
+    assert smallest == 224 + 32 * max(top + bottom, left + right)  # 1088 with timm 1.0
+    # tiles of 4 cells above the minimum over 8 more columns: two tiles, the second keeping
+    # the last 4 columns after dropping as many as the first
+    tile = smallest + 32 * 3
+    pixels = random_pixels(224, tile + 32 * 4)
+    grid = tiled_score_grid(net, pixels, mean=(0.5,) * 3, std=(0.5,) * 3, tile=tile, field=field)
     with torch.inference_mode():
         reference = net(normalize(pixels, (0.5,) * 3, (0.5,) * 3))
-    assert len(plan_tiles(net, pixels.shape[:2], 1184, field=field).tiles) == 2
+    assert len(plan_tiles(net, pixels.shape[:2], tile, field=field).tiles) == 2
     assert_same_grid(grid, reference, 1e-3)
 
 
@@ -455,21 +487,16 @@ def test_tiled_equals_untiled_default_architecture() -> None:
 )
 @pytest.mark.parametrize("band_bytes", [1, 10**9])
 def test_banded_same_conv_equals_conv2d_same(
-    monkeypatch: pytest.MonkeyPatch,
-    kernel: int,
-    stride: int,
-    dilation: int,
-    groups: int,
-    band_bytes: int,
+    kernel: int, stride: int, dilation: int, groups: int, band_bytes: int
 ) -> None:
     """Bands of rows, each padded on its own, give Conv2dSame's output bit for bit."""
-    monkeypatch.setattr(BandedSameConv2d, "band_bytes", band_bytes)
     torch.manual_seed(0)
     same = Conv2dSame(
         4, 8 if groups == 1 else 4, kernel, stride=stride, dilation=dilation, groups=groups
     ).eval()
-    banded = BandedSameConv2d(4, same.out_channels, kernel, stride, 0, dilation, groups)
-    banded.load_state_dict(same.state_dict())
+    banded = BandedSameConv2d.sharing(same)
+    banded.band_bytes = band_bytes  # 1: a band per output row; 10**9: one padded copy
+    assert banded.weight is same.weight
     for height, width in [(7, 9), (8, 16), (15, 31), (16, 16), (33, 9), (64, 31)]:
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(2, 4, height, width).contiguous(memory_format=layout)
@@ -541,9 +568,3 @@ def test_choose_tile(padded: nn.Module) -> None:
     assert choose_tile(padded, size, full // 16) < tile
     with pytest.raises(GeometryError, match="too small"):
         choose_tile(padded, size, 10_000)
-
-
-def test_display_size() -> None:
-    assert display_size((8192, 16384), 4096) == (2048, 4096)
-    assert display_size((300, 451), 4096) == (300, 451)
-    assert display_size((5000, 3000), 1000) == (1000, 600)

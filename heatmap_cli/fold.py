@@ -15,8 +15,9 @@ modified):
 * an eval-mode batch norm (``nn.BatchNorm2d``, timm ``BatchNormAct2d``) whose input is the
   output of a convolution used nowhere else is folded into that convolution's weights and bias;
   ``BatchNormAct2d``'s activation then runs in place on the convolution's output;
-* timm ``Conv2dSame`` (TensorFlow "same" padding) becomes :class:`BandedSameConv2d`, which
-  pads and convolves the input in bands of rows, so no padded copy of the whole input is made;
+* timm ``Conv2dSame`` (TensorFlow "same" padding) becomes ``heatmap_cli.layers.BandedSameConv2d``,
+  which pads and convolves the input in bands of rows, so no padded copy of the whole input is
+  made;
 * the network input is handed over in a one-element list and dropped as soon as the first layer
   consumed it, so the caller holds no reference to it during the pass.
 
@@ -26,105 +27,19 @@ The results equal the original network's up to float rounding (folding reorders 
 from __future__ import annotations
 
 import copy
-import importlib
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from heatmap_cli._fx import timm_layers
+from heatmap_cli.layers import BandedSameConv2d
 from heatmap_cli.surgery import ConvolutionalizedNet
 
-__all__ = ["BandedSameConv2d", "LeanNet", "folded_copy", "lean_copy"]
+__all__ = ["LeanNet", "folded_copy", "lean_copy"]
 
 
-def _timm_class(name: str) -> type[nn.Module] | None:
-    try:
-        layers = importlib.import_module("timm.layers")
-    except ImportError:
-        return None
-    found = getattr(layers, name, None)
-    return found if isinstance(found, type) else None
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """``(before, after)`` TensorFlow "same" padding of one axis (timm ``pad_same``)."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-class BandedSameConv2d(nn.Conv2d):
-    """timm ``Conv2dSame`` without a padded copy of its whole input.
-
-    ``Conv2dSame`` pads the input (``F.pad``, a full copy) and convolves the copy. Here the
-    output is computed in bands of rows, each from a padded copy of just the input rows it
-    needs, into one preallocated output: the same numbers, with at most a band's worth of extra
-    memory. Inputs below :attr:`band_bytes` are padded whole, as ``Conv2dSame`` does.
-    """
-
-    band_bytes = 64 * 2**20
-    """Largest padded copy of the input to make at once, in bytes."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolves with TensorFlow "same" padding, like ``Conv2dSame``."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        height, width = x.shape[-2:]
-        top, bottom = _same_pads(height, kh, sh, dh)
-        left, right = _same_pads(width, kw, sw, dw)
-
-        def conv(t: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(t, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-        padded_bytes = x[:, :, :1].numel() * x.element_size() * (height + top + bottom)
-        out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        bands = min(out_h, math.ceil(padded_bytes / self.band_bytes))
-        if bands <= 1:
-            return conv(F.pad(x, (left, right, top, bottom)))
-        rows = math.ceil(out_h / bands)
-        out: torch.Tensor | None = None
-        for first in range(0, out_h, rows):
-            last = min(first + rows, out_h)  # output rows [first, last)
-            begin = first * sh - top  # input rows [begin, end), outside [0, height) padding
-            end = (last - 1) * sh - top + dh * (kh - 1) + 1
-            band = x[:, :, max(begin, 0) : min(end, height)]
-            band = F.pad(band, (left, right, max(-begin, 0), max(end - height, 0)))
-            result = conv(band)
-            del band
-            if out is None:
-                layout = (
-                    torch.channels_last
-                    if result.is_contiguous(memory_format=torch.channels_last)
-                    and not result.is_contiguous()
-                    else torch.contiguous_format
-                )
-                shape = (*result.shape[:2], out_h, result.shape[3])
-                out = torch.empty(
-                    shape, dtype=result.dtype, device=result.device, memory_format=layout
-                )
-            out[:, :, first:last] = result
-        assert out is not None
-        return out
-
-
-def _banded_conv(module: nn.Conv2d) -> BandedSameConv2d:
-    lean = BandedSameConv2d(
-        module.in_channels,
-        module.out_channels,
-        module.kernel_size,  # type: ignore[arg-type]
-        module.stride,  # type: ignore[arg-type]
-        0,
-        module.dilation,  # type: ignore[arg-type]
-        module.groups,
-        module.bias is not None,
-        device="meta",
-    )
-    lean.weight = module.weight
-    lean.bias = module.bias
-    return lean
-
-
-def _is_foldable_norm(module: nn.Module, bn_act: type[nn.Module] | None) -> bool:
-    if type(module) is not nn.BatchNorm2d and (bn_act is None or type(module) is not bn_act):
+def _is_foldable_norm(module: nn.Module) -> bool:
+    if type(module) not in (nn.BatchNorm2d, *timm_layers().batch_norm_acts):
         return False
     assert isinstance(module, nn.BatchNorm2d)
     return (
@@ -181,7 +96,7 @@ class LeanNet(nn.Module):
         self.graph_module = graph_module
 
     def forward(self, holder: list[torch.Tensor]) -> torch.Tensor:
-        """The grid of the one tensor in ``holder``, which is emptied."""
+        """The grid of the one ``(N, 3, H, W)`` tensor in ``holder``, which is emptied."""
         return self.graph_module(holder)
 
 
@@ -191,8 +106,7 @@ def _fold_norms(gm: fx.GraphModule) -> int:
     Returns:
         How many were folded.
     """
-    same_conv = _timm_class("Conv2dSame")
-    bn_act = _timm_class("BatchNormAct2d")
+    foldable_convs = (nn.Conv2d, *timm_layers().same_convs)
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -204,7 +118,7 @@ def _fold_norms(gm: fx.GraphModule) -> int:
         if node.op != "call_module" or calls[node.target] != 1:
             continue
         norm = modules[node.target]
-        if not _is_foldable_norm(norm, bn_act) or len(node.args) != 1 or node.kwargs:
+        if not _is_foldable_norm(norm) or len(node.args) != 1 or node.kwargs:
             continue
         (producer,) = node.args
         if (
@@ -215,7 +129,7 @@ def _fold_norms(gm: fx.GraphModule) -> int:
         ):
             continue
         conv = modules[producer.target]
-        if type(conv) not in (nn.Conv2d, same_conv) or conv.padding_mode != "zeros":
+        if type(conv) not in foldable_convs or conv.padding_mode != "zeros":
             continue
         assert isinstance(norm, nn.BatchNorm2d)
         assert isinstance(conv, nn.Conv2d)
@@ -228,21 +142,20 @@ def _fold_norms(gm: fx.GraphModule) -> int:
     return folded
 
 
-def folded_copy(net: nn.Module) -> tuple[ConvolutionalizedNet, int] | None:
+def folded_copy(net: ConvolutionalizedNet) -> tuple[ConvolutionalizedNet, int] | None:
     """A copy of a converted network with its batch norms folded into the convolutions.
 
     Unlike :func:`lean_copy`, the result is an ordinary :class:`ConvolutionalizedNet` (called
     with the input tensor), so it can be dilated, stitched or tiled like the original.
 
     Args:
-        net: A ``ConvolutionalizedNet`` (exactly, not a subclass) in eval mode; not modified.
+        net: A converted network in eval mode (at its native stride, to dilate or stitch the
+            copy); not modified.
 
     Returns:
         ``(copy, number of batch norms folded)``; the copy has its own weights. None when no
-        batch norm folds or ``net`` is of another type.
+        batch norm folds.
     """
-    if type(net) is not ConvolutionalizedNet:
-        return None
     gm = copy.deepcopy(net.graph_module)
     folded = _fold_norms(gm)
     if not folded:
@@ -251,6 +164,7 @@ def folded_copy(net: nn.Module) -> tuple[ConvolutionalizedNet, int] | None:
         gm,
         stride=net.stride,
         window=net.window,
+        native_stride=net.native_stride,
         global_context=net.global_context,
         source_model=net.source_model,
     )
@@ -261,31 +175,26 @@ def lean_copy(net: nn.Module) -> LeanNet | None:
     """A leaner copy of a converted network's graph, or None where that is not known to be exact.
 
     Args:
-        net: A ``ConvolutionalizedNet`` (exactly: subclasses such as those of
-            ``heatmap_cli.dilation`` do more than run their graph) in eval mode. It is not
-            modified: the copy has its own weights.
+        net: A ``ConvolutionalizedNet`` (native or dilated) in eval mode. It is not modified:
+            the copy has its own weights.
 
     Returns:
         A :class:`LeanNet` computing the same grid, called as ``lean([x])``; None for any other
-        network, or a graph of more than one input.
+        network (one that does more than run a graph), or a graph of more than one input.
     """
-    if type(net) is not ConvolutionalizedNet:
-        return None  # subclasses (heatmap_cli.dilation) do more than run the graph
+    if not isinstance(net, ConvolutionalizedNet):
+        return None
     source = net.graph_module
     if sum(node.op == "placeholder" for node in source.graph.nodes) != 1:
         return None
     gm = copy.deepcopy(source)
-    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     _fold_norms(gm)
-    same_conv = _timm_class("Conv2dSame")
-    modules = dict(gm.named_modules())
+    same_convs = timm_layers().same_convs
+    for name, module in list(gm.named_modules()):
+        if type(module) in same_convs:
+            gm.set_submodule(name, BandedSameConv2d.sharing(module))  # type: ignore[arg-type]
 
-    if same_conv is not None:
-        for name, module in list(modules.items()):
-            if type(module) is same_conv:
-                gm.set_submodule(name, _banded_conv(module))
-
-    (placeholder,) = placeholders
+    (placeholder,) = [node for node in gm.graph.nodes if node.op == "placeholder"]
     with gm.graph.inserting_after(placeholder):
         taken = gm.graph.call_function(_take, (placeholder,))
     placeholder.replace_all_uses_with(taken, delete_user_cb=lambda user: user is not taken)

@@ -1,0 +1,492 @@
+"""The ``torch.fx`` toolkit that every graph walker of the package reads.
+
+Three walkers read a converted classifier's graph: the head rewrite (``heatmap_cli.surgery``),
+the "a trous" rewrite (``heatmap_cli.dilate``) and the receptive-field analysis
+(``heatmap_cli.tiling``); batch-norm folding (``heatmap_cli.fold``) edits it. They share what is
+here, so that a layer taught to one of them is known to all:
+
+* tracing a classifier (:func:`trace_model`), with timm's not-traced modules and functions
+  taken from timm's public registry, and working without timm;
+* shape-only passes on storage-less copies (:func:`meta_clone`, :func:`shape_pass`);
+* reading nodes: argument lookup, int-or-pair parsing, shapes, descriptions for messages;
+* the op tables: which modules, functions and methods act on each element or position alone,
+  which reduce a map to one value per image, which convolve, pool, move or reshape;
+* the timm layers the walkers know by class (:func:`timm_layers`).
+
+A walker that meets something it does not know raises :class:`UnsupportedGraph`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import itertools
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from heatmap_cli.errors import ConversionError, first_line
+
+__all__ = [
+    "ADAPTIVE_POOL_FUNCTIONS",
+    "ADAPTIVE_POOL_MODULES",
+    "AVG_POOL_FUNCTIONS",
+    "CONV_FUNCTIONS",
+    "ELEMENTWISE_FUNCTIONS",
+    "ELEMENTWISE_METHODS",
+    "ELEMENTWISE_MODULES",
+    "MAX_POOL_FUNCTIONS",
+    "MOVE_FUNCTIONS",
+    "MOVE_METHODS",
+    "PROBE_SPAN",
+    "REDUCE_FUNCTIONS",
+    "REDUCE_METHODS",
+    "RESHAPE_FUNCTIONS",
+    "RESHAPE_METHODS",
+    "SOFTMAX_FUNCTIONS",
+    "SOFTMAX_METHODS",
+    "SPLIT_FUNCTIONS",
+    "SPLIT_METHODS",
+    "Pair",
+    "TimmLayers",
+    "UnsupportedGraph",
+    "adaptive_pool_kind",
+    "describe",
+    "eval_identity_functions",
+    "is_elementwise",
+    "is_reshape",
+    "is_size_query",
+    "meta_clone",
+    "meta_input",
+    "module_of",
+    "node_arg",
+    "node_shape",
+    "pair",
+    "permute_order",
+    "reduction_kind",
+    "shape_pass",
+    "tensor_inputs",
+    "timm_layers",
+    "trace_model",
+]
+
+Pair = tuple[int, int]
+
+PROBE_SPAN = 2**6 * 3 * 5 * 7
+"""Input growth in pixels for shape probes: a multiple of every stride a network can have (all
+powers of two up to 64, and multiples of 3, 5 and 7), so ``span / stride`` is whole."""
+
+
+class UnsupportedGraph(Exception):
+    """A graph walker met an operation, or an argument, that it does not know."""
+
+
+# --- Op tables ----------------------------------------------------------------------------------
+
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+"""Modules that act on every element alone (activations, dropout in eval mode)."""
+
+ELEMENTWISE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {
+        operator.add,
+        operator.sub,
+        operator.mul,
+        operator.truediv,
+        operator.neg,
+        torch.add,
+        torch.sub,
+        torch.mul,
+        torch.div,
+        torch.relu,
+        torch.sigmoid,
+        torch.tanh,
+        torch.clamp,
+        F.relu,
+        F.relu6,
+        F.leaky_relu,
+        F.elu,
+        F.selu,
+        F.gelu,
+        F.silu,
+        F.mish,
+        F.hardswish,
+        F.hardsigmoid,
+        F.hardtanh,
+        F.sigmoid,
+        F.tanh,
+        F.softplus,
+        F.dropout,
+        F.alpha_dropout,
+    }
+)
+"""Functions that act on every element alone (with broadcasting for the binary ones)."""
+
+ELEMENTWISE_METHODS: frozenset[str] = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "relu",
+        "sigmoid",
+        "tanh",
+        "clamp",
+        "contiguous",
+        "float",
+        "to",
+        "type_as",
+        "add_",
+        "mul_",
+        "relu_",
+        "sigmoid_",
+        "clamp_",
+    }
+)
+"""Tensor methods that act on every element alone."""
+
+CONV_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.conv2d, torch.conv2d})
+MAX_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.max_pool2d, torch.max_pool2d})
+AVG_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.avg_pool2d})
+
+ADAPTIVE_POOL_MODULES: dict[type[nn.Module], str] = {
+    nn.AdaptiveAvgPool2d: "avg",
+    nn.AdaptiveMaxPool2d: "max",
+}
+ADAPTIVE_POOL_FUNCTIONS: dict[Callable[..., object], str] = {
+    F.adaptive_avg_pool2d: "avg",
+    F.adaptive_max_pool2d: "max",
+}
+REDUCE_FUNCTIONS: dict[Callable[..., object], str] = {torch.mean: "avg", torch.amax: "max"}
+"""Reductions over a ``dim`` argument: global pools when ``dim`` covers height and width. A sum
+is not among them: over a larger map it grows with the number of positions."""
+REDUCE_METHODS: dict[str, str] = {"mean": "avg", "amax": "max"}
+
+MOVE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {operator.getitem, torch.cat, torch.stack, torch.permute, torch.transpose}
+)
+"""Functions that move whole positions around (between tensors, dimensions) without mixing."""
+MOVE_METHODS: frozenset[str] = frozenset(
+    {"permute", "transpose", "contiguous", "expand", "expand_as"}
+)
+RESHAPE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({torch.flatten, torch.reshape})
+RESHAPE_METHODS: frozenset[str] = frozenset({"view", "reshape", "flatten", "unflatten"})
+SPLIT_FUNCTIONS: dict[Callable[..., object], int] = {torch.split: 2, torch.chunk: 2}
+"""Splits into a tuple of tensors of the same rank, and the position of their ``dim`` argument."""
+SPLIT_METHODS: dict[str, int] = {"split": 2, "chunk": 2}
+SOFTMAX_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+)
+SOFTMAX_METHODS: frozenset[str] = frozenset({"softmax", "log_softmax"})
+
+_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device"})
+
+
+@functools.cache
+def eval_identity_functions() -> frozenset[Callable[..., object]]:
+    """Per-sample functions that fx records as calls and that are the identity in eval mode.
+
+    torchvision's ``stochastic_depth`` (residual dropout); empty without torchvision.
+    """
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:
+        return frozenset()
+    return frozenset({stochastic_depth})
+
+
+@dataclass(frozen=True)
+class TimmLayers:
+    """timm's layers that the walkers know by class; every field is empty without timm.
+
+    Attributes:
+        same_convs: Convolutions that always pad TensorFlow-"same" (``Conv2dSame``).
+        same_pools: Pools that always pad TensorFlow-"same" (``MaxPool2dSame``...).
+        flagged_same_convs: Convolutions that pad "same" when ``same_pad`` is set.
+        static_convs: Convolutions that standardize their weight, with static padding.
+        channel_norms: Norms over the channels of an ``(N, C, H, W)`` map, per position.
+        batch_norm_acts: Batch norms followed by an activation (``BatchNormAct2d``).
+        vgg_conv_mlps: timm's VGG head (``timm.models.vgg.ConvMlp``).
+    """
+
+    same_convs: tuple[type[nn.Module], ...] = ()
+    same_pools: tuple[type[nn.Module], ...] = ()
+    flagged_same_convs: tuple[type[nn.Module], ...] = ()
+    static_convs: tuple[type[nn.Module], ...] = ()
+    channel_norms: tuple[type[nn.Module], ...] = ()
+    batch_norm_acts: tuple[type[nn.Module], ...] = ()
+    vgg_conv_mlps: tuple[type[nn.Module], ...] = ()
+
+
+def _classes(module_name: str, *names: str) -> tuple[type[nn.Module], ...]:
+    try:
+        found = importlib.import_module(module_name)
+    except ImportError:
+        return ()
+    return tuple(
+        getattr(found, name) for name in names if isinstance(getattr(found, name, None), type)
+    )
+
+
+@functools.cache
+def timm_layers() -> TimmLayers:
+    """The timm layer classes the walkers know (looked up once; none without timm)."""
+    layers = "timm.layers"
+    return TimmLayers(
+        same_convs=_classes(layers, "Conv2dSame"),
+        same_pools=_classes(f"{layers}.pool2d_same", "MaxPool2dSame", "AvgPool2dSame"),
+        flagged_same_convs=_classes(layers, "StdConv2dSame", "ScaledStdConv2dSame"),
+        static_convs=_classes(layers, "StdConv2d", "ScaledStdConv2d"),
+        channel_norms=_classes(layers, "LayerNorm2d", "FrozenBatchNormAct2d"),
+        batch_norm_acts=_classes(layers, "BatchNormAct2d"),
+        vgg_conv_mlps=_classes("timm.models.vgg", "ConvMlp"),
+    )
+
+
+# --- Tracing ------------------------------------------------------------------------------------
+
+
+def _timm_not_traced() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., object], ...]]:
+    """The modules and functions timm registers as not to be traced (dynamic shapes inside).
+
+    Read at every trace: timm adds to its registry as its model modules are imported.
+    """
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return (), ()
+    functions = tuple(f for f in get_notrace_functions() if callable(f))
+    return tuple(get_notrace_modules()), functions
+
+
+class _ClassifierTracer(fx.Tracer):
+    """An fx tracer that keeps timm's shape-dependent layers (e.g. ``Conv2dSame``) as leaves."""
+
+    def __init__(self) -> None:
+        leaf_modules, functions = _timm_not_traced()
+        super().__init__(autowrap_functions=functions)
+        self._extra_leaves = leaf_modules
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """Standard torch.nn modules and timm's dynamic-shape layers are not traced into."""
+        if self._extra_leaves and isinstance(m, self._extra_leaves):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace_model(model: nn.Module) -> fx.GraphModule:
+    """Traces a classifier into a graph module that shares its submodules and parameters.
+
+    Args:
+        model: Any ``nn.Module`` mapping ``(N, 3, H, W)`` images to ``(N, K)`` logits.
+
+    Returns:
+        A new ``fx.GraphModule``; the caller's model is not modified.
+
+    Raises:
+        ConversionError: If the model's forward cannot be traced symbolically.
+    """
+    tracer = _ClassifierTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as error:  # any tracing failure means: cannot convert this model
+        raise ConversionError(
+            f"cannot trace {type(model).__name__} into a graph ({type(error).__name__}: "
+            f"{first_line(error)}); use method='crops', which runs the unmodified model"
+        ) from error
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+# --- Shape-only passes --------------------------------------------------------------------------
+
+
+def meta_clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are storage-less meta tensors.
+
+    Shape-only passes run on it in milliseconds per layer, allocate nothing of weight size,
+    and never touch the caller's model.
+    """
+    memo: dict[int, object] = {}
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (
+            nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+        )
+    return copy.deepcopy(module, memo)
+
+
+def meta_input(module: nn.Module, size: Pair, batch: int = 1) -> torch.Tensor:
+    """A storage-less ``(batch, 3, h, w)`` image in the dtype of the module's weights."""
+    dtype = next(
+        (p.dtype for p in module.parameters() if p.is_floating_point()), torch.get_default_dtype()
+    )
+    return torch.empty(batch, 3, *size, device="meta", dtype=dtype)
+
+
+class _ShapeProp(ShapeProp):
+    """Shape propagation that passes batch norms by.
+
+    They keep the shape, and on meta tensors they are by far the slowest operation (and in
+    training mode they need a batch).
+    """
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> object:  # type: ignore[override]
+        """Returns a batch norm's input unchanged; calls any other module."""
+        if isinstance(self.fetch_attr(target), nn.modules.batchnorm._BatchNorm) and args:
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
+
+def shape_pass(meta_module: fx.GraphModule, size: Pair, batch: int = 2) -> object:
+    """Runs a meta-device graph module on a ``(batch, 3, h, w)`` image, shapes only.
+
+    Every node's ``meta["tensor_meta"]`` then describes its output (see :func:`node_shape`).
+
+    Args:
+        meta_module: A graph module from :func:`meta_clone`.
+        size: ``(h, w)`` of the input.
+        batch: Images in the batch (2: a norm in training mode needs more than one value).
+
+    Returns:
+        The module's output (meta tensors).
+    """
+    return _ShapeProp(meta_module).propagate(meta_input(meta_module, size, batch))
+
+
+# --- Reading nodes ------------------------------------------------------------------------------
+
+
+def node_shape(node: object) -> tuple[int, ...] | None:
+    """Output shape of a node recorded by a shape pass, or None for non-tensor outputs."""
+    if not isinstance(node, fx.Node):
+        return None
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """The node's inputs whose outputs are tensors (after a shape pass)."""
+    return [arg for arg in node.all_input_nodes if node_shape(arg) is not None]
+
+
+def node_arg(node: fx.Node, index: int, name: str, default: object = None) -> object:
+    """Argument ``index`` of a call, given by position or by ``name``."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def pair(value: object) -> Pair:
+    """An int, or a one- or two-element sequence, as ``(height, width)``.
+
+    Raises:
+        UnsupportedGraph: For anything else.
+    """
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
+        return (int(value[0]), int(value[-1]))
+    raise UnsupportedGraph(f"expected an int or a pair, got {value!r}")
+
+
+def permute_order(node: fx.Node) -> tuple[int, ...]:
+    """The dimension order of ``torch.permute(x, dims)`` or ``x.permute(*dims)``."""
+    if node.op == "call_function":
+        dims = node_arg(node, 1, "dims")
+    else:
+        dims = node.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+    return tuple(int(d) for d in dims)  # type: ignore[union-attr]
+
+
+def is_size_query(node: fx.Node) -> bool:
+    """Whether the node asks a tensor for its size, rank, dtype or device."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return (
+        node.op == "call_function" and node.target is getattr and node.args[1] in _SIZE_ATTRIBUTES
+    )
+
+
+def is_elementwise(graph_module: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the node acts on every element alone (per the ``ELEMENTWISE_*`` tables)."""
+    if node.op == "call_module":
+        return isinstance(module_of(graph_module, node), ELEMENTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in ELEMENTWISE_FUNCTIONS
+    return node.op == "call_method" and node.target in ELEMENTWISE_METHODS
+
+
+def is_reshape(graph_module: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the node is a flatten, view or reshape (module, function or method)."""
+    if node.op == "call_module":
+        return isinstance(module_of(graph_module, node), nn.Flatten)
+    if node.op == "call_function":
+        return node.target in RESHAPE_FUNCTIONS
+    return node.op == "call_method" and node.target in RESHAPE_METHODS
+
+
+def adaptive_pool_kind(graph_module: fx.GraphModule, node: fx.Node) -> str | None:
+    """``"avg"``/``"max"`` for an adaptive pool (module or function), else None."""
+    if node.op == "call_module":
+        module = module_of(graph_module, node)
+        kinds = (kind for cls, kind in ADAPTIVE_POOL_MODULES.items() if isinstance(module, cls))
+        return next(kinds, None)
+    if node.op == "call_function":
+        return ADAPTIVE_POOL_FUNCTIONS.get(node.target)  # type: ignore[arg-type]
+    return None
+
+
+def reduction_kind(node: fx.Node) -> str | None:
+    """``"avg"``/``"max"`` for a ``mean``/``amax`` call (over some ``dim``), else None."""
+    if node.op == "call_function":
+        return REDUCE_FUNCTIONS.get(node.target)  # type: ignore[arg-type]
+    if node.op == "call_method":
+        return REDUCE_METHODS.get(str(node.target))
+    return None
+
+
+def module_of(graph_module: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The module a ``call_module`` node calls; None for other nodes."""
+    if node.op != "call_module":
+        return None
+    return graph_module.get_submodule(str(node.target))
+
+
+def describe(graph_module: fx.GraphModule, node: fx.Node) -> str:
+    """A short human description of a node for messages: its module type or function name."""
+    module = module_of(graph_module, node)
+    if module is not None:
+        return f"{type(module).__name__} '{node.target}'"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}() at '{node.name}'"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{target}() at '{node.name}'"

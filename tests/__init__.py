@@ -1,0 +1,1 @@
+"""The test suite; a package so that shared helpers import as ``tests.nets``."""
