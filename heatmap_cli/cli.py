@@ -75,6 +75,7 @@ class CommandOptions:
     flip: bool
     pooling: str
     skip_existing: bool
+    report: bool
     quiet: bool
     debug: bool
 
@@ -223,6 +224,11 @@ class CommandOptions:
     help="Image-level ranking: spatial max or mean of each class's probability.",
 )
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also write OUT/index.html: a gallery and viewer of every image in OUT (offline).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:
@@ -323,6 +329,7 @@ def _run(options: CommandOptions) -> None:
         i for i in items if not (options.skip_existing and completion_marker(out, i.stem).exists())
     ]
     skipped = len(items) - len(todo)
+    failures: list[tuple[Path, str]] = []
     done, failed = _process(
         todo,
         engine,
@@ -332,7 +339,14 @@ def _run(options: CommandOptions) -> None:
         flip=options.flip,
         quiet=options.quiet,
         debug=options.debug,
+        failures=failures,
     )
+    if options.report:
+        from heatmap_cli.report import write_report
+
+        report = write_report(out, failures, cmap=options.cmap, alpha=options.alpha)
+        if not options.quiet:
+            click.echo(f"Report: {report}", err=True)
     elapsed = time.perf_counter() - started
     summary = f"{done} done, {failed} failed"
     if skipped:
@@ -369,6 +383,7 @@ def _process(
     flip: bool,
     quiet: bool,
     debug: bool,
+    failures: list[tuple[Path, str]],
 ) -> tuple[int, int]:
     from tqdm import tqdm
 
@@ -441,7 +456,8 @@ def _process(
                     if debug:
                         raise
                     failed += 1
-                    progress.write(f"Error: {_describe_failure(item.path, error)}", file=sys.stderr)
+                    failures.append((item.path, _describe_failure(item.path, error)))
+                    progress.write(f"Error: {failures[-1][1]}", file=sys.stderr)
                 progress.update(1)
     except KeyboardInterrupt:
         if debug:
