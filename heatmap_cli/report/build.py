@@ -2,8 +2,9 @@
 
 The report is rebuilt from what the folder holds (every finished image's json), so a resumed
 run keeps the images of the runs before it. Each image's files are made once and remade only
-when its json changes (a different modification time or size); ``index_files/cache.json``
-remembers the entries, and files no entry names any more are removed.
+when its json or npz changes (a different modification time or size, or an npz that appeared
+or went); ``index_files/cache.json`` remembers the entries, and files no entry names any more
+are removed.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def write_report(
     entries = _entries(records, out_dir, _load_cache(assets / _CACHE_FILE), workers)
     _remove_unused(assets, {path.name for entry in entries for path in entry_files(out_dir, entry)})
     cache = {
-        asset_key(record.stem): {"stamp": list(record.stamp), "entry": entry}
+        asset_key(record.stem): {"stamp": _stamp(record, out_dir), "entry": entry}
         for record, entry in zip(records, entries, strict=True)
     }
     write_json(assets / _CACHE_FILE, {"version": CACHE_VERSION, "images": cache})
@@ -97,7 +98,7 @@ def _entries(
 
     def reuse(record: ImageRecord) -> dict[str, object] | None:
         cached = cache.get(asset_key(record.stem))
-        if not cached or cached.get("stamp") != list(record.stamp):
+        if not cached or cached.get("stamp") != _stamp(record, out_dir):
             return None
         entry = cached.get("entry")
         if not isinstance(entry, dict):
@@ -109,6 +110,16 @@ def _entries(
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         built = iter(list(pool.map(lambda record: build_entry(record, out_dir), todo)))
     return [entry if entry is not None else next(built) for entry in reused]
+
+
+def _stamp(record: ImageRecord, out_dir: Path) -> list[int | None]:
+    """``[mtime_ns, size]`` of the json, then of the npz (``None, None`` without one)."""
+    try:
+        info = (out_dir / f"{record.stem}.npz").stat()
+        npz: list[int | None] = [info.st_mtime_ns, info.st_size]
+    except OSError:
+        npz = [None, None]
+    return [*record.stamp, *npz]
 
 
 def _load_cache(path: Path) -> dict[str, dict[str, object]]:

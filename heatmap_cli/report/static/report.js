@@ -1,6 +1,6 @@
 // heatmap-cli report: a gallery of the images of one output folder and a viewer that draws any
 // stored class's map from its grid. Everything it needs is in this page or in index_files/,
-// loaded with <script> tags (pages opened from file:// may not fetch() local files).
+// loaded with <script> tags (a page opened from file:// may load scripts, not fetch files).
 (() => {
   'use strict';
 
