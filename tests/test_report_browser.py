@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,13 +43,15 @@ return [canvas.width, canvas.height, btoa(text)];
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A real run with ``--report``; ``nogrid`` then loses its npz (as ``--outputs png,json``)."""
+    """A real run with ``--report``, then ``nogrid`` loses its npz (as ``--outputs png,json``)
+    and ``moved`` its source photo."""
     root = tmp_path_factory.mktemp("report")
     photos = root / "photos"
     photos.mkdir()
     for name in ("chelsea.jpg", "coffee.jpg"):
         (photos / name).write_bytes((SAMPLES / name).read_bytes())
     (photos / "nogrid.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    (photos / "moved.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes())
     (photos / "broken.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:3000])
     out = root / "out"
     result = CliRunner().invoke(
@@ -56,6 +59,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert result.exit_code == 1, result.output  # broken.jpg failed, the others are done
     (out / "nogrid.npz").unlink()
+    (photos / "moved.jpg").unlink()
+    later = (out / "moved.json").stat().st_mtime_ns + 1_000_000_000
+    os.utime(out / "moved.json", ns=(later, later))  # as if redone: its files are rebuilt
     write_report(out)
     records = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*.json")}
     return {"out": out, "records": records, "broken": str(photos / "broken.jpg")}
@@ -311,4 +317,24 @@ def test_image_without_grid_shows_its_overlays_and_says_why(browser, run) -> Non
     assert browser.driver.execute_script(
         "return document.getElementById('v-overlay').naturalWidth;"
     )
+    assert_clean(browser)
+
+
+def test_image_without_its_photo_still_draws_the_map_and_hovers(browser, run) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    open_image(browser, run, "moved")
+
+    assert "not readable" in browser.driver.find_element(By.ID, "v-notes").text
+    assert not browser.driver.find_element(By.ID, "v-photo").is_displayed()
+    assert map_alpha(browser).max() > 0
+    stage = browser.driver.find_element(By.ID, "stage")
+    size = run["records"]["moved"]["original_size"]
+    assert stage.size["width"] / stage.size["height"] == pytest.approx(
+        size["width"] / size["height"], rel=0.01
+    )
+    ActionChains(browser.driver).move_to_element(stage).perform()
+    wait_for(browser, "document.getElementById('v-cell').dataset.row !== undefined")
+    assert len(browser.driver.find_elements(By.CSS_SELECTOR, "#v-top tr")) == 5
     assert_clean(browser)

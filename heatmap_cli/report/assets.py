@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
@@ -95,15 +94,17 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
     assets = out_dir / ASSETS_DIR_NAME
     folder = PurePosixPath(*record.stem.parts[:-1])
     notes: list[str] = []
-    overlays = [out_dir / folder / c.overlay for c in record.rendered if c.overlay]
-    photo = _load_photo(record, overlays, notes)
     thumb = shown = shown_size = None
+    photo = _read_photo(Path(record.image), notes)
     if photo is not None:
         thumb, _ = _write_jpeg(photo, THUMB_SIDE, _THUMB_QUALITY, assets / f"{key}.t.jpg")
-        if not notes:  # a picture taken from an overlay already has a map: draw on no copy of it
-            shown, shown_size = _write_jpeg(
-                photo, PHOTO_SIDE, _PHOTO_QUALITY, assets / f"{key}.p.jpg"
-            )
+        shown, shown_size = _write_jpeg(photo, PHOTO_SIDE, _PHOTO_QUALITY, assets / f"{key}.p.jpg")
+    else:  # an overlay shows the photo too, under its map: good for a thumbnail only
+        overlays = (out_dir / folder / c.overlay for c in record.rendered if c.overlay)
+        stand_in = next((p for p in map(_read_or_none, overlays) if p is not None), None)
+        if stand_in is not None:
+            thumb, _ = _write_jpeg(stand_in, THUMB_SIDE, _THUMB_QUALITY, assets / f"{key}.t.jpg")
+            notes.append("the thumbnail shows a rendered overlay")
     size = record.original_size or (photo.size if photo is not None else None)
     data, labels = _write_data(record, out_dir, key, notes)
     return {
@@ -129,24 +130,21 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
     }
 
 
-def _load_photo(
-    record: ImageRecord, overlays: Sequence[Path], notes: list[str]
-) -> Image.Image | None:
-    source = Path(record.image)
+def _read_photo(source: Path, notes: list[str]) -> Image.Image | None:
+    """The source photo (relative paths from the working folder, as the run named them)."""
     try:
         # The run read this file already, with whatever limit it was given.
         return read_image(source, max_pixels=None)
     except ImageReadError as error:
-        reason = error.reason
-    for overlay in overlays:
-        try:
-            picture = read_image(overlay, max_pixels=None)
-        except ImageReadError:
-            continue
-        notes.append(f"photo {source} not readable ({reason}); thumbnail from an overlay")
-        return picture
-    notes.append(f"photo {source} not readable ({reason})")
-    return None
+        notes.append(f"photo {source} not readable ({error.reason})")
+        return None
+
+
+def _read_or_none(path: Path) -> Image.Image | None:
+    try:
+        return read_image(path, max_pixels=None)
+    except ImageReadError:
+        return None
 
 
 def _write_jpeg(

@@ -53,6 +53,7 @@ for activations such as sigmoid, where many classes may pass the threshold."""
 CELL_TOP = 5
 """Classes listed per cell when hovering."""
 
+_READ = ("probs", "centers", "window", "classes", "class_indices")
 _U16_MAX = 65535
 _LATTICE_TOLERANCE = 1e-3  # pixels: centres are float32 products of a scale and a stride
 
@@ -101,7 +102,8 @@ def read_score_file(path: Path) -> ScoreGrid:
     """
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            # Only these are decompressed: the logits, as large as probs, are never read.
+            arrays = {key: data[key] for key in _READ if key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise GridDataError(f"cannot read {Path(path).name}: {error}") from error
     missing = [key for key in ("probs", "centers", "window") if key not in arrays]

@@ -172,9 +172,7 @@
 
   // ------------------------------------------------------------------ viewer
 
-  async function openImage(key, cls) {
-    const entry = REPORT.images.find((e) => e.key === key);
-    if (!entry) return closeViewer();
+  async function openImage(entry, cls) {
     const viewer = $('viewer');
     viewer.hidden = false;
     if (state.entry !== entry) {
@@ -540,16 +538,20 @@
 
   // ------------------------------------------------------------------ wiring
 
+  // "#<image>" or "#<image>:<class index>", the image named by its key or its name.
   function route() {
     const hash = decodeURIComponent(location.hash.slice(1));
     if (!hash) {
       if (!$('viewer').hidden) closeViewer();
       return;
     }
+    const find = (id) => REPORT.images.find((e) => e.key === id) || REPORT.images.find((e) => e.name === id);
     const split = hash.lastIndexOf(':');
-    const key = split > 0 ? hash.slice(0, split) : hash;
-    const cls = split > 0 ? Number(hash.slice(split + 1)) : undefined;
-    openImage(key, Number.isInteger(cls) ? cls : undefined);
+    const whole = find(hash);
+    const entry = whole || (split > 0 ? find(hash.slice(0, split)) : null);
+    const cls = whole ? NaN : Number(hash.slice(split + 1));
+    if (!entry) return closeViewer();
+    openImage(entry, Number.isInteger(cls) ? cls : undefined);
   }
 
   function setAlpha(value) {
@@ -566,8 +568,8 @@
     $('v-next').addEventListener('click', () => step(1));
     $('v-alpha').addEventListener('input', (event) => setAlpha(event.target.value));
     const stage = $('stage');
-    stage.addEventListener('mousemove', onPointer);
-    stage.addEventListener('mouseleave', clearCell);
+    stage.addEventListener('pointermove', onPointer);
+    stage.addEventListener('pointerleave', clearCell);
     const input = $('v-class');
     input.addEventListener('focus', showOptions);
     input.addEventListener('input', showOptions);
