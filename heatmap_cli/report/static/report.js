@@ -9,7 +9,7 @@
   const LUT = bytesOf(REPORT.lut);
   const LUT_SIZE = LUT.length / 3;
   const U16 = 65535;
-  const state = { entry: null, grid: null, labels: null, cls: null, order: REPORT.images };
+  const state = { entry: null, grid: null, labels: null, cls: null, hovered: null, order: REPORT.images };
 
   // ------------------------------------------------------------------ decoding and loading
 
