@@ -104,6 +104,7 @@ class CommandOptions:
     flip: bool
     pooling: str
     skip_existing: bool
+    report: bool
     quiet: bool
     debug: bool
 
@@ -255,6 +256,11 @@ class CommandOptions:
     help="Image-level ranking: spatial max or mean of each class's probability.",
 )
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also write OUT/index.html: a gallery and viewer of every image in OUT (offline).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:
@@ -311,7 +317,14 @@ def _run(options: CommandOptions) -> None:
         for item in items
         if not (options.skip_existing and completion_marker(options.out, item.stem).exists())
     ]
-    done, failed = _process(todo, engine, rendering, options, scales)
+    done, failures = _process(todo, engine, rendering, options, scales)
+    failed = len(failures)
+    if options.report:
+        from heatmap_cli.report import write_report
+
+        report = write_report(options.out, failures, cmap=options.cmap, alpha=options.alpha)
+        if not options.quiet:
+            click.echo(f"Report: {report}", err=True)
     summary = f"{done} done, {failed} failed"
     if len(items) > len(todo):
         summary += f", {len(items) - len(todo)} skipped (already done)"
@@ -389,13 +402,18 @@ def _process(
     rendering: OutputOptions,
     options: CommandOptions,
     scales: tuple[float, ...],
-) -> tuple[int, int]:
-    """Scores and writes every image, reporting each; returns ``(done, failed)``."""
+) -> tuple[int, list[tuple[Path, str]]]:
+    """Scores and writes every image, reporting each.
+
+    Returns:
+        How many images were done, and each failed image with its one-line reason.
+    """
     from tqdm import tqdm
 
     from heatmap_cli.loader import score_images
 
-    done = failed = 0
+    done = 0
+    failures: list[tuple[Path, str]] = []
     notes_shown = len(engine.notes)  # printed already; a --compile fallback may add one later
     disabled = options.quiet or len(items) <= 1
     progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=disabled)
@@ -406,14 +424,16 @@ def _process(
                 for note in engine.notes[notes_shown:]:
                     progress.write(f"Note: {note}", file=sys.stderr)
                 notes_shown = len(engine.notes)
-                if _finish(outcome, engine, rendering, options, progress):
+                failure = _finish(outcome, engine, rendering, options, progress)
+                if failure is None:
                     done += 1
                 else:
-                    failed += 1
+                    failures.append((outcome.item.path, failure))
                 progress.update(1)
     except KeyboardInterrupt:
         if options.debug:
             raise
+        failed = len(failures)
         click.echo(
             f"\nInterrupted: {done} done, {failed} failed, {len(items) - done - failed} not "
             "finished; run again with --skip-existing to finish the rest",
@@ -422,7 +442,7 @@ def _process(
         sys.exit(EXIT_INTERRUPTED)
     finally:
         outcomes.close()  # stops the loader threads now, not when garbage-collected
-    return done, failed
+    return done, failures
 
 
 def _finish(
@@ -431,8 +451,8 @@ def _finish(
     rendering: OutputOptions,
     options: CommandOptions,
     progress: tqdm,
-) -> bool:
-    """Writes one image's outputs and reports it; False (and one error line) if it failed."""
+) -> str | None:
+    """Writes one image's outputs and reports it; if it failed, one error line and its reason."""
     from heatmap_cli.outputs import write_outputs
     from heatmap_cli.ranking import describe_ranking
 
@@ -443,8 +463,9 @@ def _finish(
     except Exception as error:  # one image's failure never stops the batch
         if options.debug:
             raise
-        progress.write(f"Error: {_describe_failure(path, error)}", file=sys.stderr)
-        return False
+        reason = _describe_failure(path, error)
+        progress.write(f"Error: {reason}", file=sys.stderr)
+        return reason
     if not options.quiet:
         passes, categories = result.grid.passes, engine.categories
         table = describe_ranking(passes, categories, rendering.top_k, rendering.pooling)
@@ -452,7 +473,7 @@ def _finish(
         progress.write(f"{path}:{separator}{table}", file=sys.stdout)
         for note in result.notes:
             progress.write(f"Warning: {path}: {note}", file=sys.stderr)
-    return True
+    return None
 
 
 def _describe_failure(path: Path, error: Exception) -> str:
