@@ -70,9 +70,8 @@ def tiled_score_grid(
     covered = (window[0] + stride * (rows - 1), window[1] + stride * (cols - 1))
     plan = plan_tiles(net, covered, tile, field=field)
     device = torch.device(device) if device is not None else net_device_dtype(net)[0]
-    if channels_last is None:
-        channels_last = device.type == "cpu"
-    tiles = _TileRunner(net, mean, std, device, dtype, channels_last)
+    layout = device.type == "cpu" if channels_last is None else channels_last
+    tiles = _TileRunner(net, mean, std, device, dtype, layout)
     grid: torch.Tensor | None = None
     with torch.inference_mode():
         for index, t in enumerate(plan.tiles):
