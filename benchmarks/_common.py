@@ -1,32 +1,131 @@
-"""Shared pieces of the benchmark harness: timing, FLOP counting, the matmul peak, tables.
+"""Shared pieces of every benchmark: timing, FLOP counting, the matmul peak, memory, models.
 
-Nothing here knows about particular models; ``run.py`` builds the cases from these parts.
+The case files (``case_*.py``, run through ``_harness.py``, tables in ``_report.py``) and the
+single-study scripts (``exactness.py``, ``finer_stride.py``, ``huge_images.py``...) build on
+these parts. The scripts run from this folder (``python benchmarks/NAME.py``), so ``_common`` is
+found as a top-level module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torchvision
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from heatmap_cli import ConvolutionalizedNet, convolutionalize
+
 __all__ = [
+    "ROOT",
+    "SAMPLES",
+    "WINDOW",
     "MatmulPeak",
-    "MemoryRow",
     "Method",
-    "TimingRow",
+    "convert",
     "count_flops",
-    "format_table",
+    "cpu_model",
+    "log",
     "machine_description",
+    "peak_rss_mib",
+    "quiet_warnings",
+    "random_torchvision",
     "run_interleaved",
+    "status_mib",
     "synchronize",
 ]
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+WINDOW = (224, 224)
+"""The training size of the torchvision classifiers: the window of one cell."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress, models
+# ---------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so that stdout holds only the tables."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_warnings() -> Iterator[None]:
+    """Silences the library's one-time warnings (e.g. squeeze-and-excitation notices)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def random_torchvision(name: str) -> nn.Module:
+    """A torchvision classifier with random weights, seeded (timing does not need trained ones).
+
+    The same name gives the same weights on every call.
+    """
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def convert(
+    model: nn.Module, window: tuple[int, int] = WINDOW, *, matmul_max_cells: int | None = None
+) -> ConvolutionalizedNet:
+    """Converts once, outside every timing, without the library's one-time warnings.
+
+    Args:
+        model: The classifier in eval mode (its weights are shared, not copied).
+        window: ``(h, w)`` training size of the classifier.
+        matmul_max_cells: The converted head's limit between the matrix-product and the
+            convolution form (``convolutionalize``'s; -1 always convolves); None: the library's
+            default.
+
+    Returns:
+        The converted network.
+    """
+    limit = {} if matmul_max_cells is None else {"matmul_max_cells": matmul_max_cells}
+    with quiet_warnings():
+        return convolutionalize(model, window, **limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process memory
+# ---------------------------------------------------------------------------------------------
+
+
+def status_mib(field_name: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``...) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field_name} in /proc/self/status")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, ``ru_maxrss`` (KiB on Linux), in MiB.
+
+    In a child that a big process forked and executed this also carries the parent's peak at
+    the fork (``status_mib("VmHWM")`` does not); see ``_memory_probe.py``.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing, FLOPs, the matmul peak
+# ---------------------------------------------------------------------------------------------
 
 
 def synchronize(device: torch.device) -> None:
@@ -217,71 +316,12 @@ def run_interleaved(
                 method.peak_samples.append(rate)
 
 
-@dataclass
-class TimingRow:
-    """One line of the timing table.
-
-    Attributes:
-        case: Case name (what ``--cases`` selects).
-        model: Model name.
-        input: Input description, e.g. ``"384x384"`` or ``"32 photos"``.
-        grid: Output grid description, e.g. ``"6x6"``.
-        stride: Output stride in input pixels (0 when not applicable).
-        method: Method label.
-        gflop: Work one call executes, in GFLOP.
-        runs: Number of timed runs.
-        median_s: Median wall seconds per call.
-        images_per_s: Images per second.
-        gflops: Achieved GFLOP/s (``gflop / median_s``).
-        peak_fraction: ``gflops`` over the matmul peak measured next to it.
-        speedup: Time of the reference method (crops) over this one; None without reference.
-        note: A short remark (``"est."`` for an extrapolated time...).
-    """
-
-    case: str
-    model: str
-    input: str
-    grid: str
-    stride: int
-    method: str
-    gflop: float
-    runs: int
-    median_s: float
-    images_per_s: float
-    gflops: float
-    peak_fraction: float
-    speedup: float | None = None
-    note: str = ""
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class MemoryRow:
-    """Peak memory of one dense pass, measured in a fresh process.
-
-    Attributes:
-        model: Model name.
-        input: Input size, e.g. ``"2048x2048"``.
-        grid: Output grid, e.g. ``"58x58"``.
-        baseline_mib: Resident memory with the converted model loaded, before the pass.
-        peak_mib: Peak resident memory of the process after the pass (``ru_maxrss``).
-        extra_mib: ``peak_mib - baseline_mib``: what the pass itself needed.
-        largest_layer_mib: Input plus output of the largest convolution: a lower bound.
-        seconds: Wall time of that single (cold) pass.
-        note: Why a size was skipped or failed.
-    """
-
-    model: str
-    input: str
-    grid: str
-    baseline_mib: float = float("nan")
-    peak_mib: float = float("nan")
-    extra_mib: float = float("nan")
-    largest_layer_mib: float = float("nan")
-    seconds: float = float("nan")
-    note: str = ""
-
-
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """CPU model name, family and model numbers from ``/proc/cpuinfo`` (or ``platform``)."""
     fields: dict[str, str] = {}
     try:
@@ -310,130 +350,7 @@ def machine_description() -> str:
         "on" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else "off"
     )
     return (
-        f"{_cpu_model()}, {os.cpu_count()} logical CPUs ({usable} usable), "
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs ({usable} usable), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"CPU capability {capability}, oneDNN {onednn}, Python {platform.python_version()}"
     )
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return format(value, spec)
-
-
-TIMING_HEADERS = (
-    "case",
-    "model",
-    "input",
-    "grid",
-    "stride",
-    "method",
-    "GFLOP",
-    "runs",
-    "median s",
-    "img/s",
-    "GFLOP/s",
-    "% peak",
-    "vs crops",
-    "note",
-)
-
-MEMORY_HEADERS = (
-    "model",
-    "input",
-    "grid",
-    "baseline MiB",
-    "peak MiB",
-    "pass MiB",
-    "largest conv in+out MiB",
-    "pass s",
-    "note",
-)
-
-
-def timing_cells(row: TimingRow) -> list[str]:
-    """The table cells of a timing row."""
-    return [
-        row.case,
-        row.model,
-        row.input,
-        row.grid,
-        str(row.stride) if row.stride else "-",
-        row.method,
-        _fmt(row.gflop, ".1f"),
-        str(row.runs),
-        _fmt(row.median_s, ".3f"),
-        _fmt(row.images_per_s, ".2f"),
-        _fmt(row.gflops, ".1f"),
-        _fmt(100 * row.peak_fraction, ".0f"),
-        f"{row.speedup:.1f}x" if row.speedup is not None else "-",
-        row.note,
-    ]
-
-
-def memory_cells(row: MemoryRow) -> list[str]:
-    """The table cells of a memory row."""
-    return [
-        row.model,
-        row.input,
-        row.grid,
-        _fmt(row.baseline_mib, ".0f"),
-        _fmt(row.peak_mib, ".0f"),
-        _fmt(row.extra_mib, ".0f"),
-        _fmt(row.largest_layer_mib, ".0f"),
-        _fmt(row.seconds, ".1f"),
-        row.note,
-    ]
-
-
-_NUMERIC_COLUMNS = frozenset(
-    {
-        "stride",
-        "GFLOP",
-        "runs",
-        "median s",
-        "img/s",
-        "GFLOP/s",
-        "% peak",
-        "vs crops",
-        "baseline MiB",
-        "peak MiB",
-        "pass MiB",
-        "largest conv in+out MiB",
-        "pass s",
-        "s",
-    }
-)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bool) -> str:
-    """Renders rows of cells as an aligned plain-text table or a markdown table.
-
-    Args:
-        headers: Column names.
-        rows: Cells per row, as strings, one per header.
-        markdown: GitHub markdown (numbers right-aligned) instead of plain text.
-
-    Returns:
-        The table, without a trailing newline.
-    """
-    if markdown:
-        align = ["---:" if h in _NUMERIC_COLUMNS else "---" for h in headers]
-        lines = [
-            "| " + " | ".join(headers) + " |",
-            "|" + "|".join(align) + "|",
-        ]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if h in _NUMERIC_COLUMNS else cell.ljust(w)
-            for cell, w, h in zip(cells, widths, headers, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -1,4 +1,4 @@
-"""Peak memory of one dense pass, in a process of its own (run by ``run.py``, one size at a time).
+"""Peak memory of one dense pass, in a process of its own (``case_memory.py`` runs one per size).
 
 A process's peak resident memory only goes up, so every size needs a fresh interpreter. Building
 the model and converting it can briefly need more memory than the loaded model holds, which would
@@ -20,32 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from _common import WINDOW, convert, peak_rss_mib, random_torchvision, status_mib
 from torch import nn
 
-from heatmap_cli import convolutionalize, score_grid
-
-_WINDOW = (224, 224)
-
-
-def _status_mib(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
-    with open("/proc/self/status", encoding="utf-8") as file:
-        for line in file:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (``ru_maxrss``, KiB on Linux) in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from heatmap_cli import score_grid
 
 
 def largest_conv_mib(builder: Callable[[], nn.Module], size: int) -> float:
@@ -64,7 +48,7 @@ def largest_conv_mib(builder: Callable[[], nn.Module], size: int) -> float:
         tensors are far smaller than those of the first layers.)
     """
     with torch.device("meta"):
-        net = convolutionalize(builder().eval(), _WINDOW)
+        net = convert(builder().eval())
     largest = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -96,20 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
 
-    torch.manual_seed(0)
-    model = torchvision.models.vgg16().eval()  # random weights: memory does not need trained ones
-    net = convolutionalize(model, _WINDOW)
+    net = convert(random_torchvision(args.model))  # memory does not need trained weights
     x = torch.randn(1, 3, args.size, args.size)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     reset = reset_peak_rss()
-    baseline = _status_mib("VmRSS")  # the converted model and the input
-    peak_before = _status_mib("VmHWM")
+    baseline = status_mib("VmRSS")  # the converted model and the input
+    peak_before = status_mib("VmHWM")
     start = time.perf_counter()
-    grid = score_grid(net, x, method="dense", input_size=_WINDOW)
+    grid = score_grid(net, x, method="dense", input_size=WINDOW)
     seconds = time.perf_counter() - start
-    peak = _status_mib("VmHWM")
+    peak = status_mib("VmHWM")
     result = {
         "model": args.model,
         "size": args.size,
@@ -117,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_mib": baseline,
         "peak_before_mib": peak_before,
         "peak_reset": reset,
-        "ru_maxrss_mib": _peak_rss_mib(),
+        "ru_maxrss_mib": peak_rss_mib(),
         "peak_mib": peak,
         "extra_mib": peak - baseline,
         "largest_layer_mib": largest_conv_mib(torchvision.models.vgg16, args.size),
