@@ -11,25 +11,20 @@ Run: .venv/bin/python benchmarks/exactness.py [--size 384]
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import torch
+from _common import SAMPLES, convert
 
 from heatmap_cli.grid import score_grid
 from heatmap_cli.io import read_image
 from heatmap_cli.models import load_model
 from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
-from heatmap_cli.surgery import convolutionalize
-
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 
 
 def compare(model_name: str, photo: Path, size: int) -> str:
     loaded = load_model(model_name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = convolutionalize(loaded.model, loaded.input_size)
+    net = convert(loaded.model, loaded.input_size)
     image = read_image(photo)
     geometry = plan_geometry(
         (image.height, image.width), shorter_side=size, window=loaded.input_size, stride=net.stride

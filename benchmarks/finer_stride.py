@@ -13,27 +13,60 @@ drifts during the run. FLOPs are counted by ``torch.utils.flop_counter.FlopCount
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-import torchvision
-from torch.utils.flop_counter import FlopCounterMode
+from _common import count_flops, machine_description, random_torchvision
 
-from heatmap_cli import convolutionalize
+from heatmap_cli import ConvolutionalizedNet, convolutionalize
 from heatmap_cli.dilate import DilatedNet, dilate
 from heatmap_cli.stitch import stitched_grid
 
 
-def count_flops(fn: Callable[[], torch.Tensor]) -> int:
-    """Floating-point operations of one call (a multiply-add counts 2)."""
-    # no_grad rather than inference_mode: the counter's module hooks need autograd views
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+def rotated_rounds(
+    methods: dict[str, Callable[[], torch.Tensor]], reps: int
+) -> dict[str, list[float]]:
+    """Seconds of every method in each of ``reps`` rounds, each round in a rotated order."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for round_ in range(reps):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def time_stride(net: ConvolutionalizedNet, x: torch.Tensor, stride: int, reps: int) -> list[float]:
+    """Prints the stitch and dilate rows of one stride; returns the dense times of its rounds."""
+    dilated = dilate(net, stride)
+    if not isinstance(dilated, DilatedNet):
+        raise SystemExit(f"the model could not be dilated for stride {stride}")
+    methods: dict[str, Callable[[], torch.Tensor]] = {
+        "stitch": lambda: stitched_grid(net, x, stride, batch_size=1),
+        "dilate": lambda: dilated(x),
+        "dense": lambda: net(x),
+    }
+    flops = {name: count_flops(fn, first_call=True) for name, fn in methods.items()}
+    with torch.inference_mode():
+        grids = {name: fn() for name, fn in methods.items()}  # warm-up, and a check
+        assert grids["stitch"].shape == grids["dilate"].shape
+        times = rotated_rounds(methods, reps)
+    for name in ("stitch", "dilate"):
+        print(
+            f"{name:<12} {stride:>6} {'x'.join(map(str, grids[name].shape[2:])):>7} "
+            f"{flops[name] / 1e9:>8.1f} {statistics.median(times[name]):>9.3f} "
+            f"{min(times[name]):>7.3f}"
+        )
+    ratios = [s / d for s, d in zip(times["stitch"], times["dilate"], strict=True)]
+    print(
+        f"{'':<12} {'':>6} stitch/dilate: time {statistics.median(ratios):.2f}x (median of "
+        f"{reps} paired rounds, {min(ratios):.2f}-{max(ratios):.2f}); "
+        f"FLOPs {flops['stitch'] / flops['dilate']:.2f}x"
+    )
+    return times["dense"]
 
 
 def main() -> None:
@@ -50,8 +83,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = not args.no_mkldnn
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(args.model).eval().requires_grad_(False)
+    model = random_torchvision(args.model).requires_grad_(False)
     x = torch.randn(1, 3, args.size, args.size)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -59,52 +91,16 @@ def main() -> None:
     net = convolutionalize(model)
 
     print(
-        f"{args.model} {args.size}x{args.size}, batch 1, fp32, {platform.processor() or 'cpu'}, "
-        f"{torch.get_num_threads()} threads of {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}, "
-        f"{'channels_last' if args.channels_last else 'contiguous (NCHW)'}"
+        f"{args.model} {args.size}x{args.size}, batch 1, fp32, "
+        f"{'channels_last' if args.channels_last else 'contiguous (NCHW)'}; {machine_description()}"
     )
-    print(f"native stride {net.stride}; dense grid {tuple(net.grid_size((args.size, args.size)))}")
+    rows, cols = net.grid_size((args.size, args.size))
+    print(f"native stride {net.stride}; dense grid {(rows, cols)}")
     header = f"{'method':<12} {'stride':>6} {'grid':>7} {'GFLOP':>8} {'median s':>9} {'min s':>7}"
     print(header)
     print("-" * len(header))
-
-    dense_times: list[float] = []
-    dense_flops = count_flops(lambda: net(x))
-    for stride in args.strides:
-        dilated = dilate(net, stride)
-        if not isinstance(dilated, DilatedNet):
-            raise SystemExit(f"{args.model} could not be dilated for stride {stride}")
-        methods: dict[str, Callable[[], torch.Tensor]] = {
-            "stitch": lambda stride=stride: stitched_grid(net, x, stride, batch_size=1),
-            "dilate": lambda dilated=dilated: dilated(x),
-            "dense": lambda: net(x),
-        }
-        flops = {name: count_flops(fn) for name, fn in methods.items()}
-        with torch.inference_mode():
-            grids = {name: fn() for name, fn in methods.items()}  # warm-up, and a check
-            assert grids["stitch"].shape == grids["dilate"].shape
-            times: dict[str, list[float]] = {name: [] for name in methods}
-            names = list(methods)
-            for round_ in range(args.reps):
-                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                    start = time.perf_counter()
-                    methods[name]()
-                    times[name].append(time.perf_counter() - start)
-            dense_times += times["dense"]
-            for name in ("stitch", "dilate"):
-                print(
-                    f"{name:<12} {stride:>6} {'x'.join(map(str, grids[name].shape[2:])):>7} "
-                    f"{flops[name] / 1e9:>8.1f} {statistics.median(times[name]):>9.3f} "
-                    f"{min(times[name]):>7.3f}"
-                )
-        ratios = [s / d for s, d in zip(times["stitch"], times["dilate"], strict=True)]
-        print(
-            f"{'':<12} {'':>6} stitch/dilate: time {statistics.median(ratios):.2f}x (median of "
-            f"{args.reps} paired rounds, {min(ratios):.2f}-{max(ratios):.2f}); "
-            f"FLOPs {flops['stitch'] / flops['dilate']:.2f}x"
-        )
-    rows, cols = net.grid_size((args.size, args.size))
+    dense_flops = count_flops(lambda: net(x), first_call=True)
+    dense_times = [t for stride in args.strides for t in time_stride(net, x, stride, args.reps)]
     print(
         f"{'dense':<12} {net.stride:>6} {f'{rows}x{cols}':>7} {dense_flops / 1e9:>8.1f} "
         f"{statistics.median(dense_times):>9.3f} {min(dense_times):>7.3f}"

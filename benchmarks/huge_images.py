@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import SAMPLES, convert, peak_rss_mib, status_mib
 from PIL import Image
 
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.models import load_model
 from heatmap_cli.preprocess import normalize
-from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
+from heatmap_cli.surgery import ConvolutionalizedNet
 from heatmap_cli.tiling import (
     MEMORY_SAFETY_FACTOR,
     choose_tile,
@@ -42,7 +41,7 @@ from heatmap_cli.tiling import (
     tiled_score_grid,
 )
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_images" / "chelsea.jpg"
+SAMPLE = SAMPLES / "chelsea.jpg"
 GIB = 2**30
 
 
@@ -58,23 +57,17 @@ def synthetic_image(size: int) -> np.ndarray:
 
 def default_net() -> tuple[ConvolutionalizedNet, Any]:
     loaded = load_model()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = convolutionalize(loaded.model, loaded.input_size)
-    return net, loaded
+    return convert(loaded.model, loaded.input_size), loaded
 
 
 def peak_rss() -> int:
-    """Peak resident memory of this process so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process so far (``ru_maxrss``), in bytes."""
+    return round(peak_rss_mib() * 2**20)
 
 
 def current_rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of this process now (``VmRSS``), in bytes."""
+    return round(status_mib("VmRSS") * 2**20)
 
 
 # --- Children: each runs one measurement and prints one JSON line --------------------------------
@@ -190,8 +183,7 @@ def table_row(label: str, row: dict[str, Any], baseline: int) -> str:
     )
 
 
-def plans(size: int, tiles: list[int]) -> list[dict[str, Any]]:
-    net, _ = default_net()
+def plans(net: ConvolutionalizedNet, size: int, tiles: list[int]) -> list[dict[str, Any]]:
     field = receptive_field(net, (size, size))
     rows = []
     for tile in tiles:
@@ -206,6 +198,67 @@ def plans(size: int, tiles: list[int]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def print_plans(size: int, tiles: list[int]) -> list[dict[str, Any]]:
+    """Prints the default model's geometry at ``size`` and a plan per tile; returns the plans."""
+    net, _ = default_net()
+    field = receptive_field(net, (size, size))
+    rows, cols = grid_shape((size, size), net.window, net.stride)
+    print(f"default model: window {net.window}, stride {net.stride}, receptive field {field}")
+    print(f"minimum tile: {minimum_tile(net, (size, size))} px; grid at {size}: {rows}x{cols}")
+    print(f"full grid: {grid_bytes(net, (size, size), torch.float32) / GIB:.3f} GiB float32")
+    print(f"torch threads: {torch.get_num_threads()}\n")
+    planned = plans(net, size, tiles)
+    print(
+        f"| tile | tiles | tile size | overlap overhead (area) | estimate x{MEMORY_SAFETY_FACTOR} |"
+    )
+    print("|---|---|---|---|---|")
+    for row in planned:
+        print(
+            f"| {row['tile']} | {row['tiles']} | {row['tile_size'][1]}x{row['tile_size'][0]} "
+            f"| {row['overhead']:.2f} | {row['estimate'] * MEMORY_SAFETY_FACTOR / GIB:.2f} GiB |"
+        )
+    return planned
+
+
+def memory_runs(args: argparse.Namespace, baseline: int) -> dict[str, list[dict[str, Any]]]:
+    """Every untiled and tiled run, one child process each, printed as a table."""
+    print("\n| run | wall s | peak RSS | RSS before run | increment over baseline | estimate |")
+    print("|---|---|---|---|---|---|")
+    results: dict[str, list[dict[str, Any]]] = {"untiled": [], "tiled": []}
+    for untiled in args.untiled:
+        for channels_last in (False, True):
+            options = ["--size", str(untiled)] + (["--channels-last"] if channels_last else [])
+            row = run_child("untiled", *options)
+            results["untiled"].append(row)
+            layout = "channels_last" if channels_last else "NCHW"
+            label = f"untiled {untiled}x{untiled} ({layout})"
+            print(table_row(label, row, baseline), flush=True)
+    runs = [(["--tile", str(tile)], f"tile {tile}") for tile in args.tiles]
+    runs += [(["--budget", str(b)], f"--memory-budget {b} GiB") for b in args.budgets]
+    for options, label in runs:
+        row = run_child("tiled", "--size", str(args.size), *options)
+        results["tiled"].append(row)
+        if row["budget"] is not None:
+            label += f" -> tile {row['tile']}"
+        print(table_row(f"tiled {args.size}x{args.size}, {label}", row, baseline), flush=True)
+    return results
+
+
+def exactness_check(size: int, tiles: list[int]) -> dict[str, Any]:
+    """Tiled against untiled on the shipped weights (a child process), printed as a table."""
+    check = run_child("check", "--size", str(size), "--check-tiles", *map(str, tiles))
+    print(f"\ntiled vs untiled, shipped weights, {size}px photo mosaic:")
+    print("| tile | layout | tiles | max abs logit diff | of logit range | top-1 agreement |")
+    print("|---|---|---|---|---|---|")
+    for row in check["rows"]:
+        layout = "channels_last" if row["channels_last"] else "NCHW"
+        print(
+            f"| {row['tile']} | {layout} | {row['tiles']} | {row['max_abs_diff']:.2e} "
+            f"| {row['of_range']:.2e} | {row['top1_agree']:.0%} |"
+        )
+    return check
 
 
 def main() -> None:
@@ -229,69 +282,13 @@ def main() -> None:
         return
 
     results: dict[str, Any] = {"threads": torch.get_num_threads()}
-    net, _ = default_net()
-    size = args.size
-    field = receptive_field(net, (size, size))
-    rows, cols = grid_shape((size, size), net.window, net.stride)
-    print(f"default model: window {net.window}, stride {net.stride}, receptive field {field}")
-    print(f"minimum tile: {minimum_tile(net, (size, size))} px; grid at {size}: {rows}x{cols}")
-    print(f"full grid: {grid_bytes(net, (size, size), torch.float32) / GIB:.3f} GiB float32")
-    print(f"torch threads: {results['threads']}\n")
-
-    results["plans"] = plans(size, sorted({*args.tiles, 1088, 1536, 3072, 8192}))
-    print(
-        f"| tile | tiles | tile size | overlap overhead (area) | estimate x{MEMORY_SAFETY_FACTOR} |"
-    )
-    print("|---|---|---|---|---|")
-    for row in results["plans"]:
-        print(
-            f"| {row['tile']} | {row['tiles']} | {row['tile_size'][1]}x{row['tile_size'][0]} "
-            f"| {row['overhead']:.2f} | {row['estimate'] * MEMORY_SAFETY_FACTOR / GIB:.2f} GiB |"
-        )
-
+    results["plans"] = print_plans(args.size, sorted({*args.tiles, 1088, 1536, 3072, 8192}))
     baseline = run_child("baseline")["peak_rss"]
     results["baseline_peak_rss"] = baseline
     print(f"\nbaseline (python + torch + timm + model, nothing run): {baseline / GIB:.2f} GiB")
-
-    print("\n| run | wall s | peak RSS | RSS before run | increment over baseline | estimate |")
-    print("|---|---|---|---|---|---|")
-    results["untiled"] = []
-    for untiled in args.untiled:
-        for channels_last in (False, True):
-            options = ["--size", str(untiled)] + (["--channels-last"] if channels_last else [])
-            row = run_child("untiled", *options)
-            results["untiled"].append(row)
-            layout = "channels_last" if channels_last else "NCHW"
-            label = f"untiled {untiled}x{untiled} ({layout})"
-            print(table_row(label, row, baseline), flush=True)
-    results["tiled"] = []
-    runs = [(["--tile", str(tile)], f"tile {tile}") for tile in args.tiles]
-    runs += [(["--budget", str(b)], f"--memory-budget {b} GiB") for b in args.budgets]
-    for options, label in runs:
-        row = run_child("tiled", "--size", str(size), *options)
-        results["tiled"].append(row)
-        if row["budget"] is not None:
-            label += f" -> tile {row['tile']}"
-        print(table_row(f"tiled {size}x{size}, {label}", row, baseline), flush=True)
-
+    results.update(memory_runs(args, baseline))
     if args.check_size:
-        check = run_child(
-            "check",
-            "--size",
-            str(args.check_size),
-            "--check-tiles",
-            *map(str, args.check_tiles),
-        )
-        results["check"] = check
-        print(f"\ntiled vs untiled, shipped weights, {args.check_size}px photo mosaic:")
-        print("| tile | layout | tiles | max abs logit diff | of logit range | top-1 agreement |")
-        print("|---|---|---|---|---|---|")
-        for row in check["rows"]:
-            layout = "channels_last" if row["channels_last"] else "NCHW"
-            print(
-                f"| {row['tile']} | {layout} | {row['tiles']} | {row['max_abs_diff']:.2e} "
-                f"| {row['of_range']:.2e} | {row['top1_agree']:.0%} |"
-            )
+        results["check"] = exactness_check(args.check_size, args.check_tiles)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

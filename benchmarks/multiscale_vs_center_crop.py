@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import SAMPLES
 from PIL import Image
 
 from heatmap_cli.engine import GridEngine, GridSettings
@@ -29,7 +29,6 @@ from heatmap_cli.multiscale import parse_scales, score_multiscale
 from heatmap_cli.preprocess import normalize
 from heatmap_cli.ranking import format_ranking, rank_by_peak, rank_image
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 Ranking = list[tuple[int, float]]
 
 

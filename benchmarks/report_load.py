@@ -24,24 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shutil
+import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, SAMPLES, cpu_model
 
 from heatmap_cli.report import ASSETS_DIR_NAME, REPORT_FILE, write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "sample_images"
 sys.path.insert(0, str(ROOT))  # tests.browser: the shared headless-Chromium helper
 
-from tests.browser import headless_chromium  # noqa: E402
+from tests.browser import headless_chromium
 
 CLASSES = 1000
 GRID = (6, 12)
@@ -86,13 +83,8 @@ scrollTo(0, document.documentElement.scrollHeight);
 
 
 def cpu_name() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    name = fields.get("Model name", "unknown CPU").strip()
-    return f"{name}, {fields.get('CPU(s)', '?').strip()} logical CPUs"
+    """The CPU and its number of logical CPUs, for the headers."""
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs"
 
 
 def sizes() -> None:
@@ -241,8 +233,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--part", choices=["sizes", "load", "all"], default="all")
     options = parser.parse_args()
-    if shutil.which("lscpu"):
-        print(cpu_name() + "\n")
+    print(cpu_name() + "\n")
     if options.part in ("sizes", "all"):
         sizes()
         print()
