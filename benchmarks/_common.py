@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
+from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS
 
 __all__ = [
     "ROOT",
@@ -81,23 +82,24 @@ def random_torchvision(name: str) -> nn.Module:
 
 
 def convert(
-    model: nn.Module, window: tuple[int, int] = WINDOW, *, matmul_max_cells: int | None = None
+    model: nn.Module,
+    window: tuple[int, int] = WINDOW,
+    *,
+    matmul_max_cells: int = DEFAULT_MATMUL_MAX_CELLS,
 ) -> ConvolutionalizedNet:
     """Converts once, outside every timing, without the library's one-time warnings.
 
     Args:
         model: The classifier in eval mode (its weights are shared, not copied).
         window: ``(h, w)`` training size of the classifier.
-        matmul_max_cells: The converted head's limit between the matrix-product and the
-            convolution form (``convolutionalize``'s; -1 always convolves); None: the library's
-            default.
+        matmul_max_cells: ``convolutionalize``'s limit between the converted head's matrix
+            product and convolution forms; -1 always convolves (the library's form before).
 
     Returns:
         The converted network.
     """
-    limit = {} if matmul_max_cells is None else {"matmul_max_cells": matmul_max_cells}
     with quiet_warnings():
-        return convolutionalize(model, window, **limit)
+        return convolutionalize(model, window, matmul_max_cells=matmul_max_cells)
 
 
 # ---------------------------------------------------------------------------------------------
