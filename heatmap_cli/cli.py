@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -57,6 +58,20 @@ class _LazyChoice(click.Choice):
         return tuple(values() if callable(values) else values)
 
 
+def _parsed(module: str, function: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that parses an option's text with a library function (imported on use)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return getattr(importlib.import_module(module), function)(value)
+        except UsageError as error:
+            raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+
+    return parse
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be positive, got {value}", ctx=ctx, param=param)
@@ -84,7 +99,7 @@ class CommandOptions:
     top_k: int
     model: str
     weights: Path | None
-    size: int
+    size: int | str
     stride: int | None
     method: str
     scores: str
@@ -94,6 +109,14 @@ class CommandOptions:
     alpha: float
     cmap: str
     colorbar: bool
+    scale: str
+    vmin: float | None
+    vmax: float | None
+    label: str
+    outputs: tuple[str, ...]
+    image_format: str
+    npz_classes: str
+    npz_dtype: str
     out: Path
     batch_size: int
     max_pixels: int | None
@@ -109,7 +132,29 @@ class CommandOptions:
     debug: bool
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+# A paragraph that starts with click's \b marker is printed as written (no rewrapping).
+_HELP = """Render where a pretrained classifier sees each class in images or folders of images.
+
+\b
+Examples:
+  heatmap photo.jpg --class 281
+  heatmap photo.jpg --stride 16
+  heatmap photos/ --out maps/ --outputs png,json --format webp
+
+Choosing --size: every cell of the map is the classifier's answer on one window (224x224 pixels
+for most models) of the photo resized to --size. An object much smaller than the window in the
+resized photo is missed: a cat 200 px wide in a 2000x1333 photo is 58 px wide at the default
+384 (best cat class 0.01, off the cat), 115 px at --size 768 (0.79, on it). Choose --size so
+that objects are at least half a window wide once resized; --size native scores each photo at
+its own pixels (objects near the window's size); --scales 1,2,4 averages sizes for objects of
+mixed sizes.
+"""
+
+
+@click.command(help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    package_name="heatmap-cli", prog_name="heatmap", message="%(prog)s %(version)s"
+)
 @click.argument(
     "inputs",
     nargs=-1,
@@ -130,7 +175,7 @@ class CommandOptions:
     default=3,
     show_default=True,
     callback=_positive,
-    help="Without --class, render the K classes with the highest peak probability.",
+    help="Without --class, render the image-level ranking's first K classes (as printed).",
 )
 @click.option(
     "-m",
@@ -155,10 +200,12 @@ class CommandOptions:
 @click.option(
     "-s",
     "--size",
-    default=384,
+    metavar="PIXELS|native",
+    default="384",
+    callback=_parsed("heatmap_cli.engine", "parse_size"),
     show_default=True,
-    callback=_positive,
-    help="Shorter side of the resized image, in pixels (snapped to the grid).",
+    help="Shorter side of the resized image, in pixels (snapped to the grid), at least the "
+    "window; 'native': each photo's own. Larger sizes find smaller objects (see above).",
 )
 @click.option(
     "--stride",
@@ -197,7 +244,63 @@ class CommandOptions:
     help="Opacity of the heat map at full score.",
 )
 @click.option("--cmap", default="inferno", show_default=True, help="Matplotlib colormap.")
-@click.option("--colorbar", is_flag=True, help="Add a colour bar to each overlay.")
+@click.option(
+    "--colorbar",
+    is_flag=True,
+    help="Add a colour bar to each overlay (colours at the overlay's opacity, over grey).",
+)
+@click.option(
+    "--scale",
+    type=_LazyChoice("heatmap_cli.render.scale", "SCALES"),
+    metavar="SCALE",
+    default="shared",
+    show_default=True,
+    help="Colour range: shared (one for the classes drawn for a photo), absolute (0..1, the "
+    "same for every photo), per-class (each class to its own peak). Diverging --cmap: "
+    "centred on 0.",
+)
+@click.option("--vmin", type=float, help="Fixed score at the bottom of the colour range.")
+@click.option("--vmax", type=float, help="Fixed score at the top (the same across a batch).")
+@click.option(
+    "--label",
+    type=_LazyChoice("heatmap_cli.outputs", "LABELS"),
+    metavar="auto|corner|none",
+    default="auto",
+    show_default=True,
+    help="Label in the corner hiding the least of the map, top-left, or none.",
+)
+@click.option(
+    "--outputs",
+    default="png,npz,json",
+    show_default=True,
+    callback=_parsed("heatmap_cli.outputs", "parse_outputs"),
+    help="Which files to write per photo: any of png (the overlays and sheet), npz, json "
+    "(always written: it marks the photo done).",
+)
+@click.option(
+    "--format",
+    "image_format",
+    type=_LazyChoice("heatmap_cli.io", "IMAGE_FORMATS"),
+    metavar="png|jpg|webp",
+    default="png",
+    show_default=True,
+    help="Format of the overlays and sheet (jpg and webp: lossy, 3-8x smaller).",
+)
+@click.option(
+    "--npz-classes",
+    default="all",
+    show_default=True,
+    callback=_parsed("heatmap_cli.outputs", "parse_npz_classes"),
+    help="Classes kept in the npz: all, rendered, or topK (e.g. top20, by the ranking).",
+)
+@click.option(
+    "--npz-dtype",
+    type=_LazyChoice("heatmap_cli.outputs", "NPZ_DTYPES"),
+    metavar="float32|float16",
+    default="float32",
+    show_default=True,
+    help="Precision of the npz's logits and probs (float16: half the size).",
+)
 @click.option(
     "-o",
     "--out",
@@ -264,14 +367,7 @@ class CommandOptions:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:
-    r"""Render where a pretrained classifier sees each class in images or folders of images.
-
-    \b
-    Examples:
-      heatmap photo.jpg --class 281
-      heatmap photo.jpg --stride 16
-      heatmap photos/ --out maps/
-    """
+    """The ``heatmap`` command (its help is ``_HELP``)."""
     command = CommandOptions(**options)
     try:
         _run(command)
@@ -378,6 +474,14 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         alpha=options.alpha,
         colorbar=options.colorbar,
         pooling=options.pooling,
+        scale=options.scale,
+        vmin=options.vmin,
+        vmax=options.vmax,
+        label=options.label,
+        outputs=options.outputs,
+        image_format=options.image_format,
+        npz_classes=options.npz_classes,
+        npz_dtype=options.npz_dtype,
     )
     budget = options.memory_budget
     settings = GridSettings(
@@ -453,8 +557,8 @@ def _finish(
     progress: tqdm,
 ) -> str | None:
     """Writes one image's outputs and reports it; if it failed, one error line and its reason."""
-    from heatmap_cli.outputs import write_outputs
     from heatmap_cli.ranking import describe_ranking
+    from heatmap_cli.writers import write_outputs
 
     path = outcome.item.path
     try:

@@ -10,14 +10,9 @@ import torch
 from torch import nn
 
 from heatmap_cli.geometry import grid_shape
+from heatmap_cli.surgery import source_model
 
-__all__ = ["crops_grid", "source_model"]
-
-
-def source_model(model: nn.Module) -> nn.Module:
-    """The unmodified classifier behind a converted network (``.source_model``), or ``model``."""
-    source = getattr(model, "source_model", None)
-    return source if isinstance(source, nn.Module) else model
+__all__ = ["crops_grid"]
 
 
 def crops_grid(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +33,10 @@ from heatmap_cli.preprocess import normalize, plan_geometry
 from heatmap_cli.stitch import covered_input
 from heatmap_cli.surgery import convolutionalize
 from heatmap_cli.tiling import choose_tile, default_memory_budget, minimum_tile, tiled_score_grid
+from heatmap_cli.tiling.field import net_device_dtype
 
 __all__ = [
+    "NATIVE_SIZE",
     "UNTILED",
     "GridEngine",
     "GridNetwork",
@@ -41,6 +44,7 @@ __all__ = [
     "Tiling",
     "build_grid_network",
     "method_choices",
+    "parse_size",
     "resolve_device",
 ]
 
@@ -56,13 +60,36 @@ def method_choices() -> tuple[str, ...]:
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
+NATIVE_SIZE = "native"
+"""``size`` for scoring each photo at its own resolution (its shorter side, snapped)."""
+
+
+def parse_size(text: str) -> int | str:
+    """Parses ``--size``: a positive number of pixels, or ``native``.
+
+    Raises:
+        InvalidOptionError: Anything else (the message reads after the option's name).
+    """
+    value = str(text).strip().lower()
+    if value == NATIVE_SIZE:
+        return NATIVE_SIZE
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise InvalidOptionError(f"must be a number of pixels or 'native', got {text!r}") from None
+    if pixels <= 0:
+        raise InvalidOptionError(f"must be positive, got {pixels}")
+    return pixels
+
 
 @dataclass(frozen=True)
 class GridSettings:
     """How images are turned into grids.
 
     Attributes:
-        size: Shorter side of the resized image in pixels, before snapping.
+        size: Shorter side of the resized image in pixels, before snapping, at least the
+            window's shorter side; or :data:`NATIVE_SIZE` for the photo's own shorter side
+            (for objects about as large, in pixels, as the window).
         stride: Output stride in resized pixels; None for the native stride.
         method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
@@ -79,7 +106,7 @@ class GridSettings:
             Falls back to the plain network, with a note, if compiling fails.
     """
 
-    size: int = 384
+    size: int | str = 384
     stride: int | None = None
     method: str = "auto"
     device: str = "auto"
@@ -259,6 +286,7 @@ class GridEngine:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.window = loaded.input_size
+        self.check_scales((1.0,))
         built = build_grid_network(
             loaded.model.eval().to(self.device),
             self.window,
@@ -271,6 +299,7 @@ class GridEngine:
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
         self.notes: list[str] = list(built.notes)
         self.network: nn.Module = built.network
+        self.dtype = net_device_dtype(self.network)[1]
         self._tiles: dict[tuple[int, int], int | None] = {}
         if settings.tile is not None and self.grid_method.tileable:
             smallest = minimum_tile(self.network)
@@ -300,6 +329,35 @@ class GridEngine:
         """The model's class names."""
         return self.loaded.categories
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network computes in: its weights', or autocast's on CUDA."""
+        return self._autocast_dtype() or self.dtype
+
+    def check_scales(self, scales: Sequence[float]) -> None:
+        """Refuses scales whose resized shorter side would fall below the window.
+
+        A pass resized below the window would be stretched back up to it, so it would not be
+        the scale asked for (``--size 100`` would squeeze a photo into one window).
+
+        Args:
+            scales: Factors of ``settings.size``.
+
+        Raises:
+            GeometryError: For such a scale (not for :data:`NATIVE_SIZE`: each photo's own).
+        """
+        size, smallest = self.settings.size, min(self.window)
+        if size == NATIVE_SIZE:
+            return
+        for scale in scales:
+            if round(int(size) * scale) < smallest:
+                at = f"size {size}" if scale == 1 else f"scale {scale:g} of size {size}"
+                raise GeometryError(
+                    f"{at} is below the model's {smallest}-pixel window: every pass is at "
+                    f"least one window, so it would be stretched back up; use a size of at least "
+                    f"{math.ceil(smallest / scale)} (or size 'native' for the photo's own pixels)"
+                )
+
     def plan(self, original_size: tuple[int, int], scale: float = 1.0) -> GridGeometry:
         """The grid geometry of an image of ``(H, W)`` original pixels.
 
@@ -311,9 +369,10 @@ class GridEngine:
         Returns:
             The geometry of one pass at that scale.
         """
+        base = min(original_size) if self.settings.size == NATIVE_SIZE else self.settings.size
         return plan_geometry(
             original_size,
-            shorter_side=max(1, round(self.settings.size * scale)),
+            shorter_side=max(1, round(int(base) * scale)),
             window=self.window,
             stride=self.stride,
         )
@@ -335,7 +394,9 @@ class GridEngine:
         if tile is not None:
             scored = [self._score_tiled(image, tile) for image in pixels]
             return torch.cat([grid for grid, _ in scored]), Tiling(tile, scored[0][1])
-        x = normalize(pixels, self.loaded.mean, self.loaded.std, device=self.device)
+        x = normalize(
+            pixels, self.loaded.mean, self.loaded.std, device=self.device, dtype=self.dtype
+        )
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(), torch.inference_mode():
@@ -371,11 +432,14 @@ class GridEngine:
             self._tiles[input_size] = tile
         return self._tiles[input_size]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+    def _autocast_dtype(self) -> torch.dtype | None:
         if self.device.type != "cuda" or self.settings.fp32:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        dtype = self._autocast_dtype()
+        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The grid network on ``(N, 3, H, W)``: compiled if asked for and compiling works."""
@@ -424,6 +488,7 @@ class GridEngine:
                 std=self.loaded.std,
                 tile=tile,
                 device=self.device,
+                dtype=self.dtype,
                 channels_last=True,
                 progress=count,
             )
@@ -432,8 +497,9 @@ class GridEngine:
 
 def _check_settings(settings: GridSettings) -> None:
     """Raises on settings that can never work, before anything is built."""
-    if settings.size <= 0:
-        raise GeometryError(f"size must be positive, got {settings.size}")
+    size = settings.size
+    if size != NATIVE_SIZE and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise GeometryError(f"size must be a positive number of pixels or 'native', got {size!r}")
     if settings.batch_size <= 0:
         raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
     if settings.method != "auto":

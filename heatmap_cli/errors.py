@@ -21,6 +21,7 @@ __all__ = [
     "InvalidOptionError",
     "OutputWriteError",
     "RenderError",
+    "TrainingModeError",
     "UnknownClassError",
     "UnknownColormapError",
     "UnknownModelError",
@@ -57,6 +58,10 @@ class WeightsMismatchError(UsageError):
 
 class UnknownClassError(UsageError):
     """A class index out of range, or a class name that matches none or several classes."""
+
+
+class TrainingModeError(UsageError):
+    """A model in training mode: its grid would be random and scoring it would change it."""
 
 
 class ConversionError(HeatmapError, ValueError):

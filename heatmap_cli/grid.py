@@ -41,7 +41,13 @@ from heatmap_cli.stitch import (
     stitch_grid,
     stitched_network,
 )
-from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
+from heatmap_cli.surgery import (
+    ConvolutionalizedNet,
+    check_classifier,
+    convolutionalize,
+    source_model,
+    window_size,
+)
 
 __all__ = [
     "GridFunction",
@@ -272,8 +278,12 @@ register_method(
 
 
 def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise GeometryError("x must be a float tensor of shape (N, C, H, W)")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise GeometryError(
+            f"x must be a float tensor of shape (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
+        )
 
 
 def _network_and_stride(
@@ -288,8 +298,9 @@ def _network_and_stride(
             stride = as_convolutional(model, window).stride
         except ConversionError as error:
             raise GeometryError(
-                f"method {method.name!r} needs an explicit stride for a model that cannot be "
-                f"converted ({error})"
+                f"method {method.name!r} needs an explicit stride for "
+                f"{type(source_model(model)).__name__}: it cannot be converted, so it has no "
+                "native stride to default to; pass stride=, e.g. stride=32"
             ) from error
     return model, method.resolve_stride(stride, stride)
 
@@ -306,7 +317,8 @@ def score_grid(
     """Class scores for every window of an image batch.
 
     Args:
-        model: The classifier (eval mode), or a network returned by ``convolutionalize`` or by
+        model: The classifier in eval mode (never changed; a model in training mode is
+            refused), in any floating dtype, or a network returned by ``convolutionalize`` or by
             ``heatmap_cli.dilate.dilate`` (reused as is, which saves converting it on every
             call). Must be on ``x``'s device.
         x: ``(N, 3, H, W)`` images normalized with the model's mean/std. Sizes of the form
@@ -317,7 +329,8 @@ def score_grid(
             divide the native stride; ``"crops"`` takes any.
         method: A registered method (:func:`method_names`): ``"dense"``, ``"stitch"``,
             ``"dilate"`` or ``"crops"``.
-        input_size: ``(h, w)`` the model was trained at: the window of one cell.
+        input_size: ``(h, w)`` the model was trained at (one int: a square): the window of one
+            cell.
         batch_size: Windows per forward pass for ``"crops"``; shifted passes per forward pass
             for ``"stitch"`` (and for ``"dilate"`` when it falls back to stitching).
 
@@ -326,16 +339,20 @@ def score_grid(
         is ``(i * stride, j * stride)`` in ``x``.
 
     Raises:
+        TypeError: ``model`` is not a module, ``x`` not a tensor, ``input_size`` neither an int
+            nor a pair of ints.
+        TrainingModeError: The model is in training mode (call ``model.eval()`` first).
         InvalidOptionError: For an unknown method.
         GeometryError: For an input smaller than the window or an invalid stride.
         ConversionError: If a method that needs the converted network cannot convert the model
             (use ``"crops"``).
     """
+    check_classifier(model)
     _check_input(x)
     grid_method = get_method(method)
     if batch_size <= 0:
         raise GeometryError(f"batch_size must be positive, got {batch_size}")
-    window = (int(input_size[0]), int(input_size[1]))
+    window = window_size(input_size)
     grid_shape((x.shape[2], x.shape[3]), window, stride or 1)  # raises for too-small inputs
     net, stride = _network_and_stride(grid_method, model, stride, window)
     return grid_method.grid(net, x, stride, window, batch_size)

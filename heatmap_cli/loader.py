@@ -260,8 +260,10 @@ def score_images(
 
     Raises:
         InvalidOptionError: For bad scales (before any image is read).
+        GeometryError: For a scale that would resize photos below the window (likewise).
     """
     check_scales(scales)
+    engine.check_scales(scales)
     limit = max(2 * engine.settings.batch_size, 2 * workers)  # inputs held ahead of the network
     batches = _Batches(engine, limit)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader")

@@ -1,70 +1,138 @@
-"""Writing one image's results: the output record, class overlays, a contact sheet, npz, json.
+"""The output record: everything an image's json says, assembled in one place.
 
-File names (``stem`` mirrors the input's place under its folder, see ``io.find_images``):
-
-* ``<stem>_<index>_<name>.png``: one overlay per rendered class, at the photo's resolution;
-* ``<stem>_sheet.png``: the photo and the overlays side by side, when several classes are shown;
-* ``<stem>.npz`` and ``<stem>.json``: the grid and a summary, as shared/DESIGN.md defines them.
+One truth for every file of an image (:mod:`heatmap_cli.writers` writes them): the classes drawn
+without ``OutputOptions.classes`` are the image-level ranking's top ``top_k`` (the json's
+``top_k`` and the stdout table), and each drawn class's peak, its location, its label and its map
+come from the scores that are drawn (probabilities or logits, averaged over the passes), on the
+colour scale (:mod:`heatmap_cli.render.scale`) that its label and the json name.
 
 Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
 the run (model, weights, method), the passes that went in (scales, flips) and how each was
-evaluated (whole or in tiles), the grid's geometry, the rendered classes and the image-level
-ranking. The overlays carry the photo's ICC profile, so the photo keeps its colours; the colour
-bar is drawn in the same colours as the map, so values still read off it.
-
-Every file is written atomically, and the ``.json`` last: its presence means the image is done,
-which is what ``--skip-existing`` checks. An image's outputs are all or nothing: an old ``.json``
-is removed before anything is rewritten, and if writing fails or is interrupted, the files this
-call already wrote are removed again.
+evaluated (whole or in tiles), the grid's geometry, the rendered classes, the image-level
+ranking, every option that changes a number or a file (:func:`run_settings`), the versions of
+the software (:func:`software_versions`), the device and the dtype.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+import platform
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from heatmap_cli.engine import GridEngine, Tiling
-from heatmap_cli.errors import OutputWriteError
+from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.io import output_path, write_json, write_npz, write_png
+from heatmap_cli.io import IMAGE_FORMATS, output_path
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import MultiScaleResult, Pass
-from heatmap_cli.ranking import rank_by_peak, rank_image
-from heatmap_cli.render import contact_sheet, peak_location, render_class_overlay
+from heatmap_cli.ranking import rank_image
+from heatmap_cli.render import (
+    DEFAULT_SCALE,
+    ColourScale,
+    check_cmap,
+    check_scale,
+    colour_scales,
+    is_diverging,
+    peak_location,
+)
 
 __all__ = [
+    "LABELS",
+    "NPZ_DTYPES",
+    "OUTPUTS",
     "OutputOptions",
     "OutputRecord",
     "RankedClass",
     "RenderedClass",
     "build_record",
     "completion_marker",
+    "drawn_scores",
+    "parse_npz_classes",
+    "parse_outputs",
     "rendered_classes",
+    "run_settings",
     "slug",
-    "write_outputs",
+    "software_versions",
 ]
 
-PROBABILITY_SCALE_FLOOR = 0.1
+OUTPUTS: tuple[str, ...] = ("png", "npz", "json")
+"""What an image's outputs can hold: the pictures (in ``image_format``), the npz, the json."""
+LABELS: tuple[str, ...] = ("auto", "corner", "none")
+"""Where an overlay's label goes: the corner hiding the least of the map, top-left, nowhere."""
+NPZ_DTYPES: tuple[str, ...] = ("float32", "float16")
+_NPZ_CLASSES_RE = re.compile(r"all|rendered|top([1-9][0-9]*)")
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """Parses ``--outputs``: a comma-separated subset of :data:`OUTPUTS`; the json is added.
+
+    Args:
+        text: E.g. ``"png,npz"`` or ``"json"``.
+
+    Returns:
+        The outputs in :data:`OUTPUTS` order, always including ``"json"`` (the completion
+        marker that ``--skip-existing`` checks).
+
+    Raises:
+        InvalidOptionError: An empty list or an unknown name.
+    """
+    names = [name.strip().lower() for name in text.split(",")]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown or not text.strip():
+        raise InvalidOptionError(
+            f"outputs must be a comma-separated subset of {','.join(OUTPUTS)}, got {text!r}"
+        )
+    return tuple(name for name in OUTPUTS if name in names or name == "json")
+
+
+def parse_npz_classes(text: str) -> str:
+    """Checks ``--npz-classes``: ``all``, ``rendered`` or ``topK`` (``top20``: the ranking's 20).
+
+    Returns:
+        The value, lower-cased.
+
+    Raises:
+        InvalidOptionError: Anything else.
+    """
+    value = text.strip().lower()
+    if not _NPZ_CLASSES_RE.fullmatch(value):
+        raise InvalidOptionError(
+            f"npz classes must be all, rendered or topK (e.g. top20), got {text!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How results are rendered.
+    """How results are rendered and which files are written.
 
     Attributes:
-        classes: Class indices to render; empty means the ``top_k`` best by peak probability.
+        classes: Class indices to render; empty means the image-level ranking's ``top_k``.
         top_k: How many classes to render without ``classes``, and how many to rank in the json.
-        scores: ``"probs"`` (per-cell softmax, drawn from 0 to the class's peak) or
-            ``"logits"`` (drawn over their own range).
-        cmap: Matplotlib colormap name.
+        scores: ``"probs"`` (per-cell softmax) or ``"logits"``: what the maps, labels and the
+            json's class peaks show.
+        cmap: Matplotlib colormap name; a diverging one is centred on the score 0.
         alpha: Opacity of the heat map at full score, 0..1.
         colorbar: Append a colour bar to each overlay.
         sheet: Write a contact sheet when several classes are rendered.
         pooling: How the json's image-level ``top_k`` pools each class map: ``"max"``/``"mean"``.
+        scale: ``"shared"``, ``"absolute"`` or ``"per-class"`` (``render.scale``).
+        vmin: Fixed score at the colormap's bottom, or None for the scale's.
+        vmax: Fixed score at the colormap's top, or None for the scale's.
+        label: ``"auto"``, ``"corner"`` (top-left) or ``"none"`` (:data:`LABELS`).
+        outputs: Which of :data:`OUTPUTS` to write (the json always is).
+        image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
+        npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
+        npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
+
+    Raises:
+        InvalidOptionError: For any value that cannot work (checked when constructed).
     """
 
     classes: Sequence[int] = ()
@@ -75,19 +143,51 @@ class OutputOptions:
     colorbar: bool = False
     sheet: bool = True
     pooling: str = "max"
+    scale: str = DEFAULT_SCALE
+    vmin: float | None = None
+    vmax: float | None = None
+    label: str = "auto"
+    outputs: tuple[str, ...] = OUTPUTS
+    image_format: str = "png"
+    npz_classes: str = "all"
+    npz_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.scores not in ("probs", "logits"):
+            raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
+        check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)
+        check_cmap(self.cmap)
+        choices = {
+            "label": (self.label, LABELS),
+            "format": (self.image_format, tuple(IMAGE_FORMATS)),
+            "npz dtype": (self.npz_dtype, NPZ_DTYPES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InvalidOptionError(
+                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        parse_outputs(",".join(self.outputs))
+        parse_npz_classes(self.npz_classes)
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the maps show probabilities (else logits)."""
+        return self.scores == "probs"
 
 
 @dataclass(frozen=True)
 class RenderedClass:
-    """One class drawn for an image: where it peaks, and its overlay's file name.
+    """One class drawn for an image: where its drawn map peaks, and its overlay's file name.
 
     Attributes:
         index: Class index.
         name: Class name.
-        peak: Its highest per-cell probability.
+        peak: The highest cell of the drawn scores (a probability or a logit, as ``scores``).
         x: Centre of that cell's window, in original-image pixels.
         y: Likewise, vertically.
-        overlay: File name of its overlay PNG, next to the json.
+        overlay: File name of its overlay picture, next to the json; None when not written.
+        scale: The colour scale its map is drawn on.
     """
 
     index: int
@@ -95,7 +195,8 @@ class RenderedClass:
     peak: float
     x: float
     y: float
-    overlay: str
+    overlay: str | None
+    scale: ColourScale
 
 
 @dataclass(frozen=True)
@@ -117,7 +218,7 @@ class OutputRecord:
         weights: Where the weights came from.
         method: The grid method used.
         native_stride: The converted network's own stride (None when it cannot be converted).
-        size: ``--size``, the shorter side before snapping.
+        size: ``--size``, the shorter side before snapping (or ``"native"``).
         passes: Every pass that went in, in evaluation order (one for a plain run).
         common_grid: Which pass's grid the passes were averaged on.
         geometry: The grid of the npz.
@@ -125,6 +226,10 @@ class OutputRecord:
         classes: The rendered classes.
         top_k: The image-level ranking, best first.
         top_k_pooling: How it pools each class map: ``"max"`` or ``"mean"``.
+        settings: Every option that changes a number or a file (:func:`run_settings`).
+        versions: The software that computed it (:func:`software_versions`).
+        device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
+        dtype: The dtype it computed in (``"float32"``, ``"bfloat16"`` under CUDA autocast...).
     """
 
     image: Path
@@ -132,7 +237,7 @@ class OutputRecord:
     weights: str
     method: str
     native_stride: int | None
-    size: int
+    size: int | str
     passes: tuple[Pass, ...]
     common_grid: str
     geometry: GridGeometry
@@ -140,6 +245,10 @@ class OutputRecord:
     classes: tuple[RenderedClass, ...]
     top_k: tuple[RankedClass, ...]
     top_k_pooling: str
+    settings: dict[str, object]
+    versions: dict[str, str | None]
+    device: str
+    dtype: str
 
     @property
     def tiling(self) -> Tiling:
@@ -150,6 +259,7 @@ class OutputRecord:
     def to_json(self) -> dict[str, object]:
         """The json document, keys in the order they are written."""
         rows, cols = self.geometry.shape
+        window_width, window_height = self.geometry.window_in_original().tolist()
         return {
             "image": str(self.image),
             "model": self.model,
@@ -167,13 +277,24 @@ class OutputRecord:
             "tiling": _tiling_json(self.tiling),
             "original_size": _size_json(self.geometry.original_size),
             "input_size": _size_json(self.geometry.input_size),
-            "window": _size_json(self.geometry.window),
+            # In original pixels, as the npz's window and centres; window_input as the network
+            # saw it, in the input pixels of input_size and stride.
+            "window": {
+                "width": round(window_width, 3),
+                "height": round(window_height, 3),
+                "units": "original pixels",
+            },
+            "window_input": {**_size_json(self.geometry.window), "units": "input pixels"},
             "stride": self.geometry.stride,
             "grid": {"rows": rows, "cols": cols},
             "scores": self.scores,
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
+            "settings": self.settings,
+            "versions": self.versions,
+            "device": self.device,
+            "dtype": self.dtype,
         }
 
 
@@ -208,27 +329,114 @@ def completion_marker(out_dir: Path, stem: Path) -> Path:
     return output_path(out_dir, stem, ".json")
 
 
+@functools.lru_cache(maxsize=1)
+def software_versions() -> dict[str, str | None]:
+    """The versions of heatmap-cli, Python and the libraries that compute and draw the maps.
+
+    Returns:
+        ``{"heatmap-cli", "torch", "torchvision", "timm", "numpy", "pillow", "python"}``; None
+        for a library that is not installed.
+    """
+    found: dict[str, str | None] = {}
+    for name, distribution in (
+        ("heatmap-cli", "heatmap-cli"),
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("timm", "timm"),
+        ("numpy", "numpy"),
+        ("pillow", "Pillow"),
+    ):
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def run_settings(
+    engine: GridEngine, options: OutputOptions, passes: Sequence[Pass]
+) -> dict[str, object]:
+    """Every option of a run that changes a number or a file: the json's ``settings``.
+
+    Two runs with equal settings (and model, weights and software) write the same files, so
+    a resumed run can compare them.
+
+    Args:
+        engine: The engine (size, stride, method, tiling, precision, overlay size).
+        options: What is drawn and written.
+        passes: The image's passes (its scales and flips).
+
+    Returns:
+        A JSON-ready dict.
+    """
+    grid = engine.settings
+    return {
+        "size": grid.size,
+        "stride": engine.stride,
+        "method": engine.method,
+        "scales": list(dict.fromkeys(p.scale for p in passes)),
+        "flip": any(p.flip for p in passes),
+        "tile": grid.tile,
+        "fp32": grid.fp32,
+        "compile": grid.compile,
+        "max_overlay_side": grid.max_display_side,
+        "classes": list(options.classes),
+        "top_k": options.top_k,
+        "pooling": options.pooling,
+        "scores": options.scores,
+        "scale": options.scale,
+        "vmin": options.vmin,
+        "vmax": options.vmax,
+        "cmap": options.cmap,
+        "alpha": options.alpha,
+        "colorbar": options.colorbar,
+        "label": options.label,
+        "outputs": list(options.outputs),
+        "format": options.image_format,
+        "npz_classes": options.npz_classes,
+        "npz_dtype": options.npz_dtype,
+    }
+
+
+def drawn_scores(grid: MultiScaleResult, options: OutputOptions) -> np.ndarray:
+    """float32 ``(K, rows, cols)``: what the maps show, probabilities or logits."""
+    return grid.probs if options.probabilities else grid.logits
+
+
 def rendered_classes(
     result: ImageResult, categories: Sequence[str], options: OutputOptions
 ) -> tuple[RenderedClass, ...]:
-    """The classes to draw for an image, with where each peaks.
+    """The classes to draw for an image, where each drawn map peaks, and its colour scale.
 
     Args:
         result: The image's grid.
         categories: The ``K`` class names.
-        options: ``classes``, or else ``top_k`` by peak probability.
+        options: ``classes``, or else the image-level ranking's ``top_k``; what is drawn.
 
     Returns:
         One entry per class, in drawing order.
     """
-    probs, centers = result.grid.probs, result.grid.geometry.centers()
-    chosen = list(options.classes) or rank_by_peak(probs, options.top_k)
+    values, centers = drawn_scores(result.grid, options), result.grid.geometry.centers()
+    chosen = list(options.classes) or [
+        index for index, _ in rank_image(result.grid.passes, options.top_k, options.pooling)
+    ]
+    scales = colour_scales(
+        [values[index] for index in chosen],
+        scale=options.scale,
+        probabilities=options.probabilities,
+        diverging=is_diverging(options.cmap),
+        vmin=options.vmin,
+        vmax=options.vmax,
+    )
+    suffix = f".{options.image_format}"
     classes = []
-    for index in chosen:
+    for index, scale in zip(chosen, scales, strict=True):
         name = categories[index]
-        peak, x, y = peak_location(probs[index], centers)
-        overlay = f"{result.item.stem.name}_{index}_{slug(name)}.png"
-        classes.append(RenderedClass(index, name, peak, x, y, overlay))
+        peak, x, y = peak_location(values[index], centers)
+        picture = f"{result.item.stem.name}_{index}_{slug(name)}{suffix}"
+        overlay = picture if "png" in options.outputs else None
+        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale))
     return tuple(classes)
 
 
@@ -242,8 +450,8 @@ def build_record(
 
     Args:
         result: The image's grid and passes.
-        engine: The engine that scored it (model, weights, method, size).
-        options: The ranking's length and pooling, and what the overlays show.
+        engine: The engine that scored it (model, weights, method, size, device, dtype).
+        options: The ranking's length and pooling, and what is drawn and written.
         classes: The rendered classes (:func:`rendered_classes`).
 
     Returns:
@@ -264,103 +472,8 @@ def build_record(
         classes=tuple(classes),
         top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
         top_k_pooling=options.pooling,
+        settings=run_settings(engine, options, result.grid.passes),
+        versions=software_versions(),
+        device=str(engine.device),
+        dtype=str(engine.compute_dtype).removeprefix("torch."),
     )
-
-
-def render_overlay(
-    result: ImageResult, rendered: RenderedClass, options: OutputOptions
-) -> np.ndarray:
-    """One class's overlay on the image's display copy: uint8 ``(h, w[+bar], 3)``."""
-    grid, display = result.grid, result.display
-    height, width = grid.geometry.original_size
-    to_display = np.array([display.shape[1] / width, display.shape[0] / height], np.float32)
-    probs = options.scores == "probs"
-    # Probabilities are drawn from 0 to the class's own peak, so a class that shares its
-    # probability with look-alikes (tabby / tiger cat) still shows where it is strongest;
-    # the floor keeps a class the model barely sees from being painted as hot.
-    vmin, vmax = (0.0, max(rendered.peak, PROBABILITY_SCALE_FLOOR)) if probs else (None, None)
-    return render_class_overlay(
-        display,
-        (grid.probs if probs else grid.logits)[rendered.index],
-        grid.geometry.centers() * to_display,
-        label=f"{rendered.name}  p={rendered.peak:.2f}",
-        cmap=options.cmap,
-        alpha=options.alpha,
-        vmin=vmin,
-        vmax=vmax,
-        colorbar=options.colorbar,
-        colorbar_label="probability" if probs else "logit",
-    )
-
-
-def write_grid(path: Path, grid: MultiScaleResult, categories: Sequence[str]) -> None:
-    """Writes the ``.npz`` of DESIGN.md: logits, probs, centres, window, stride, sizes, classes."""
-    geometry = grid.geometry
-    write_npz(
-        path,
-        logits=grid.logits.astype(np.float32),
-        probs=grid.probs,
-        centers=geometry.centers(),
-        window=geometry.window_in_original(),
-        stride=np.int64(geometry.stride),
-        input_size=np.array(geometry.input_size, dtype=np.int64),
-        classes=np.array(categories, dtype=str),
-    )
-
-
-def write_outputs(
-    result: ImageResult, engine: GridEngine, options: OutputOptions, out_dir: Path
-) -> list[Path]:
-    """Renders and writes every output of one image: overlays, sheet, npz, and the json last.
-
-    Args:
-        result: The image's grid, display copy and colour profile.
-        engine: The engine that scored it (class names and what the json says of the run).
-        options: What to render and how.
-        out_dir: The output folder.
-
-    Returns:
-        The paths written, the json last.
-
-    Raises:
-        OutputWriteError: A file cannot be written (no output of this image is left then).
-    """
-    stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
-    try:
-        # Otherwise an old json would vouch for files this call is about to replace.
-        marker.unlink(missing_ok=True)
-    except OSError as error:
-        raise OutputWriteError(f"cannot replace {marker}: {error.strerror or error}") from error
-    with _removed_on_failure() as written:
-        classes = rendered_classes(result, engine.categories, options)
-        overlays = []
-        for rendered in classes:
-            overlays.append(render_overlay(result, rendered, options))
-            path = marker.with_name(rendered.overlay)
-            write_png(path, overlays[-1], icc_profile=result.icc_profile)
-            written.append(path)
-        if options.sheet and len(overlays) > 1:
-            labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
-            sheet = contact_sheet([result.display, *overlays], labels)
-            path = output_path(out_dir, stem, "_sheet.png")
-            write_png(path, sheet, icc_profile=result.icc_profile)
-            written.append(path)
-        path = output_path(out_dir, stem, ".npz")
-        write_grid(path, result.grid, engine.categories)
-        written.append(path)
-        write_json(marker, build_record(result, engine, options, classes).to_json())
-        written.append(marker)
-    return written
-
-
-@contextlib.contextmanager
-def _removed_on_failure() -> Iterator[list[Path]]:
-    """Yields a list of written paths; on any exception (Ctrl-C too) deletes them all."""
-    written: list[Path] = []
-    try:
-        yield written
-    except BaseException:  # leave no partial set of one image's outputs
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise

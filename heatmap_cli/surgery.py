@@ -26,19 +26,87 @@ reaches the shared parameters and submodules, exactly as on the original.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import fx, nn
 
 from heatmap_cli._fx import PROBE_SPAN, describe, meta_clone, module_of, shape_pass, trace_model
 from heatmap_cli._head import rewrite_head
-from heatmap_cli.errors import ConversionError, GeometryError, first_line
+from heatmap_cli.errors import ConversionError, GeometryError, TrainingModeError, first_line
+from heatmap_cli.geometry import grid_shape
 from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS
 
-__all__ = ["ConvolutionalizedNet", "convolutionalize"]
+__all__ = [
+    "ConvolutionalizedNet",
+    "check_classifier",
+    "convolutionalize",
+    "source_model",
+    "window_size",
+]
+
+
+# --- Arguments ----------------------------------------------------------------------------------
+
+
+def window_size(input_size: object) -> tuple[int, int]:
+    """``input_size`` as an ``(h, w)`` pair of pixels: an int is a square window.
+
+    Raises:
+        TypeError: Neither an int nor a pair of ints.
+        GeometryError: A side that is not positive.
+    """
+    if isinstance(input_size, numbers.Integral) and not isinstance(input_size, bool):
+        pair: tuple[object, ...] = (input_size, input_size)
+    elif isinstance(input_size, Sequence) and not isinstance(input_size, str):
+        pair = tuple(input_size)
+    else:
+        pair = ()
+    if len(pair) != 2 or not all(
+        isinstance(side, numbers.Integral) and not isinstance(side, bool) for side in pair
+    ):
+        raise TypeError(f"input_size must be an int or an (h, w) pair of ints, got {input_size!r}")
+    window = (int(pair[0]), int(pair[1]))  # type: ignore[call-overload]
+    if window[0] <= 0 or window[1] <= 0:
+        raise GeometryError(f"input_size must be positive, got {input_size!r}")
+    return window
+
+
+def source_model(model: nn.Module) -> nn.Module:
+    """The unmodified classifier behind a converted network (``.source_model``), or ``model``."""
+    source = getattr(model, "source_model", None)
+    return source if isinstance(source, nn.Module) else model
+
+
+def check_classifier(model: object) -> nn.Module:
+    """Checks that ``model`` is a module in eval mode (behind a converted network: its source).
+
+    A model in training mode is refused rather than scored: its dropout would make the grid
+    random, and its batch norms would update their running statistics, changing the caller's
+    model. Switching it to eval mode here would change it too, so the caller decides.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+        TrainingModeError: A module of the classifier is in training mode.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    classifier = source_model(model)
+    training = [name or "the model itself" for name, m in classifier.named_modules() if m.training]
+    if training:
+        raise TrainingModeError(
+            f"{type(classifier).__name__} is in training mode ({len(training)} modules, e.g. "
+            f"{training[0]!r}): its dropout would make the grid random and scoring it would "
+            "update its batch-norm statistics; call model.eval() first (heatmap-cli never "
+            "changes the mode or the weights of a model it is given)"
+        )
+    return model
 
 
 # --- Attention ----------------------------------------------------------------------------------
@@ -124,7 +192,12 @@ class ConvolutionalizedNet(nn.Module):
         Returns:
             ``(N, K, h, w)`` logits, ``h = (H - window_h) // stride + 1`` for inputs snapped to
             ``window + stride * k``.
+
+        Raises:
+            GeometryError: An input smaller than the window (it has no whole window to score).
         """
+        if x.dim() == 4:
+            grid_shape((x.shape[2], x.shape[3]), self.window, self.stride)
         return self.graph_module(x)
 
     def grid_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -194,8 +267,10 @@ def convolutionalize(
 
     Args:
         model: A classifier in eval mode, ``(N, 3, h, w) -> (N, K)`` at its training size
-            ``input_size``. It is not modified; the result shares its weights (no copy).
-        input_size: ``(h, w)`` the model was trained at; the window each cell sees.
+            ``input_size``, in any floating dtype. It is not modified; the result shares its
+            weights (no copy) and computes in their dtype.
+        input_size: ``(h, w)`` the model was trained at, or one int for a square; the window
+            each cell sees.
         matmul_max_cells: Converted heads whose output has at most this many cells (images x
             rows x columns) run as a matrix product, larger ones as a convolution (the faster
             form for each; the same values up to float rounding). Negative: always convolve.
@@ -206,20 +281,15 @@ def convolutionalize(
         original logits.
 
     Raises:
+        TypeError: ``model`` is not a module, or ``input_size`` neither an int nor a pair.
+        TrainingModeError: The model is in training mode (call ``model.eval()`` first).
         ConversionError: If the model cannot be traced, uses attention over positions, or has a
             head operation with no per-position equivalent. The message names the operation
             and points to ``method="crops"``.
     """
+    check_classifier(model)
+    window = window_size(input_size)
     name = type(model).__name__
-    window = (int(input_size[0]), int(input_size[1]))
-    if window[0] <= 0 or window[1] <= 0:
-        raise GeometryError(f"input_size must be positive, got {input_size}")
-    if model.training:
-        warnings.warn(
-            f"{name} is in training mode: dropout and batch statistics make the grid random; "
-            "call model.eval() first",
-            stacklevel=2,
-        )
     graph_module = trace_model(model)
     _refuse_attention(graph_module, name)
     _propagate_shapes(graph_module, window)

@@ -177,6 +177,7 @@ def check_npz_contract(npz: Path, num_classes: int, categories: tuple[str, ...])
         "probs",
         "centers",
         "window",
+        "window_input",
         "stride",
         "input_size",
         "classes",
@@ -188,6 +189,7 @@ def check_npz_contract(npz: Path, num_classes: int, categories: tuple[str, ...])
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     assert centers.dtype == np.float32 and centers.shape == (*logits.shape[1:], 2)
     assert arrays["window"].dtype == np.float32 and arrays["window"].shape == (2,)
+    assert arrays["window_input"].shape == (2,)
     assert arrays["stride"].shape == () and np.issubdtype(arrays["stride"].dtype, np.integer)
     assert arrays["input_size"].shape == (2,)
     assert np.issubdtype(arrays["input_size"].dtype, np.integer)
@@ -223,7 +225,15 @@ def test_class_by_index_writes_overlay_npz_and_json(tiny, tmp_path: Path) -> Non
     assert record["stride"] == NATIVE_STRIDE
     assert record["original_size"] == {"width": 90, "height": 60}
     assert record["input_size"] == {"width": 96, "height": 64}
-    assert record["window"] == {"width": 32, "height": 32}
+    # The window in the npz's pixels (original), and as the network saw it (input pixels).
+    window = arrays["window"].tolist()
+    assert record["window"] == {
+        "width": pytest.approx(window[0], abs=1e-3),
+        "height": pytest.approx(window[1], abs=1e-3),
+        "units": "original pixels",
+    }
+    assert record["window_input"] == {"width": 32, "height": 32, "units": "input pixels"}
+    assert arrays["window_input"].tolist() == [32, 32]
     [entry] = record["classes"]
     assert {"index", "name", "peak", "x", "y"} <= set(entry)
     assert (entry["index"], entry["name"]) == (4, "espresso")

@@ -12,7 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
-from heatmap_cli.errors import ConversionError
+from heatmap_cli.errors import ConversionError, TrainingModeError
 from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS, LinearAsConv2d, windowed_linear
 from tests.nets import (
     ALL_NETS,
@@ -144,9 +144,9 @@ def test_identity_adaptive_pool_is_removed():
     assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.modules())
 
 
-def test_training_mode_model_warns():
+def test_training_mode_model_is_refused():
     model = seeded(PooledHeadNet).train()
-    with pytest.warns(UserWarning, match="training mode"):
+    with pytest.raises(TrainingModeError, match="training mode"):
         convolutionalize(model, WINDOW)
 
 

@@ -7,14 +7,25 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from heatmap_cli.engine import UNTILED, GridEngine, GridSettings, Tiling
+from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.io import ImageInput
 from heatmap_cli.loader import ImageResult
-from heatmap_cli.multiscale import score_multiscale
-from heatmap_cli.outputs import OutputOptions, build_record, rendered_classes, slug
-from heatmap_cli.ranking import rank_image
+from heatmap_cli.multiscale import MultiScaleResult, Pass, score_multiscale
+from heatmap_cli.outputs import (
+    OutputOptions,
+    build_record,
+    parse_npz_classes,
+    parse_outputs,
+    rendered_classes,
+    slug,
+)
+from heatmap_cli.ranking import pooled_scores, rank_image, softmax
+from heatmap_cli.writers import overlay_label, render_overlay
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 
@@ -39,8 +50,9 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
 
     assert list(document) == [
         *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
-        *("tiling", "original_size", "input_size", "window", "stride", "grid", "scores"),
-        *("classes", "top_k", "top_k_pooling"),
+        *("tiling", "original_size", "input_size", "window", "window_input", "stride", "grid"),
+        *("scores", "classes", "top_k", "top_k_pooling", "settings", "versions", "device"),
+        "dtype",
     ]
     assert (document["image"], document["model"], document["weights"]) == (
         str(Path("photos/x.png")),
@@ -83,3 +95,131 @@ def test_tiling_of_several_passes_adds_up() -> None:
     untiled = build_record(result, engine, options, ())
     assert untiled.tiling == Tiling(tile=None, tiles=2)
     assert not untiled.tiling.tiled and Tiling() == UNTILED
+
+
+# --- one truth: what is drawn, labelled, ranked and recorded ---------------------------------
+
+
+def with_probs(probs: np.ndarray) -> tuple[ImageResult, GridEngine]:
+    """A scored image whose averaged grid is ``probs`` (10, 3, 5), one pass, on a grey photo."""
+    result, engine = scored((1,), flip=False)
+    geometry = result.grid.geometry
+    logits = np.log(probs).astype(np.float32)
+    only = Pass(1.0, False, geometry, pooled_scores(probs, "max"), pooled_scores(probs, "mean"))
+    grid = MultiScaleResult(geometry, logits, softmax(logits), (only,), "first")
+    grey = np.full_like(result.display, 128)
+    return dataclasses.replace(result, grid=grid, display=grey), engine
+
+
+def sheet_probs() -> np.ndarray:
+    """Class 5 peaks at 0.35 in cell (1, 1), class 2 at 0.12 in cell (1, 3)."""
+    probs = np.full((10, 3, 5), 0.02)
+    probs[5, 1, 1], probs[2, 1, 3] = 0.35, 0.12
+    return probs
+
+
+def test_a_weak_class_is_drawn_weaker_than_a_strong_one_by_default() -> None:
+    result, engine = with_probs(sheet_probs())
+    options = OutputOptions(top_k=2)
+    strong, weak = rendered_classes(result, engine.categories, options)
+    assert (strong.index, weak.index) == (5, 2)
+    photo = result.display.astype(int)
+
+    def moved(rendered) -> float:
+        picture = render_overlay(result, rendered, dataclasses.replace(options, label="none"))
+        return float(np.abs(picture[int(rendered.y), int(rendered.x)] - photo[0, 0]).mean())
+
+    assert moved(strong) > 1.5 * moved(weak)  # each at its own peak
+    assert overlay_label(weak, options).endswith(f"[shared 0\N{EN DASH}{strong.peak:.3g}]")
+    # per-class draws each class to its own peak: the two peaks look alike
+    per_class = dataclasses.replace(options, scale="per-class")
+    strong, weak = rendered_classes(result, engine.categories, per_class)
+    assert moved(strong) == pytest.approx(moved(weak), abs=1)
+
+
+@pytest.mark.parametrize("scores", ["probs", "logits"])
+@pytest.mark.parametrize(("scales", "flip"), [((1,), False), ((1, 1.5), True)])
+def test_json_peaks_labels_and_maps_come_from_the_drawn_scores(scores, scales, flip) -> None:
+    result, engine = scored(scales, flip=flip)
+    result = dataclasses.replace(result, display=np.zeros_like(result.display))
+    options = OutputOptions(top_k=3, scores=scores, cmap="gray", label="none")
+    classes = rendered_classes(result, engine.categories, options)
+    record = build_record(result, engine, options, classes)
+    drawn = result.grid.probs if scores == "probs" else result.grid.logits
+    centers = result.grid.geometry.centers()
+    # the rendered classes are the ranking the json and stdout report
+    assert [c.index for c in classes] == [r.index for r in record.top_k]
+    for entry in classes:
+        row, col = np.unravel_index(np.argmax(drawn[entry.index]), drawn.shape[1:])
+        assert entry.peak == pytest.approx(float(drawn[entry.index].max()))
+        assert (entry.x, entry.y) == pytest.approx(tuple(centers[row, col].tolist()))
+        # the picture (grey colours over black) is at its brightest at the json's peak (the
+        # pixel there samples half a pixel off the window centre)
+        picture = render_overlay(result, entry, options).astype(int).sum(axis=-1)
+        assert picture[int(entry.y), int(entry.x)] >= 0.97 * picture.max() > 0
+    symbol = "p=" if scores == "probs" else "logit="
+    assert f"{symbol}{classes[0].peak:.2f}" in overlay_label(
+        classes[0], dataclasses.replace(options, label="auto")
+    )
+
+
+def test_rendered_classes_follow_the_ranking_and_its_pooling() -> None:
+    result, engine = scored((1, 1.5), flip=True)
+    for pooling in ("max", "mean"):
+        options = OutputOptions(top_k=4, pooling=pooling)
+        ranking = rank_image(result.grid.passes, 4, pooling)
+        chosen = rendered_classes(result, engine.categories, options)
+        assert [c.index for c in chosen] == [index for index, _ in ranking]
+    explicit = OutputOptions(classes=(7, 1))
+    assert [c.index for c in rendered_classes(result, engine.categories, explicit)] == [7, 1]
+
+
+def test_json_records_every_setting_the_versions_the_device_and_the_dtype() -> None:
+    result, engine = scored((1, 1.5), flip=True)
+    options = OutputOptions(
+        top_k=2, scale="per-class", vmax=0.9, label="corner", outputs=("npz", "json"),
+        image_format="webp", npz_classes="top5", npz_dtype="float16", cmap="magma",
+    )  # fmt: skip
+    document = build_record(result, engine, options, ()).to_json()
+
+    settings = document["settings"]
+    assert settings["scales"] == [1.0, 1.5] and settings["flip"] is True
+    assert (settings["size"], settings["stride"], settings["method"]) == (60, 8, "dense")
+    expected = {
+        "scale": "per-class", "vmin": None, "vmax": 0.9, "label": "corner", "cmap": "magma",
+        "outputs": ["npz", "json"], "format": "webp", "npz_classes": "top5",
+        "npz_dtype": "float16", "top_k": 2, "pooling": "max", "scores": "probs", "classes": [],
+    }  # fmt: skip
+    assert {key: settings[key] for key in expected} == expected
+    assert set(document["versions"]) == {
+        *("heatmap-cli", "torch", "torchvision", "timm", "numpy", "pillow", "python"),
+    }
+    assert document["versions"]["torch"] == torch.__version__.split("+")[0] or document["versions"][
+        "torch"
+    ].startswith(torch.__version__.split("+")[0])
+    assert (document["device"], document["dtype"]) == ("cpu", "float32")
+    json.dumps(document)  # all of it is JSON
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scores": "logits", "scale": "absolute"}, "logits have no absolute range"),
+        ({"vmin": 1.0, "vmax": 0.5}, "vmin must be below vmax"),
+        ({"label": "top"}, "label must be one of auto, corner, none"),
+        ({"image_format": "gif"}, "format must be one of png, jpg, webp"),
+        ({"npz_dtype": "float64"}, "npz dtype must be one of float32, float16"),
+        ({"npz_classes": "top0"}, "npz classes must be all, rendered or topK"),
+        ({"outputs": ("svg",)}, "outputs must be a comma-separated subset"),
+        ({"cmap": "nope"}, "unknown colormap"),
+    ],
+)
+def test_output_options_that_cannot_work_are_refused(kwargs, message) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        OutputOptions(**kwargs)
+
+
+def test_outputs_parse_to_a_subset_that_always_holds_the_json() -> None:
+    assert parse_outputs("npz") == ("npz", "json")
+    assert parse_outputs(" JSON , png") == ("png", "json")
+    assert parse_npz_classes("Top20") == "top20"

@@ -251,7 +251,7 @@ def cmap_rgb(name: str, value: float) -> np.ndarray:
     return np.rint(np.asarray(matplotlib.colormaps[name](value)[:3]) * 255)
 
 
-@pytest.mark.parametrize("mode", ["heat", "uniform"])
+@pytest.mark.parametrize("mode", ["sqrt", "linear", "uniform"])
 def test_overlay_with_zero_alpha_is_the_photo(mode):
     image = photo(37, 53)
     heat = np.random.default_rng(6).uniform(size=(37, 53))

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from heatmap_cli.cli import main
-from heatmap_cli.render import cell_values_to_image
+from heatmap_cli.render import cell_values_to_image, margin_fade
 from heatmap_cli.report import REPORT_FILE, write_report
 from heatmap_cli.report.encoding import DISPLAY_FLOOR, STORE_THRESHOLD
 from tests.browser import REQUIRE_BROWSER, Browser, browser_missing, headless_chromium
@@ -182,12 +182,20 @@ def test_map_is_the_grid_interpolated_between_window_centres(browser, run) -> No
     original = record["original_size"]
     scale = np.array([width / original["width"], height / original["height"]])
     probs = arrays["probs"][shown]
-    top = max(float(probs.max()), DISPLAY_FLOOR)
-    heat = cell_values_to_image(
-        np.clip(probs / top, 0, 1), arrays["centers"] * scale, (height, width), method="linear"
-    )
-    # 8-bit grid values (half a step) and the rounding of the alpha channel (half a step).
-    assert np.abs(alpha.astype(np.float64) - heat * 255).max() <= 1.0 + 1e-3
+    # drawn as the PNG overlays: on their shared scale, opacity sqrt(heat), margins faded
+    scale_json = record["classes"][0]["scale"]
+    low, high = entry["range"]
+    assert (scale_json["name"], low, high) == ("shared", scale_json["low"], scale_json["high"])
+    centers = arrays["centers"] * scale
+    values = cell_values_to_image(probs, centers, (height, width), method="linear")
+    fade = margin_fade(centers, (height, width)).region()
+    # The 8-bit grid is within half a step of the range its class is stored over.
+    step = 0.5 / 255 * max(float(probs.max()), DISPLAY_FLOOR) / (high - low)
+    heat = (values - low) / (high - low)
+    bounds = [np.sqrt(np.clip(heat + d, 0, 1)) * fade * 255 for d in (-step, step)]
+    drawn = alpha.astype(np.float64)
+    assert np.all(drawn >= bounds[0] - 1.0 - 1e-3) and np.all(drawn <= bounds[1] + 1.0 + 1e-3)
+    assert drawn[height // 2, 0] < 0.1 * drawn[height // 2].max()  # faded at the border
     assert_clean(browser)
 
 

@@ -4,8 +4,8 @@
   decompression bombs);
 * :mod:`~heatmap_cli.io.inputs`: :func:`find_images` (files and folders to images and unique
   output stems), :func:`output_path`;
-* :mod:`~heatmap_cli.io.writing`: :func:`atomic_writer` and the PNG/npz/json writers built on it,
-  :func:`remove_stale_temporaries`.
+* :mod:`~heatmap_cli.io.writing`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
+  and json writers built on it, :func:`remove_stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 from heatmap_cli.io.inputs import IMAGE_EXTENSIONS, ImageInput, find_images, output_path
 from heatmap_cli.io.reading import DEFAULT_MAX_PIXELS, read_image
 from heatmap_cli.io.writing import (
+    IMAGE_FORMATS,
     atomic_writer,
     is_temporary_name,
     remove_stale_temporaries,
+    write_image,
     write_json,
     write_npz,
     write_png,
@@ -24,6 +26,7 @@ from heatmap_cli.io.writing import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "ImageInput",
     "atomic_writer",
     "find_images",
@@ -31,6 +34,7 @@ __all__ = [
     "output_path",
     "read_image",
     "remove_stale_temporaries",
+    "write_image",
     "write_json",
     "write_npz",
     "write_png",

@@ -6,7 +6,8 @@ maps are ``float32`` arrays of shape ``(H, W)`` in ``[0, 1]``. Nothing is read f
 disk; :mod:`heatmap_cli.outputs` encodes the returned arrays.
 
 * :mod:`~heatmap_cli.render.heat`: scores to a heat image (placement between window centres);
-* :mod:`~heatmap_cli.render.colour`: colormaps and blending over the photo;
+* :mod:`~heatmap_cli.render.colour`: colormaps, the opacity rule, blending over the photo;
+* :mod:`~heatmap_cli.render.scale`: colour scales (absolute, shared, per-class);
 * :mod:`~heatmap_cli.render.labels`: text labels, colour bars, contact sheets;
 * :mod:`~heatmap_cli.render.class_overlay`: one class's overlay, composed from the above.
 """
@@ -14,19 +15,42 @@ disk; :mod:`heatmap_cli.outputs` encodes the returned arrays.
 from __future__ import annotations
 
 from heatmap_cli.errors import RenderError
-from heatmap_cli.render.class_overlay import render_class_overlay
-from heatmap_cli.render.colour import DEFAULT_CMAP, check_cmap, overlay
-from heatmap_cli.render.heat import cell_values_to_image, normalize_scores, peak_location
+from heatmap_cli.render.class_overlay import LabelPlace, render_class_overlay
+from heatmap_cli.render.colour import DEFAULT_CMAP, OpacityRule, check_cmap, is_diverging, overlay
+from heatmap_cli.render.heat import (
+    MarginFade,
+    cell_values_to_image,
+    margin_fade,
+    normalize_scores,
+    peak_location,
+)
 from heatmap_cli.render.labels import add_colorbar, annotate, contact_sheet
+from heatmap_cli.render.scale import (
+    DEFAULT_SCALE,
+    SCALES,
+    ColourScale,
+    check_scale,
+    colour_scales,
+)
 
 __all__ = [
     "DEFAULT_CMAP",
+    "DEFAULT_SCALE",
+    "SCALES",
+    "ColourScale",
+    "LabelPlace",
+    "MarginFade",
+    "OpacityRule",
     "RenderError",
     "add_colorbar",
     "annotate",
     "cell_values_to_image",
     "check_cmap",
+    "check_scale",
+    "colour_scales",
     "contact_sheet",
+    "is_diverging",
+    "margin_fade",
     "normalize_scores",
     "overlay",
     "peak_location",

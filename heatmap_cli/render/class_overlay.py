@@ -9,24 +9,42 @@ A typical per-class call, with ``probs`` of shape ``(K, rows, cols)`` and ``cent
 Scales: probabilities have a natural, fixed range, so the default ``vmin=0, vmax=1`` keeps colours
 comparable across classes and images (a class that peaks at 0.3 looks dim, which is the truth).
 Logits have no natural range; pass ``vmin``/``vmax`` explicitly (e.g. the minimum and maximum over
-all rendered classes, so classes stay comparable) or ``None`` for the grid's own minimum/maximum,
-and say which on the colour bar.
+all rendered classes, so classes stay comparable) or ``None`` for the grid's own minimum/maximum;
+:mod:`heatmap_cli.render.scale` chooses them for the command. On a diverging colormap the score 0
+is drawn transparent and opacity grows towards both ends.
+
+Beyond the outermost window centres the map fades out (``heat.margin_fade``): nothing was
+measured there. The label goes, by default, in the corner where it hides the least of the map.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 
-from heatmap_cli.render.colour import DEFAULT_CMAP, AlphaMode, check_rgb, overlay
+from heatmap_cli.render.colour import (
+    DEFAULT_CMAP,
+    AlphaMode,
+    OpacityRule,
+    check_rgb,
+    is_diverging,
+    overlay,
+)
 from heatmap_cli.render.heat import (
     Interpolation,
+    MarginFade,
     cell_values_to_image,
+    margin_fade,
     normalize_scores,
     resolve_range,
 )
-from heatmap_cli.render.labels import add_colorbar, annotate
+from heatmap_cli.render.labels import Corner, add_colorbar, annotate, quietest_corner
 
-__all__ = ["render_class_overlay"]
+__all__ = ["LabelPlace", "render_class_overlay"]
+
+LabelPlace = Corner | Literal["auto"]
 
 
 def render_class_overlay(
@@ -35,14 +53,16 @@ def render_class_overlay(
     centers: np.ndarray,
     *,
     label: str | None = None,
+    label_corner: LabelPlace = "auto",
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
-    alpha_mode: AlphaMode = "heat",
+    alpha_mode: AlphaMode = "sqrt",
     vmin: float | None = 0.0,
     vmax: float | None = 1.0,
     colorbar: bool = False,
     colorbar_label: str = "score",
     method: Interpolation = "pchip",
+    fade_margins: bool = True,
 ) -> np.ndarray:
     """One class's heat map over the photo: normalize, spread, colour, blend, label.
 
@@ -50,17 +70,17 @@ def render_class_overlay(
         image: uint8 ``(H, W, 3)`` RGB photo at the resolution the centres refer to.
         values: The class's scores per cell, ``(rows, cols)`` (probabilities or logits).
         centers: ``(rows, cols, 2)`` window centres ``(x, y)`` in the photo's pixels.
-        label: Text for the top-left box (e.g. ``"tabby cat  p=0.87"``), or ``None``.
+        label: Text for a corner box (e.g. ``"tabby cat  p=0.87"``), or ``None``.
+        label_corner: Its corner, or ``"auto"``: where it hides the least of the drawn map.
         cmap: Matplotlib colormap name.
         alpha: Maximum colour opacity in ``[0, 1]``.
-        alpha_mode: ``"heat"`` (opacity grows with the score) or ``"uniform"``.
+        alpha_mode: ``"sqrt"``, ``"linear"`` or ``"uniform"`` (``colour.OpacityRule``).
         vmin: Score shown as the colormap's bottom, ``None`` for the grid minimum.
         vmax: Score shown as the colormap's top, ``None`` for the grid maximum.
-        colorbar: Append a colour bar on the right (the result is then wider than the photo).
-            It spans the resolved ``[vmin, vmax]``; a constant grid with a data-derived range
-            (drawn as all heat 0) gets a bar from that value to one more.
+        colorbar: Append a colour bar (at the map's opacity, over grey) over ``[vmin, vmax]``.
         colorbar_label: Text along the colour bar.
         method: Interpolation between centres, ``"pchip"`` or ``"linear"``.
+        fade_margins: Fade the map out beyond the outermost window centres.
 
     Returns:
         uint8 ``(H, W, 3)`` image, or ``(H, W + bar, 3)`` with ``colorbar=True``.
@@ -70,15 +90,41 @@ def render_class_overlay(
     """
     image = check_rgb(image)
     scores = np.asarray(values, dtype=np.float64)
+    low, high = resolve_range(scores, vmin, vmax)
+    rule = OpacityRule(alpha, alpha_mode, _zero_heat(low, high) if is_diverging(cmap) else 0.0)
     heat = cell_values_to_image(
         normalize_scores(scores, vmin, vmax), centers, image.shape[:2], method=method
     )
-    out = overlay(image, heat, cmap=cmap, alpha=alpha, alpha_mode=alpha_mode)
+    fade = margin_fade(centers, image.shape[:2]) if fade_margins else None
+    out = overlay(
+        image, heat, cmap=cmap, alpha=alpha, alpha_mode=alpha_mode, centre=rule.centre, fade=fade
+    )
     if label:
-        out = annotate(out, label)
+        if label_corner == "auto":
+            label_corner = quietest_corner(image.shape[:2], label, _hidden(heat, rule, fade))
+        out = annotate(out, label, corner=label_corner)
     if colorbar:
-        low, high = resolve_range(scores, vmin, vmax)
-        if high == low:
-            high = low + 1.0
-        out = add_colorbar(out, cmap, low, high, colorbar_label)
+        top = high if high > low else low + 1.0  # a constant map: from its value to one more
+        out = add_colorbar(out, cmap, low, top, colorbar_label, opacity=rule)
     return out
+
+
+def _zero_heat(low: float, high: float) -> float:
+    """Where the score 0 falls in heat, clipped to ``[0, 1]``: a diverging map's centre."""
+    if high <= low:
+        return 0.0
+    return min(1.0, max(0.0, -low / (high - low)))
+
+
+def _hidden(
+    heat: np.ndarray, rule: OpacityRule, fade: MarginFade | None
+) -> Callable[[slice, slice], float]:
+    """``weight(rows, cols)``: the drawn opacity summed over a box (what a label would hide)."""
+
+    def weight(rows: slice, cols: slice) -> float:
+        drawn = rule.of(heat[rows, cols])
+        if fade is not None:
+            drawn *= fade.region(rows, cols)
+        return float(drawn.sum())
+
+    return weight

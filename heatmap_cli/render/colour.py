@@ -1,28 +1,41 @@
-"""Colour: matplotlib colormaps as lookup tables, and blending a heat map over a photo.
+"""Colour: matplotlib colormaps as lookup tables, opacity, and blending a heat map over a photo.
 
 Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order; heat maps are float arrays of
 shape ``(H, W)`` in ``[0, 1]``. Colormaps come from ``matplotlib.colormaps`` (no pyplot).
+
+Opacity (:class:`OpacityRule`) is the one rule that both the overlays and their colour bars use, so
+the bar shows exactly what is drawn. By default it grows with the square root of the heat
+(``alpha * sqrt(heat)``): a score at a quarter of the range is already drawn at half of
+``alpha``, so middle values stay visible, while a score of 0 still leaves the photo untouched.
+On a diverging colormap the heat is measured from the colormap's centre (the score 0), so both
+ends are drawn and the centre is transparent.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+from dataclasses import dataclass
 from typing import Literal
 
 import matplotlib
 import numpy as np
 
 from heatmap_cli.errors import RenderError, UnknownColormapError
-from heatmap_cli.render.heat import BAND_PIXELS, row_bands
+from heatmap_cli.render.heat import BAND_PIXELS, MarginFade, row_bands
 
 __all__ = [
+    "ALPHA_MODES",
     "DEFAULT_CMAP",
+    "OPAQUE",
     "AlphaMode",
+    "OpacityRule",
+    "blend",
     "check_cmap",
     "check_rgb",
     "colormap_lut",
     "heat_colors",
+    "is_diverging",
     "overlay",
 ]
 
@@ -30,9 +43,20 @@ DEFAULT_CMAP = "inferno"
 """Perceptually uniform, lightness rises monotonically (reads correctly in greyscale and for
 colour-blind viewers) and its bright yellow end reads as "hot" at a glance."""
 
-AlphaMode = Literal["heat", "uniform"]
+AlphaMode = Literal["sqrt", "linear", "uniform"]
+ALPHA_MODES: tuple[str, ...] = ("sqrt", "linear", "uniform")
+"""How opacity follows the heat: ``alpha * sqrt(heat)`` (default), ``alpha * heat``, or
+``alpha`` everywhere."""
 
 _PERCEPTUAL_CMAPS = ("inferno", "magma", "viridis", "plasma", "cividis")
+
+# matplotlib's diverging colormaps (its "Diverging" gallery); it has no flag for them.
+_DIVERGING_CMAPS = frozenset(
+    (
+        "PiYG", "PRGn", "BrBG", "PuOr", "RdGy", "RdBu", "RdYlBu", "RdYlGn", "Spectral",
+        "coolwarm", "bwr", "seismic", "berlin", "managua", "vanimo",
+    )
+)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=32)
@@ -70,6 +94,57 @@ def check_cmap(name: str) -> None:
     colormap_lut(name)
 
 
+def is_diverging(name: str) -> bool:
+    """Whether a colormap is diverging (``RdBu_r``, ``coolwarm``...): two hues about a centre."""
+    return name.removesuffix("_r") in _DIVERGING_CMAPS
+
+
+@dataclass(frozen=True)
+class OpacityRule:
+    """How opaque the colour of each heat value is drawn: the rule of overlays and colour bars.
+
+    Attributes:
+        alpha: Opacity at the strongest heat, in ``[0, 1]``.
+        mode: ``"sqrt"`` (``alpha * sqrt(d)``), ``"linear"`` (``alpha * d``) or ``"uniform"``
+            (``alpha`` everywhere), where ``d`` is the heat's distance from ``centre``.
+        centre: The heat drawn transparent: 0 for sequential colormaps, the position of the
+            score 0 on a diverging one (0.5 for a range centred on 0). ``d`` is the distance
+            from it, divided by the longer side, so both ends of the range reach 1.
+
+    Raises:
+        RenderError: An unknown mode, or ``alpha`` or ``centre`` outside ``[0, 1]``.
+    """
+
+    alpha: float = 0.5
+    mode: AlphaMode = "sqrt"
+    centre: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ALPHA_MODES:
+            raise RenderError(
+                f"alpha_mode must be one of {', '.join(ALPHA_MODES)}, got {self.mode!r}"
+            )
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise RenderError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not 0.0 <= float(self.centre) <= 1.0:
+            raise RenderError(f"centre must be in [0, 1], got {self.centre!r}")
+
+    def of(self, heat: np.ndarray) -> np.ndarray:
+        """float32 opacities in ``[0, alpha]`` of heat values in ``[0, 1]`` (any shape)."""
+        heat = np.asarray(heat, dtype=np.float32)
+        if self.mode == "uniform":
+            return np.full_like(heat, self.alpha)
+        span = max(self.centre, 1.0 - self.centre)
+        distance = np.clip(np.abs(heat - np.float32(self.centre)) / np.float32(span), 0.0, 1.0)
+        if self.mode == "sqrt":
+            distance = np.sqrt(distance)
+        return (np.float32(self.alpha) * distance).astype(np.float32)
+
+
+OPAQUE = OpacityRule(alpha=1.0, mode="uniform")
+"""Every colour drawn fully opaque."""
+
+
 def heat_colors(heat: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Colours of heat values in ``[0, 1]``, binned as matplotlib's ``Colormap.__call__`` does."""
     n = len(lut)
@@ -88,30 +163,50 @@ def check_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
+def blend(background: np.ndarray, colours: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``background * (1 - alpha) + colours * alpha``, rounded to uint8.
+
+    Args:
+        background: uint8 ``(..., 3)`` pixels.
+        colours: float ``(..., 3)`` colours in ``[0, 255]``.
+        alpha: float opacities in ``[0, 1]``, shaped like the pixels without the channel axis.
+
+    Returns:
+        uint8 ``(..., 3)``.
+    """
+    weight = alpha[..., None]
+    blended = background * (1 - weight) + colours * weight
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
 def overlay(
     image: np.ndarray,
     heat: np.ndarray,
     *,
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
-    alpha_mode: AlphaMode = "heat",
+    alpha_mode: AlphaMode = "sqrt",
+    centre: float = 0.0,
+    fade: MarginFade | None = None,
     band_pixels: int = BAND_PIXELS,
 ) -> np.ndarray:
     """Colours a heat map and blends it over a photo.
 
-    With ``alpha_mode="heat"`` (default) the opacity of each pixel is ``alpha * heat``, so
-    low-score regions show the photo unchanged and only where the class scores high does the
-    colour cover it; the colour encodes the score and the opacity reinforces it. With
+    Each pixel's colour is the colormap at its heat, drawn with the :class:`OpacityRule` opacity
+    (by default ``alpha * sqrt(heat)``: low scores leave the photo nearly untouched, middle ones
+    stay visible), times ``fade`` where the map is faded out beyond the window centres. With
     ``"uniform"`` every pixel gets opacity ``alpha`` (the classic ``show_cam_on_image`` look).
-    Either way ``alpha=0`` returns the photo exactly, and ``alpha=1`` at heat 1 returns the
-    colormap's top colour.
+    ``alpha=0`` returns the photo exactly, and ``alpha=1`` at heat 1 returns the colormap's top
+    colour.
 
     Args:
         image: uint8 ``(H, W, 3)`` RGB photo.
         heat: float ``(H, W)`` in ``[0, 1]`` (see :func:`normalize_scores`).
         cmap: Name of a matplotlib colormap; default ``"inferno"``.
         alpha: Maximum opacity of the colour, in ``[0, 1]``.
-        alpha_mode: ``"heat"`` or ``"uniform"``.
+        alpha_mode: ``"sqrt"``, ``"linear"`` or ``"uniform"`` (see :class:`OpacityRule`).
+        centre: The transparent heat (0; 0.5 on a diverging map centred on the score 0).
+        fade: Opacity kept per pixel (``heat.margin_fade``); None keeps all of it.
         band_pixels: Pixels blended per band (bounds the temporaries); no effect on the result.
 
     Returns:
@@ -119,17 +214,16 @@ def overlay(
 
     Raises:
         RenderError: On an unknown colormap (the message lists close names), an ``alpha``
-            outside ``[0, 1]``, heat outside ``[0, 1]`` or of the wrong shape.
+            outside ``[0, 1]``, heat outside ``[0, 1]`` or of the wrong shape, a fade of
+            another size.
     """
     image = check_rgb(image)
     heat = np.asarray(heat)
     if heat.shape != image.shape[:2]:
         raise RenderError(f"heat has shape {heat.shape}, the image is {image.shape[:2]}")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise RenderError(f"alpha must be in [0, 1], got {alpha!r}")
-    alpha = float(alpha)
-    if alpha_mode not in ("heat", "uniform"):
-        raise RenderError(f"alpha_mode must be 'heat' or 'uniform', got {alpha_mode!r}")
+    if fade is not None and fade.shape != heat.shape:
+        raise RenderError(f"fade has shape {fade.shape}, the image is {heat.shape}")
+    rule = OpacityRule(float(alpha), alpha_mode, float(centre))
     lut = colormap_lut(cmap)
 
     out = np.empty_like(image)
@@ -138,7 +232,8 @@ def overlay(
         if not np.all(np.isfinite(h)) or h.min() < -1e-6 or h.max() > 1 + 1e-6:
             raise RenderError("heat must be finite and within [0, 1]; normalize scores first")
         np.clip(h, 0.0, 1.0, out=h)
-        opacity = (alpha * h if alpha_mode == "heat" else np.full_like(h, alpha))[..., None]
-        blended = image[part] * (1 - opacity) + heat_colors(h, lut) * opacity
-        out[part] = np.clip(np.rint(blended), 0, 255)
+        weight = rule.of(h)
+        if fade is not None:
+            weight *= fade.region(part)
+        out[part] = blend(image[part], heat_colors(h, lut), weight)
     return out

@@ -2,12 +2,15 @@
 
 Heat maps are ``float32`` arrays of shape ``(H, W)``; each cell's value sits at the centre of its
 window in the photo (:func:`cell_values_to_image`) and :func:`normalize_scores` maps scores onto
-``[0, 1]`` for a colormap.
+``[0, 1]`` for a colormap. No window is centred beyond the outermost centres (on a 451x300 photo
+at ``--size 384``, 87 pixels on each side), so nothing was measured there: :func:`margin_fade`
+says how much of the map to show, fading it out towards the photo's border.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -17,7 +20,9 @@ from heatmap_cli.errors import RenderError
 __all__ = [
     "BAND_PIXELS",
     "Interpolation",
+    "MarginFade",
     "cell_values_to_image",
+    "margin_fade",
     "normalize_scores",
     "peak_location",
     "resolve_range",
@@ -130,9 +135,10 @@ def cell_values_to_image(
 
     Values are pinned at the centres of their windows in original-image pixels and interpolated
     between neighbouring centres only; beyond the outermost centres the edge values are held
-    constant out to the border. The map is therefore never stretched over the whole photo: with
-    centres at x=112 and x=144 in a 256-wide image, the transition happens between 112 and 144.
-    The image is sampled at pixel centres (``k + 0.5``).
+    constant out to the border (draw that margin faded, see :func:`margin_fade`). The map is
+    therefore never stretched over the whole photo: with centres at x=112 and x=144 in a
+    256-wide image, the transition happens between 112 and 144. The image is sampled at pixel
+    centres (``k + 0.5``).
 
     ``"pchip"`` is a separable monotone cubic (Fritsch-Butland slopes, zero at the outermost
     centres): smooth, exact at the centres, and never outside the range of the data, because each
@@ -176,6 +182,68 @@ def cell_values_to_image(
     # Rounding can push a value a hair past the data; the schemes themselves cannot.
     np.clip(out, grid.min(), grid.max(), out=out)
     return out
+
+
+@dataclass(frozen=True)
+class MarginFade:
+    """The share of a map's opacity kept at each pixel, as a product of two profiles.
+
+    Attributes:
+        rows: float32 ``(H,)`` in ``[0, 1]``, one value per pixel row.
+        cols: float32 ``(W,)`` in ``[0, 1]``, one value per pixel column.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the image it fades."""
+        return len(self.rows), len(self.cols)
+
+    def region(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """float32 ``(h, w)``: the kept share over a rectangle of the image."""
+        return self.rows[rows, None] * self.cols[None, cols]
+
+
+def _fade_profile(nodes: np.ndarray, length: int) -> np.ndarray:
+    """1 from the first to the last node, falling linearly to 0 at the borders beyond them."""
+    position = np.arange(length, dtype=np.float64) + 0.5
+    profile = np.ones(length)
+    first, last = float(nodes[0]), float(nodes[-1])
+    if first > 0:
+        profile = np.minimum(profile, position / first)
+    if last < length:
+        profile = np.minimum(profile, (length - position) / (length - last))
+    return np.clip(profile, 0.0, 1.0).astype(np.float32)
+
+
+def margin_fade(centers: np.ndarray, image_size: tuple[int, int]) -> MarginFade:
+    """Fades a map out beyond the outermost window centres, where no window is centred.
+
+    Between the outermost centres the map is drawn in full; beyond them its opacity falls
+    linearly to 0 at the photo's border (a 1x1 grid: from its one centre to every border), so
+    the values held there by :func:`cell_values_to_image` are never shown as if measured.
+
+    Args:
+        centers: ``(rows, cols, 2)`` window centres ``(x, y)`` in the image's pixels, a
+            rectilinear lattice (as from ``GridGeometry.centers()``).
+        image_size: ``(H, W)`` of the image.
+
+    Returns:
+        The kept share of opacity per pixel row and column.
+
+    Raises:
+        RenderError: For centres that are not a lattice, or a non-positive size.
+    """
+    centers = np.asarray(centers)
+    if centers.ndim != 3:
+        raise RenderError(f"centers must have shape (rows, cols, 2), got {centers.shape}")
+    xs, ys = _lattice_axes(centers, centers.shape[:2])
+    height, width = (int(n) for n in image_size)
+    if height <= 0 or width <= 0:
+        raise RenderError(f"image_size must be positive, got {image_size}")
+    return MarginFade(rows=_fade_profile(ys, height), cols=_fade_profile(xs, width))
 
 
 def row_bands(height: int, width: int, band_pixels: int = BAND_PIXELS) -> list[slice]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 from matplotlib import font_manager
@@ -18,11 +18,33 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 from heatmap_cli.errors import RenderError
-from heatmap_cli.render.colour import DEFAULT_CMAP, check_rgb, colormap_lut, heat_colors
+from heatmap_cli.render.colour import (
+    DEFAULT_CMAP,
+    OPAQUE,
+    OpacityRule,
+    blend,
+    check_rgb,
+    colormap_lut,
+    heat_colors,
+)
 
-__all__ = ["Corner", "add_colorbar", "annotate", "contact_sheet", "tick_labels"]
+__all__ = [
+    "CORNERS",
+    "NEUTRAL_GREY",
+    "Corner",
+    "add_colorbar",
+    "annotate",
+    "contact_sheet",
+    "label_box",
+    "quietest_corner",
+    "tick_labels",
+]
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+CORNERS: tuple[Corner, ...] = get_args(Corner)
+
+NEUTRAL_GREY = 128
+"""The background a colour bar's colours are composited over, at the overlay's opacity."""
 
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
@@ -70,6 +92,52 @@ def _truncate(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> str:
     return text + "…" if text else ""
 
 
+def label_box(
+    image_size: tuple[int, int],
+    text: str,
+    *,
+    corner: Corner = "top-left",
+    font_size: int | None = None,
+) -> tuple[int, int, int, int]:
+    """Where :func:`annotate` draws its box: ``(x0, y0, x1, y1)``, clipped to the image.
+
+    Args:
+        image_size: ``(H, W)`` of the image.
+        text: The label.
+        corner: Which corner.
+        font_size: Font size in pixels, or ``None`` for the automatic size.
+
+    Returns:
+        The box in pixels (``x1``/``y1`` exclusive); empty when the image is too small.
+
+    Raises:
+        RenderError: On an unknown corner or a non-positive font size.
+    """
+    _, _, box, _ = _label_layout(image_size, text, corner, font_size)
+    return box
+
+
+def _label_layout(
+    image_size: tuple[int, int], text: str, corner: str, font_size: int | None
+) -> tuple[ImageFont.FreeTypeFont, tuple[int, int], tuple[int, int, int, int], int]:
+    """The font, the text origin, the clipped box and the padding of a label."""
+    if corner not in CORNERS:
+        raise RenderError(f"unknown corner {corner!r}")
+    if font_size is not None and font_size <= 0:
+        raise RenderError(f"font_size must be positive, got {font_size}")
+    height, width = image_size
+    size = font_size or _auto_font_size(height, width)
+    margin, pad = round(size * 0.5), round(size * 0.35)
+    font = _fit_font(text, size, max(1, width - 2 * (margin + pad)))
+    left, top, right, bottom = _text_bbox(text, font)
+    box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
+    x0 = margin if corner.endswith("left") else width - margin - box_w
+    y0 = margin if corner.startswith("top") else height - margin - box_h
+    # The box may stick out of tiny images: it is clipped to them.
+    clipped = (max(0, x0), max(0, y0), min(width, x0 + box_w), min(height, y0 + box_h))
+    return font, (x0 + pad - left, y0 + pad - top), clipped, pad
+
+
 def annotate(
     image: np.ndarray,
     text: str,
@@ -82,7 +150,7 @@ def annotate(
 
     The font (DejaVu Sans, shipped with matplotlib) scales with the image, about 3.5% of its
     shorter side and at least 12 px, and shrinks if the text would not fit the width. Only the
-    pixels of the box change.
+    pixels of the box (:func:`label_box`) change.
 
     Args:
         image: uint8 ``(H, W, 3)`` RGB image.
@@ -98,37 +166,41 @@ def annotate(
         RenderError: On a bad image, corner, font size or opacity.
     """
     image = check_rgb(image)
-    if corner not in ("top-left", "top-right", "bottom-left", "bottom-right"):
-        raise RenderError(f"unknown corner {corner!r}")
     if not 0.0 <= box_opacity <= 1.0:
         raise RenderError(f"box_opacity must be in [0, 1], got {box_opacity}")
-    if font_size is not None and font_size <= 0:
-        raise RenderError(f"font_size must be positive, got {font_size}")
+    font, (tx, ty), (cx0, cy0, cx1, cy1), _ = _label_layout(
+        image.shape[:2], text, corner, font_size
+    )
     out = image.copy()
-    if not text:
+    if not text or cx1 <= cx0 or cy1 <= cy0:
         return out
-
-    height, width = image.shape[:2]
-    size = font_size or _auto_font_size(height, width)
-    margin, pad = round(size * 0.5), round(size * 0.35)
-    font = _fit_font(text, size, max(1, width - 2 * (margin + pad)))
-    left, top, right, bottom = _text_bbox(text, font)
-    box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x0 = margin if corner.endswith("left") else width - margin - box_w
-    y0 = margin if corner.startswith("top") else height - margin - box_h
-    # The box may stick out of tiny images; clip it and draw relative to the clipped region.
-    cx0, cy0 = max(0, x0), max(0, y0)
-    cx1, cy1 = min(width, x0 + box_w), min(height, y0 + box_h)
-    if cx1 <= cx0 or cy1 <= cy0:
-        return out
-
     region = out[cy0:cy1, cx0:cx1].astype(np.float32) * (1 - box_opacity)
     tile = Image.fromarray(np.clip(np.rint(region), 0, 255).astype(np.uint8))
-    ImageDraw.Draw(tile).text(
-        (x0 - cx0 + pad - left, y0 - cy0 + pad - top), text, font=font, fill=_WHITE
-    )
+    ImageDraw.Draw(tile).text((tx - cx0, ty - cy0), text, font=font, fill=_WHITE)
     out[cy0:cy1, cx0:cx1] = np.asarray(tile)
     return out
+
+
+def quietest_corner(
+    image_size: tuple[int, int], text: str, weight: Callable[[slice, slice], float]
+) -> Corner:
+    """The corner whose label box hides the least of a map.
+
+    Args:
+        image_size: ``(H, W)`` of the image.
+        text: The label.
+        weight: ``weight(rows, cols)``: how much of the map a box over those pixels would hide
+            (e.g. the drawn opacity summed over it).
+
+    Returns:
+        The corner with the least weight under its box; ties go to the first of
+        :data:`CORNERS` (top-left, top-right, bottom-left, bottom-right).
+    """
+    hidden = []
+    for corner in CORNERS:
+        x0, y0, x1, y1 = label_box(image_size, text, corner=corner)
+        hidden.append(weight(slice(y0, y1), slice(x0, x1)) if x1 > x0 and y1 > y0 else 0.0)
+    return CORNERS[int(np.argmin(hidden))]
 
 
 def tick_labels(values: Sequence[float], step: float) -> list[str]:
@@ -167,10 +239,12 @@ def _vertical_label(label: str, size: int, max_length: int) -> Image.Image:
     return strip.transpose(Image.Transpose.ROTATE_90)
 
 
-def _colour_bar(lut: np.ndarray, width: int, height: int) -> Image.Image:
-    """The colormap as a vertical bar, its top colour at the top."""
+def _colour_bar(lut: np.ndarray, size: tuple[int, int], rule: OpacityRule) -> Image.Image:
+    """The colormap as a ``(width, height)`` vertical bar, top colour at the top, over grey."""
+    width, height = size
     fraction = 1 - (np.arange(height) + 0.5) / height
-    column = np.rint(heat_colors(fraction, lut)).astype(np.uint8)
+    grey = np.full((height, 3), NEUTRAL_GREY, dtype=np.uint8)
+    column = blend(grey, heat_colors(fraction, lut), rule.of(fraction))
     bar = np.broadcast_to(column[:, None, :], (height, width, 3))
     return Image.fromarray(np.ascontiguousarray(bar))
 
@@ -183,12 +257,14 @@ def add_colorbar(
     label: str = "",
     *,
     ticks: int = 5,
+    opacity: OpacityRule = OPAQUE,
 ) -> np.ndarray:
     """Appends a vertical colour bar with tick labels on the right of an image.
 
     The panel is white, as tall as the image; the bar runs from ``vmin`` at the bottom to
     ``vmax`` at the top with "nice" ticks, and ``label`` is written vertically beside them.
-    Font sizes follow :func:`annotate`.
+    Font sizes follow :func:`annotate`. The bar shows each colour as the overlay draws it: at
+    the overlay's ``opacity``, composited over neutral grey (:data:`NEUTRAL_GREY`).
 
     Args:
         image: uint8 ``(H, W, 3)`` RGB image.
@@ -197,6 +273,7 @@ def add_colorbar(
         vmax: Score at the top of the bar (what heat 1 means).
         label: Text along the bar, e.g. ``"probability"``; empty for none.
         ticks: Rough number of tick labels wanted (at least 2).
+        opacity: The overlay's opacity rule; by default the colormap is drawn opaque.
 
     Returns:
         uint8 ``(H, W + panel_width, 3)`` image.
@@ -224,17 +301,29 @@ def add_colorbar(
     panel_w = text_right + (gap + strip.width if strip is not None else 0) + gap
 
     panel = Image.new("RGB", (panel_w, height), _WHITE)
-    panel.paste(_colour_bar(lut, bar_w, bar_h), (gap, bar_top))
+    panel.paste(_colour_bar(lut, (bar_w, bar_h), opacity), (gap, bar_top))
     draw = ImageDraw.Draw(panel)
-    bar_right = gap + bar_w
     for value, text in zip(values, texts, strict=True):
         y = bar_top + (vmax - value) / (vmax - vmin) * bar_h
-        line_width = max(1, size // 12)
-        draw.line([(bar_right, y), (bar_right + tick_len, y)], fill=_BLACK, width=line_width)
-        draw.text((bar_right + tick_len + gap, y), text, font=font, fill=_BLACK, anchor="lm")
+        _tick(draw, (gap + bar_w, y), tick_len, text, font, gap)
     if strip is not None:
         panel.paste(strip, (text_right + gap, max(0, (height - strip.height) // 2)))
     return np.concatenate([image, np.asarray(panel)], axis=1)
+
+
+def _tick(
+    draw: ImageDraw.ImageDraw,
+    at: tuple[float, float],
+    length: int,
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    gap: int,
+) -> None:
+    """A tick mark from ``at`` to the right, and its label after a gap."""
+    x, y = at
+    width = max(1, round(font.size) // 12)
+    draw.line([(x, y), (x + length, y)], fill=_BLACK, width=width)
+    draw.text((x + length + gap, y), text, font=font, fill=_BLACK, anchor="lm")
 
 
 def _same_height(tiles: Sequence[np.ndarray], max_tile_side: int) -> list[Image.Image]:

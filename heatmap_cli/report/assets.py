@@ -84,8 +84,10 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
         A JSON-ready dict: ``key``, ``name`` (stem), ``image`` (source), ``size``
         ``[width, height]`` or ``None``, ``model``, ``method``, ``stride``, ``activation``,
         ``top`` ``[[index, name, score], ...]``, ``rendered`` ``[[index, name, peak, overlay
-        url or None], ...]``, the relative URLs ``thumb``, ``photo``, ``data``, ``labels``
-        (each ``None`` when not made), ``photo_size`` and ``notes`` (why something is missing).
+        url or None], ...]``, ``range`` (the ``[low, high]`` probabilities the overlays
+        share, or ``None``: each class to its own peak), the relative URLs ``thumb``,
+        ``photo``, ``data``, ``labels`` (each ``None`` when not made), ``photo_size`` and
+        ``notes`` (why something is missing).
 
     Raises:
         OutputWriteError: A report file cannot be written.
@@ -121,6 +123,7 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
             [c.index, c.name, c.score, _url(folder / c.overlay) if c.overlay else None]
             for c in record.rendered
         ],
+        "range": list(record.colour_range) if record.colour_range else None,
         "thumb": thumb,
         "photo": shown,
         "photo_size": list(shown_size) if shown_size else None,

@@ -7,7 +7,8 @@ The ``.npz`` holds a float grid per class (1000 x rows x cols for ImageNet: 290 
   ``uint8`` grids quantized over the range the PNGs draw: ``q = round(255 * p / top)`` with
   ``top = max(peak, 0.1)``, so one step is one of the colour map's 256 bins (error at most
   ``top / 510``). A class below ``1/255`` everywhere would be drawn at most 4% hot at the PNGs'
-  scale (under 2% opacity): nothing to see, so it is not stored.
+  scale (under 10% opacity at alpha 0.5, nearly black): next to nothing to see, so it is not
+  stored.
 * **peaks** of every class in the npz, ``uint16`` (``round(65535 * p)``), so any class can be
   named, ranked and told apart from an absent one;
 * **cells**: each cell's top 5 classes (``uint16`` indices) and values (``uint16`` as above);
@@ -44,7 +45,8 @@ STORE_THRESHOLD = 1 / 255
 """A class's map is stored when its peak reaches this value (one step of 8-bit probability)."""
 
 DISPLAY_FLOOR = 0.1
-"""As in the PNGs, a class is drawn from 0 to ``max(peak, DISPLAY_FLOOR)``."""
+"""As the PNGs' per-class scale, a class is stored over ``0..max(peak, DISPLAY_FLOOR)`` (the
+page redraws it on the overlays' shared range when the image's json gives one)."""
 
 MAX_MAPS = 128
 """At most this many maps per image (by peak), plus the rendered and ranked classes; a bound

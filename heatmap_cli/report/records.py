@@ -2,7 +2,8 @@
 
 An image is finished when its ``<stem>.json`` exists (it is written last). The report reads
 only the keys of the output contract (``image``, ``model``, ``method``, ``stride``,
-``original_size``, ``grid``, ``classes``, ``top_k``, ``activation``) and tolerates any of them
+``original_size``, ``grid``, ``scores``, ``classes`` and their ``scale``, ``top_k``,
+``activation``) and tolerates any of them
 missing or malformed: a record from an older or newer version of the tool still shows up, with
 whatever it has.
 """
@@ -90,6 +91,22 @@ class ImageRecord:
     def rendered(self) -> list[RankedClass]:
         """The classes rendered as PNG overlays, with their peak and overlay file name."""
         return _classes(self.fields.get("classes"), "peak")
+
+    @property
+    def colour_range(self) -> tuple[float, float] | None:
+        """The probability range the overlays share (``shared``/``absolute`` scale), if any.
+
+        None for a per-class scale, for logit maps and for records without scales: the page
+        then draws each class from 0 to its own peak.
+        """
+        classes = self.fields.get("classes")
+        if self.fields.get("scores") != "probs" or not isinstance(classes, list) or not classes:
+            return None
+        scale = classes[0].get("scale") if isinstance(classes[0], dict) else None
+        if not isinstance(scale, dict) or scale.get("name") not in ("shared", "absolute"):
+            return None
+        low, high = _number(scale.get("low")), _number(scale.get("high"))
+        return (low, high) if low is not None and high is not None and low < high else None
 
     @property
     def activation(self) -> str:

@@ -9,6 +9,7 @@
   const LUT = bytesOf(REPORT.lut);
   const LUT_SIZE = LUT.length / 3;
   const U16 = 65535;
+  const GREY = 128; // the background colour bars are composited over (render.labels)
   const state = { entry: null, grid: null, labels: null, cls: null, hovered: null, order: REPORT.images };
 
   // ------------------------------------------------------------------ decoding and loading
@@ -334,17 +335,20 @@
       return;
     }
     const top = grid.tops[row];
-    paint(context, canvas.width, canvas.height, grid, grid.q.subarray(row * grid.rows * grid.cols, (row + 1) * grid.rows * grid.cols));
+    const [low, high] = state.entry.range || [0, top];
+    paint(context, canvas.width, canvas.height, grid, grid.q.subarray(row * grid.rows * grid.cols, (row + 1) * grid.rows * grid.cols), top, low, high);
     canvas.dataset.cls = String(cls);
     info.textContent = className(cls) + ' (#' + cls + '): peak ' + fmt(grid.peak(cls)) +
-      ', drawn from 0 to ' + fmt(top);
-    setColorBar(top);
+      ', drawn from ' + fmt(low) + ' to ' + fmt(high) +
+      (state.entry.range ? ' (the scale the overlays share)' : '');
+    setColorBar(low, high);
   }
 
   // Bilinear between window centres (values sit at the centres, held constant beyond the
-  // outermost ones), then the colour map's bin; the opacity is the heat, scaled by the slider
-  // through the canvas's CSS opacity: alpha * heat, as in the PNG overlays.
-  function paint(context, width, height, grid, q) {
+  // outermost ones), then the colour map's bin. As in the PNG overlays: the opacity is
+  // alpha * sqrt(heat) (alpha: the slider, through the canvas's CSS opacity), faded out
+  // beyond the outermost window centres, where no window is centred.
+  function paint(context, width, height, grid, q, top, low, high) {
     const [ow, oh] = state.entry.size || [width, height];
     const ax = axisPlan(grid.xs, width, ow / width);
     const ay = axisPlan(grid.ys, height, oh / height);
@@ -355,6 +359,8 @@
         across[r * width + x] = q[r * grid.cols + ax.lo[x]] * (1 - t) + q[r * grid.cols + ax.hi[x]] * t;
       }
     }
+    const toScore = top / 255;
+    const span = high - low;
     const image = context.createImageData(width, height);
     const pixels = image.data;
     for (let y = 0; y < height; y++) {
@@ -362,13 +368,14 @@
       const lo = ay.lo[y] * width;
       const hi = ay.hi[y] * width;
       for (let x = 0; x < width; x++) {
-        const heat = (across[lo + x] * (1 - t) + across[hi + x] * t) / 255;
+        const score = (across[lo + x] * (1 - t) + across[hi + x] * t) * toScore;
+        const heat = Math.min(Math.max((score - low) / span, 0), 1);
         const bin = Math.min(Math.floor(heat * LUT_SIZE), LUT_SIZE - 1);
         const at = 4 * (y * width + x);
         pixels[at] = LUT[3 * bin];
         pixels[at + 1] = LUT[3 * bin + 1];
         pixels[at + 2] = LUT[3 * bin + 2];
-        pixels[at + 3] = Math.round(heat * 255);
+        pixels[at + 3] = Math.round(Math.sqrt(heat) * ax.fade[x] * ay.fade[y] * 255);
       }
     }
     context.putImageData(image, 0, 0);
@@ -378,34 +385,47 @@
     const lo = new Int32Array(length);
     const hi = new Int32Array(length);
     const t = new Float32Array(length);
+    const fade = new Float32Array(length);
+    const first = nodes[0];
+    const last = nodes[nodes.length - 1];
+    const total = length * scale;
     let k = 0;
     for (let i = 0; i < length; i++) {
-      const p = Math.min(Math.max((i + 0.5) * scale, nodes[0]), nodes[nodes.length - 1]);
+      const at = (i + 0.5) * scale;
+      let kept = 1;
+      if (first > 0) kept = Math.min(kept, at / first);
+      if (last < total) kept = Math.min(kept, (total - at) / (total - last));
+      fade[i] = Math.min(Math.max(kept, 0), 1);
+      const p = Math.min(Math.max(at, first), last);
       while (k < nodes.length - 2 && nodes[k + 1] <= p) k++;
       lo[i] = k;
       hi[i] = Math.min(k + 1, nodes.length - 1);
       t[i] = hi[i] === k ? 0 : (p - nodes[k]) / (nodes[k + 1] - nodes[k]);
     }
-    return { lo, hi, t };
+    return { lo, hi, t, fade };
   }
 
-  function setColorBar(top) {
+  function setColorBar(low, high) {
     const bar = $('v-bar');
-    bar.parentNode.hidden = top === null;
-    if (top === null) return;
-    $('v-tick-low').textContent = '0';
-    $('v-tick-mid').textContent = fmt(top / 2);
-    $('v-tick-high').textContent = fmt(top);
+    bar.parentNode.hidden = low === null;
+    if (low === null) return;
+    $('v-tick-low').textContent = fmt(low);
+    $('v-tick-mid').textContent = fmt((low + high) / 2);
+    $('v-tick-high').textContent = fmt(high);
     $('v-bar-label').textContent = state.grid.value + ', ' + REPORT.cmap;
   }
 
-  function drawColorBarOnce() {
+  // The colours as the map draws them at the slider's opacity (alpha * sqrt(heat)), over
+  // neutral grey, as the PNG overlays' colour bars.
+  function drawColorBar(opacity) {
     const bar = $('v-bar');
     bar.width = LUT_SIZE;
     const context = bar.getContext('2d');
     const image = context.createImageData(LUT_SIZE, 1);
     for (let i = 0; i < LUT_SIZE; i++) {
-      image.data.set([LUT[3 * i], LUT[3 * i + 1], LUT[3 * i + 2], 255], 4 * i);
+      const a = opacity * Math.sqrt((i + 0.5) / LUT_SIZE);
+      const mix = (c) => Math.round(GREY * (1 - a) + c * a);
+      image.data.set([mix(LUT[3 * i]), mix(LUT[3 * i + 1]), mix(LUT[3 * i + 2]), 255], 4 * i);
     }
     context.putImageData(image, 0, 0);
   }
@@ -559,6 +579,7 @@
     $('v-alpha-value').textContent = Number(value).toFixed(2);
     $('v-map').style.opacity = value;
     $('v-overlay').style.opacity = value;
+    drawColorBar(Number(value));
   }
 
   function wire() {
@@ -597,7 +618,6 @@
   }
 
   renderGallery();
-  drawColorBarOnce();
   setAlpha(REPORT.alpha);
   wire();
   route();
