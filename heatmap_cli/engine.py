@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
 from heatmap_cli.io import DEFAULT_MAX_PIXELS
+from heatmap_cli.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, check_input_size
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry
 from heatmap_cli.stitch import covered_input
@@ -77,6 +79,9 @@ class GridSettings:
         compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
             constants): compiling costs seconds once per input size, each later pass is faster.
             Falls back to the plain network, with a note, if compiling fails.
+        max_input_pixels: Largest network input of one pass (``H * W``); :meth:`GridEngine.plan`
+            refuses larger ones before anything is allocated (``heatmap_cli.limits``).
+        max_aspect: Largest ratio of a network input's longer side to its shorter one.
     """
 
     size: int = 384
@@ -90,6 +95,8 @@ class GridSettings:
     tile: int | None = None
     memory_budget: int | None = None
     compile: bool = False
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -310,13 +317,31 @@ class GridEngine:
 
         Returns:
             The geometry of one pass at that scale.
+
+        Raises:
+            InputTooLargeError: Its network input is above ``settings.max_input_pixels`` or
+                ``settings.max_aspect`` (checked before anything of that size is allocated).
         """
-        return plan_geometry(
+        geometry = plan_geometry(
             original_size,
             shorter_side=max(1, round(self.settings.size * scale)),
             window=self.window,
             stride=self.stride,
         )
+        check_input_size(
+            geometry.input_size,
+            original_size,
+            max_pixels=self.settings.max_input_pixels,
+            max_aspect=self.settings.max_aspect,
+        )
+        return geometry
+
+    @property
+    def precision(self) -> str:
+        """The floating type the network computes in: ``"float32"``, or CUDA's autocast type."""
+        if self.device.type != "cuda" or self.settings.fp32:
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
     def score(self, pixels: np.ndarray) -> torch.Tensor:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
@@ -372,10 +397,9 @@ class GridEngine:
         return self._tiles[input_size]
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.device.type != "cuda" or self.settings.fp32:
+        if self.precision == "float32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=getattr(torch, self.precision))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The grid network on ``(N, 3, H, W)``: compiled if asked for and compiling works."""
@@ -436,6 +460,12 @@ def _check_settings(settings: GridSettings) -> None:
         raise GeometryError(f"size must be positive, got {settings.size}")
     if settings.batch_size <= 0:
         raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
+    if settings.max_input_pixels < 1:
+        raise InvalidOptionError(
+            f"max_input_pixels must be positive, got {settings.max_input_pixels}"
+        )
+    if not settings.max_aspect >= 1 or math.isinf(settings.max_aspect):  # NaN fails the first
+        raise InvalidOptionError(f"max_aspect must be a number >= 1, got {settings.max_aspect}")
     if settings.method != "auto":
         get_method(settings.method)  # raises for an unknown method, naming the choices
 
