@@ -9,34 +9,37 @@ File names (``stem`` mirrors the input's place under its folder, see ``io.find_i
 Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
 the run (model, weights, method), the passes that went in (scales, flips) and how each was
 evaluated (whole or in tiles), the grid's geometry, the rendered classes and the image-level
-ranking. The overlays carry the photo's ICC profile, so the photo keeps its colours; the colour
+ranking; ``settings``, every option that changes a number or a file, resolved, from one function
+(:func:`run_settings`); and ``files``, the name and size in bytes of every other file written for
+the image. The overlays carry the photo's ICC profile, so the photo keeps its colours; the colour
 bar is drawn in the same colours as the map, so values still read off it.
 
-Every file is written atomically, and the ``.json`` last: its presence means the image is done,
-which is what ``--skip-existing`` checks. An image's outputs are all or nothing: an old ``.json``
-is removed before anything is rewritten, and if writing fails or is interrupted, the files this
-call already wrote are removed again.
+An image's files are written into a private folder and then moved into place together, the
+``.json`` last (``io.staged_files``): a run never deletes a file it did not create, so concurrent
+runs on one output folder cannot delete each other's work, and an interrupted run leaves its
+earlier outputs as they were. The image is done when its json lists files that all exist with
+the sizes it records, made with the current settings (``heatmap_cli.resume``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from heatmap_cli.engine import GridEngine, Tiling
-from heatmap_cli.errors import OutputWriteError
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.io import output_path, write_json, write_npz, write_png
+from heatmap_cli.io import Staging, output_path, staged_files, write_json, write_npz, write_png
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import MultiScaleResult, Pass
 from heatmap_cli.ranking import rank_by_peak, rank_image
 from heatmap_cli.render import contact_sheet, peak_location, render_class_overlay
 
 __all__ = [
+    "OutputFile",
     "OutputOptions",
     "OutputRecord",
     "RankedClass",
@@ -44,6 +47,7 @@ __all__ = [
     "build_record",
     "completion_marker",
     "rendered_classes",
+    "run_settings",
     "slug",
     "write_outputs",
 ]
@@ -107,6 +111,18 @@ class RankedClass:
     score: float
 
 
+class OutputFile(NamedTuple):
+    """One file written for an image, as its json lists it (``{"name", "bytes"}``).
+
+    Attributes:
+        name: File name, in the json's folder.
+        size: Its size in bytes.
+    """
+
+    name: str
+    size: int
+
+
 @dataclass(frozen=True)
 class OutputRecord:
     """Everything the json says about one image.
@@ -125,6 +141,8 @@ class OutputRecord:
         classes: The rendered classes.
         top_k: The image-level ranking, best first.
         top_k_pooling: How it pools each class map: ``"max"`` or ``"mean"``.
+        settings: Every option that changes a number or a file (:func:`run_settings`).
+        files: Every other file written for the image, with its size.
     """
 
     image: Path
@@ -140,6 +158,8 @@ class OutputRecord:
     classes: tuple[RenderedClass, ...]
     top_k: tuple[RankedClass, ...]
     top_k_pooling: str
+    settings: Mapping[str, object] = field(default_factory=dict)
+    files: tuple[OutputFile, ...] = ()
 
     @property
     def tiling(self) -> Tiling:
@@ -174,6 +194,8 @@ class OutputRecord:
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
+            "settings": dict(self.settings),
+            "files": [{"name": f.name, "bytes": f.size} for f in self.files],
         }
 
 
@@ -208,6 +230,51 @@ def completion_marker(out_dir: Path, stem: Path) -> Path:
     return output_path(out_dir, stem, ".json")
 
 
+def run_settings(
+    engine: GridEngine,
+    options: OutputOptions,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> dict[str, object]:
+    """Every option that changes a number or a file of an image's outputs: the json's settings.
+
+    This is what ``--skip-existing`` compares (``heatmap_cli.resume``). Values are as they take
+    effect: the method and stride resolved, classes as indices, the floating type the network
+    computes in. Options that only change how the same numbers are computed, equal to float
+    rounding, are left out, so that resuming with another batch size, tile side or memory
+    budget, or with ``--compile``, does not redo finished images.
+
+    Args:
+        engine: The converted model and its settings.
+        options: What is rendered and how.
+        scales: The factors of ``--size`` the passes use, in order.
+        flip: Whether each scale's mirror image is averaged in.
+
+    Returns:
+        A json-ready mapping.
+    """
+    settings = engine.settings
+    return {
+        "model": engine.loaded.name,
+        "weights": engine.loaded.source,
+        "size": settings.size,
+        "stride": engine.stride,
+        "method": engine.method,
+        "scales": [float(scale) for scale in scales],
+        "flip": flip,
+        "precision": engine.precision,
+        "classes": [int(index) for index in options.classes],
+        "top_k": options.top_k,
+        "pooling": options.pooling,
+        "scores": options.scores,
+        "cmap": options.cmap,
+        "alpha": options.alpha,
+        "colorbar": options.colorbar,
+        "sheet": options.sheet,
+        "max_overlay_side": settings.max_display_side,
+    }
+
+
 def rendered_classes(
     result: ImageResult, categories: Sequence[str], options: OutputOptions
 ) -> tuple[RenderedClass, ...]:
@@ -237,6 +304,7 @@ def build_record(
     engine: GridEngine,
     options: OutputOptions,
     classes: Sequence[RenderedClass],
+    files: Sequence[OutputFile] = (),
 ) -> OutputRecord:
     """The one place an image's json record is assembled.
 
@@ -245,11 +313,14 @@ def build_record(
         engine: The engine that scored it (model, weights, method, size).
         options: The ranking's length and pooling, and what the overlays show.
         classes: The rendered classes (:func:`rendered_classes`).
+        files: The other files written for the image, with their sizes.
 
     Returns:
         The record; :meth:`OutputRecord.to_json` is what the json holds.
     """
-    ranking = rank_image(result.grid.passes, options.top_k, options.pooling)
+    passes = result.grid.passes
+    ranking = rank_image(passes, options.top_k, options.pooling)
+    scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
     return OutputRecord(
         image=result.item.path,
         model=engine.loaded.name,
@@ -264,6 +335,8 @@ def build_record(
         classes=tuple(classes),
         top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
         top_k_pooling=options.pooling,
+        settings=run_settings(engine, options, scales, any(p.flip for p in passes)),
+        files=tuple(files),
     )
 
 
@@ -313,6 +386,10 @@ def write_outputs(
 ) -> list[Path]:
     """Renders and writes every output of one image: overlays, sheet, npz, and the json last.
 
+    The files are written into a private folder, then moved into place with the json last
+    (``io.staged_files``); on any failure or interruption only that private folder is removed,
+    never a file in ``out_dir``.
+
     Args:
         result: The image's grid, display copy and colour profile.
         engine: The engine that scored it (class names and what the json says of the run).
@@ -323,44 +400,36 @@ def write_outputs(
         The paths written, the json last.
 
     Raises:
-        OutputWriteError: A file cannot be written (no output of this image is left then).
+        OutputWriteError: A file cannot be written (the json is then not written).
     """
-    stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
-    try:
-        # Otherwise an old json would vouch for files this call is about to replace.
-        marker.unlink(missing_ok=True)
-    except OSError as error:
-        raise OutputWriteError(f"cannot replace {marker}: {error.strerror or error}") from error
-    with _removed_on_failure() as written:
+    stem = result.item.stem
+    marker = completion_marker(out_dir, stem)
+    with staged_files(marker.parent, stem.name) as staging:
         classes = rendered_classes(result, engine.categories, options)
-        overlays = []
-        for rendered in classes:
-            overlays.append(render_overlay(result, rendered, options))
-            path = marker.with_name(rendered.overlay)
-            write_png(path, overlays[-1], icc_profile=result.icc_profile)
-            written.append(path)
-        if options.sheet and len(overlays) > 1:
-            labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
-            sheet = contact_sheet([result.display, *overlays], labels)
-            path = output_path(out_dir, stem, "_sheet.png")
-            write_png(path, sheet, icc_profile=result.icc_profile)
-            written.append(path)
-        path = output_path(out_dir, stem, ".npz")
-        write_grid(path, result.grid, engine.categories)
-        written.append(path)
-        write_json(marker, build_record(result, engine, options, classes).to_json())
-        written.append(marker)
-    return written
+        names = _write_images(staging, result, classes, options)
+        names.append(output_path(out_dir, stem, ".npz").name)
+        write_grid(staging.folder / names[-1], result.grid, engine.categories)
+        files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
+        record = build_record(result, engine, options, classes, files)
+        write_json(staging.folder / marker.name, record.to_json())
+        return staging.commit([*names, marker.name])
 
 
-@contextlib.contextmanager
-def _removed_on_failure() -> Iterator[list[Path]]:
-    """Yields a list of written paths; on any exception (Ctrl-C too) deletes them all."""
-    written: list[Path] = []
-    try:
-        yield written
-    except BaseException:  # leave no partial set of one image's outputs
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
+def _write_images(
+    staging: Staging,
+    result: ImageResult,
+    classes: Sequence[RenderedClass],
+    options: OutputOptions,
+) -> list[str]:
+    """Writes the overlays and the contact sheet into the staging folder; returns their names."""
+    names, overlays = [], []
+    for rendered in classes:
+        overlays.append(render_overlay(result, rendered, options))
+        write_png(staging.folder / rendered.overlay, overlays[-1], icc_profile=result.icc_profile)
+        names.append(rendered.overlay)
+    if options.sheet and len(overlays) > 1:
+        labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
+        sheet = contact_sheet([result.display, *overlays], labels)
+        names.append(f"{result.item.stem.name}_sheet.png")
+        write_png(staging.folder / names[-1], sheet, icc_profile=result.icc_profile)
+    return names

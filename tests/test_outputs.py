@@ -13,7 +13,15 @@ from heatmap_cli.engine import UNTILED, GridEngine, GridSettings, Tiling
 from heatmap_cli.io import ImageInput
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import score_multiscale
-from heatmap_cli.outputs import OutputOptions, build_record, rendered_classes, slug
+from heatmap_cli.outputs import (
+    OutputFile,
+    OutputOptions,
+    build_record,
+    rendered_classes,
+    run_settings,
+    slug,
+    write_outputs,
+)
 from heatmap_cli.ranking import rank_image
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
@@ -40,7 +48,7 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     assert list(document) == [
         *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
         *("tiling", "original_size", "input_size", "window", "stride", "grid", "scores"),
-        *("classes", "top_k", "top_k_pooling"),
+        *("classes", "top_k", "top_k_pooling", "settings", "files"),
     ]
     assert (document["image"], document["model"], document["weights"]) == (
         str(Path("photos/x.png")),
@@ -83,3 +91,37 @@ def test_tiling_of_several_passes_adds_up() -> None:
     untiled = build_record(result, engine, options, ())
     assert untiled.tiling == Tiling(tile=None, tiles=2)
     assert not untiled.tiling.tiled and Tiling() == UNTILED
+
+
+def test_the_json_records_the_settings_the_command_compares_and_its_files() -> None:
+    result, engine = scored((1, 1.5), flip=True)
+    options = OutputOptions(classes=(3, 1), top_k=2, alpha=0.25, colorbar=True)
+    files = (OutputFile("x_3_class_3.png", 123), OutputFile("x.npz", 4567))
+
+    document = build_record(result, engine, options, (), files).to_json()
+
+    # The record's settings are what the command computes before it scores anything.
+    assert document["settings"] == run_settings(engine, options, (1, 1.5), flip=True)
+    assert document["settings"]["scales"] == [1.0, 1.5]
+    assert document["settings"]["classes"] == [3, 1]
+    assert (document["settings"]["alpha"], document["settings"]["colorbar"]) == (0.25, True)
+    assert (document["settings"]["method"], document["settings"]["stride"]) == (
+        engine.method,
+        engine.stride,
+    )
+    assert document["files"] == [
+        {"name": "x_3_class_3.png", "bytes": 123},
+        {"name": "x.npz", "bytes": 4567},
+    ]
+
+
+def test_written_outputs_list_every_other_file_with_its_size(tmp_path: Path) -> None:
+    result, engine = scored((1,), flip=False)
+
+    written = write_outputs(result, engine, OutputOptions(top_k=2), tmp_path)
+
+    record = json.loads(written[-1].read_bytes())
+    assert written[-1] == tmp_path / "x.json"
+    assert [tmp_path / f["name"] for f in record["files"]] == written[:-1]
+    assert [f["bytes"] for f in record["files"]] == [p.stat().st_size for p in written[:-1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
