@@ -640,7 +640,7 @@ def test_usage_error_with_debug_shows_the_traceback(tiny, tmp_path: Path) -> Non
         (["--stride", "0"], "Invalid value for '--stride': must be positive, got 0"),
         (["--top-k", "0"], "Invalid value for '-k' / '--top-k': must be positive, got 0"),
         (["-b", "0"], "Invalid value for '-b' / '--batch-size': must be positive, got 0"),
-        (["--max-pixels", "0"], "Invalid value for --max-pixels: must be positive"),
+        (["--max-pixels", "0"], "Invalid value for '--max-pixels': must be positive, got 0"),
         (["--alpha", "2"], "Invalid value for '--alpha': 2.0 is not in the range 0<=x<=1."),
         (
             ["--method", "fast"],
