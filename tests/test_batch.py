@@ -395,6 +395,17 @@ def test_a_name_that_is_not_utf8_is_written_with_its_own_bytes(tiny, tmp_path: P
     assert os.fsencode(odd) + b": " in result.stdout_bytes  # the ranking line names the file
 
 
+def test_the_report_takes_a_name_that_is_not_utf8(tiny, tmp_path: Path) -> None:
+    odd = save_bytes_named(tmp_path / "photos", b"caf\xe9.png")
+    out = tmp_path / "out"
+
+    result = run_tiny(odd.parent, "--out", out, "-s", "48", "-k", "1", "--report")
+
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "caf\\udce9" in page  # the name, escaped in the page's json
+
+
 def test_an_unreadable_input_named_on_the_command_line_is_one_line(tiny, tmp_path: Path) -> None:
     loop = tmp_path / "loop.jpg"
     loop.symlink_to("loop.jpg")
