@@ -1,8 +1,8 @@
 """One batch of the command: the images to do, each scored, written, counted once and reported.
 
-:func:`images_to_do` leaves out, with ``--skip-existing``, the images whose outputs are complete
-for the current settings (``heatmap_cli.resume``) and says why it redoes the others.
-:func:`run_batch` runs the loader over the rest and, per image, writes its outputs, counts it in
+:meth:`Batch.images_to_do` leaves out, with ``--skip-existing``, the images whose outputs are
+complete for the current settings (``heatmap_cli.resume``) and says why it redoes the others.
+:meth:`Batch.run` runs the loader over the rest and, per image, writes its outputs, counts it in
 the :class:`~heatmap_cli.console.Tally` (done or failed, once), and only then reports it: a line
 that cannot be written is lost, the image is not. One image's failure, whatever it is, is one
 error line and the batch goes on; running out of memory says what to lower.
@@ -24,15 +24,19 @@ from heatmap_cli.ranking import describe_ranking
 from heatmap_cli.resume import check_outputs
 from heatmap_cli.thread_warnings import show_library_warnings_every_time
 
-__all__ = ["Batch", "describe_failure", "images_to_do", "run_batch"]
+__all__ = ["Batch", "describe_failure"]
 
 
 @dataclass(frozen=True)
 class Batch:
-    """How a batch runs.
+    """One batch of the command: what scores and renders it, and where it says what happened.
 
     Attributes:
+        engine: The converted model.
+        rendering: What is rendered and how.
         out: The output folder.
+        console: Where lines go.
+        tally: Where images are counted.
         scales: Factors of ``--size``, one pass each (``(1.0,)``: a plain run).
         flip: Also average each scale's mirror image.
         skip_existing: Leave out the images whose outputs are complete for these settings.
@@ -40,108 +44,90 @@ class Batch:
         debug: Let an image's exception escape, for its traceback.
     """
 
+    engine: GridEngine
+    rendering: OutputOptions
     out: Path
+    console: Console
+    tally: Tally
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     skip_existing: bool = False
     quiet: bool = False
     debug: bool = False
 
+    def images_to_do(self, items: list[ImageInput]) -> list[ImageInput]:
+        """The images to process: with ``skip_existing``, those not complete for these settings.
 
-def images_to_do(
-    items: list[ImageInput],
-    engine: GridEngine,
-    rendering: OutputOptions,
-    batch: Batch,
-    console: Console,
-    tally: Tally,
-) -> list[ImageInput]:
-    """The images to process: with ``skip_existing``, those not complete for these settings.
+        Every image left out is counted as skipped; every image redone although it has a json
+        is said, with the reason ("settings changed: stride 32 -> 16", "x.npz is missing"...).
+        """
+        if not self.skip_existing:
+            return items
+        settings = run_settings(self.engine, self.rendering, self.scales, self.flip)
+        todo = []
+        for item in items:
+            verdict = check_outputs(self.out, item.stem, settings)
+            if verdict.done:
+                self.tally.skipped += 1
+                continue
+            if verdict.reason and not self.quiet:
+                self.console.say(f"Redoing {item.path}: {verdict.reason}")
+            todo.append(item)
+        self.tally.todo -= self.tally.skipped
+        return todo
 
-    Every image left out is counted as skipped; every image redone although it has a json is
-    said, with the reason ("settings changed: stride 32 -> 16", "x.npz is missing"...).
-    """
-    if not batch.skip_existing:
-        return items
-    settings = run_settings(engine, rendering, batch.scales, batch.flip)
-    todo = []
-    for item in items:
-        verdict = check_outputs(batch.out, item.stem, settings)
-        if verdict.done:
-            tally.skipped += 1
-            continue
-        if verdict.reason and not batch.quiet:
-            console.say(f"Redoing {item.path}: {verdict.reason}")
-        todo.append(item)
-    tally.todo -= tally.skipped
-    return todo
+    def run(self, items: list[ImageInput]) -> None:
+        """Scores and writes every image, counting and reporting each once."""
+        engine = self.engine
+        show_library_warnings_every_time()  # each damaged photo gets its own warning line
+        notes_shown = len(engine.notes)  # printed already; --compile may add one later
+        progress = self.console.progress(len(items), shown=not self.quiet and len(items) > 1)
+        outcomes = score_images(items, engine, scales=self.scales, flip=self.flip)
+        try:
+            with progress:
+                for outcome in outcomes:
+                    for note in engine.notes[notes_shown:]:
+                        self.console.say(f"Note: {note}")
+                    notes_shown = len(engine.notes)
+                    self._finish(outcome)
+                    progress.update(1)
+        finally:
+            outcomes.close()  # stops the loader threads now, not when garbage-collected
 
+    def _finish(self, outcome: Outcome) -> None:
+        """Writes one image's outputs, counts it, then reports it (a line can fail, not it)."""
+        path = outcome.item.path
+        try:
+            result = outcome.unwrap()
+            self._write(result)
+        except Exception as error:  # one image's failure never stops the batch
+            if self.debug:
+                raise
+            reason = describe_failure(path, error)
+            self.tally.failures.append((path, reason))
+            self.console.say(f"Error: {reason}")
+            return
+        self.tally.done += 1
+        if not self.quiet:
+            passes, rendering = result.grid.passes, self.rendering
+            table = describe_ranking(
+                passes, self.engine.categories, rendering.top_k, rendering.pooling
+            )
+            separator = "\n" if "\n" in table else " "
+            self.console.result(f"{path}:{separator}{table}")
+            for note in result.notes:
+                self.console.say(f"Warning: {path}: {note}")
 
-def run_batch(
-    items: list[ImageInput],
-    engine: GridEngine,
-    rendering: OutputOptions,
-    batch: Batch,
-    console: Console,
-    tally: Tally,
-) -> None:
-    """Scores and writes every image, counting and reporting each once."""
-    show_library_warnings_every_time()  # each damaged photo gets its own warning line
-    notes_shown = len(engine.notes)  # printed already; a --compile fallback may add one later
-    progress = console.progress(len(items), shown=not batch.quiet and len(items) > 1)
-    outcomes = score_images(items, engine, scales=batch.scales, flip=batch.flip)
-    try:
-        with progress:
-            for outcome in outcomes:
-                for note in engine.notes[notes_shown:]:
-                    console.say(f"Note: {note}")
-                notes_shown = len(engine.notes)
-                _finish(outcome, engine, rendering, batch, console, tally)
-                progress.update(1)
-    finally:
-        outcomes.close()  # stops the loader threads now, not when garbage-collected
-
-
-def _finish(
-    outcome: Outcome,
-    engine: GridEngine,
-    rendering: OutputOptions,
-    batch: Batch,
-    console: Console,
-    tally: Tally,
-) -> None:
-    """Writes one image's outputs, counts it, then reports it (a line can fail, not the image)."""
-    path = outcome.item.path
-    try:
-        result = outcome.unwrap()
-        _write(result, engine, rendering, batch.out)
-    except Exception as error:  # one image's failure never stops the batch
-        if batch.debug:
+    def _write(self, result: ImageResult) -> None:
+        """``write_outputs``, with running out of memory said as what to lower."""
+        try:
+            write_outputs(result, self.engine, self.rendering, self.out)
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise out_of_memory(
+                    "render and write its outputs", "--max-overlay-side or --top-k"
+                ) from error
             raise
-        reason = describe_failure(path, error)
-        tally.failures.append((path, reason))
-        console.say(f"Error: {reason}")
-        return
-    tally.done += 1
-    if not batch.quiet:
-        passes, categories = result.grid.passes, engine.categories
-        table = describe_ranking(passes, categories, rendering.top_k, rendering.pooling)
-        separator = "\n" if "\n" in table else " "
-        console.result(f"{path}:{separator}{table}")
-        for note in result.notes:
-            console.say(f"Warning: {path}: {note}")
-
-
-def _write(result: ImageResult, engine: GridEngine, rendering: OutputOptions, out: Path) -> None:
-    """``write_outputs``, with running out of memory said as what to lower."""
-    try:
-        write_outputs(result, engine, rendering, out)
-    except Exception as error:
-        if is_out_of_memory(error):
-            raise out_of_memory(
-                "render and write its outputs", "--max-overlay-side or --top-k"
-            ) from error
-        raise
 
 
 def describe_failure(path: Path, error: Exception) -> str:

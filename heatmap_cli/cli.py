@@ -175,7 +175,8 @@ class CommandOptions:
     default=3,
     show_default=True,
     callback=_positive,
-    help="Without --class, render the K classes with the highest peak probability.",
+    help=f"Without --class, render the K classes with the highest peak probability (at most "
+    f"{MAX_TOP_K}).",
 )
 @click.option(
     "-m",
@@ -395,7 +396,7 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _run(options: CommandOptions, console: Console, tally: Tally) -> None:
-    from heatmap_cli.batch import Batch, images_to_do, run_batch
+    from heatmap_cli.batch import Batch
     from heatmap_cli.io import remove_stale_temporaries
     from heatmap_cli.limits import check_size
     from heatmap_cli.render import check_cmap
@@ -414,21 +415,18 @@ def _run(options: CommandOptions, console: Console, tally: Tally) -> None:
     _create_folder(options.out)  # only now: every usage check has passed
     remove_stale_temporaries(options.out)
     batch = Batch(
-        out=options.out,
+        engine,
+        rendering,
+        options.out,
+        console,
+        tally,
         scales=scales,
         flip=options.flip,
         skip_existing=options.skip_existing,
         quiet=options.quiet,
         debug=options.debug,
     )
-    run_batch(
-        images_to_do(items, engine, rendering, batch, console, tally),
-        engine,
-        rendering,
-        batch,
-        console,
-        tally,
-    )
+    batch.run(batch.images_to_do(items))
     if options.report:
         from heatmap_cli.report import write_report
 

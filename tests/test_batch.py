@@ -84,6 +84,19 @@ def save_strip(path: Path, width: int, height: int) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+def under_a_memory_cap(*args: object) -> tuple[int, str]:
+    """The command on the tiny model, quiet, in a child that may allocate 2 GiB beyond its start."""
+    process = child(
+        *args,
+        "--model",
+        "tiny",
+        "-q",
+        stderr=subprocess.PIPE,
+        env={"HEATMAP_TEST_MEMORY_GIB": "2"},
+    )
+    return finish(process)
+
+
 def test_extreme_strips_are_refused_before_anything_is_allocated(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     thin = save_strip(photos / "thin.png", 1, 50000)  # 279 bytes; 384 x 19,200,000 planned
@@ -91,20 +104,7 @@ def test_extreme_strips_are_refused_before_anything_is_allocated(tmp_path: Path)
     save_photo(photos / "photo.png", size=(60, 50))
     out = tmp_path / "out"
 
-    code, err = finish(
-        child(
-            photos,
-            "--out",
-            out,
-            "--model",
-            "tiny",
-            "-k",
-            "1",
-            "-q",
-            stderr=subprocess.PIPE,
-            env={"HEATMAP_TEST_MEMORY_GIB": "2"},
-        )
-    )
+    code, err = under_a_memory_cap(photos, "--out", out, "-k", "1")
 
     assert code == 1, err
     errors = [line for line in err.splitlines() if line.startswith("Error:")]
@@ -122,20 +122,7 @@ def test_running_out_of_memory_names_the_image_and_what_to_lower(tmp_path: Path)
     photo = save_photo(tmp_path / "photo.png", size=(60, 50))
     limits = ["--max-aspect", "100000", "--max-input-pixels", str(10**12)]  # both lifted
 
-    code, err = finish(
-        child(
-            thin,
-            photo,
-            "--out",
-            tmp_path / "out",
-            "--model",
-            "tiny",
-            "-q",
-            *limits,
-            stderr=subprocess.PIPE,
-            env={"HEATMAP_TEST_MEMORY_GIB": "2"},
-        )
-    )
+    code, err = under_a_memory_cap(thin, photo, "--out", tmp_path / "out", *limits)
 
     assert code == 1, err
     errors = [line for line in err.splitlines() if line.startswith("Error:")]
@@ -454,52 +441,37 @@ def three_photos(folder: Path) -> Path:
     return folder
 
 
-def test_a_broken_stdout_pipe_loses_lines_not_images(tmp_path: Path) -> None:
-    photos = three_photos(tmp_path / "photos")
+def batch_of_three(tmp_path: Path, **popen: object) -> tuple[subprocess.Popen, Path]:
+    """The command on three photos in a child process; the process and its output folder."""
     out = tmp_path / "out"
+    photos = three_photos(tmp_path / "photos")
+    return child(photos, "--out", out, "--model", "tiny", "-k", "1", **popen), out
 
-    process = child(
-        photos,
-        "--out",
-        out,
-        "--model",
-        "tiny",
-        "-k",
-        "1",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+
+def lines_of(stderr: str) -> list[str]:
+    """Non-empty lines, progress-bar redraws split off."""
+    return [line.strip() for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+
+
+def test_a_broken_stdout_pipe_loses_lines_not_images(tmp_path: Path) -> None:
+    process, out = batch_of_three(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # `| head -0`: every line meets a closed pipe
     code, err = finish(process)
 
     assert code == 0, err
-    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    lines = lines_of(err)
     assert next(line for line in lines if " done, " in line).startswith("3 done, 0 failed")
     assert not [line for line in lines if line.startswith(("Error", "Note", "Exception"))]
     assert all(complete(out, stem) for stem in "abc")
 
 
 def test_a_full_stdout_loses_lines_not_images(tmp_path: Path) -> None:
-    photos = three_photos(tmp_path / "photos")
-    out = tmp_path / "out"
-
     with open("/dev/full", "wb") as full:
-        code, err = finish(
-            child(
-                photos,
-                "--out",
-                out,
-                "--model",
-                "tiny",
-                "-k",
-                "1",
-                stdout=full,
-                stderr=subprocess.PIPE,
-            )
-        )
+        process, out = batch_of_three(tmp_path, stdout=full, stderr=subprocess.PIPE)
+        code, err = finish(process)
 
     assert code == 0, err
-    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    lines = lines_of(err)
     assert [line for line in lines if line.startswith(("Note", "Error"))] == [
         "Note: cannot write to standard output (no space left on device); going on"
     ]
@@ -508,20 +480,11 @@ def test_a_full_stdout_loses_lines_not_images(tmp_path: Path) -> None:
 
 
 def test_a_closed_stderr_does_not_stop_the_batch(tmp_path: Path) -> None:
-    photos = three_photos(tmp_path / "photos")
-    out = tmp_path / "out"
-
-    process = child(
-        photos,
-        "--out",
-        out,
-        "--model",
-        "tiny",
-        "-k",
-        "1",
+    process, out = batch_of_three(
+        tmp_path,
         stdout=subprocess.PIPE,
-        preexec_fn=lambda: os.close(2),
-    )  # `2>&-`
+        preexec_fn=lambda: os.close(2),  # `2>&-`
+    )
     output, _ = process.communicate(timeout=CHILD_TIMEOUT_S)
 
     assert process.returncode == 0
@@ -549,17 +512,17 @@ INTERRUPTED = (
 )
 
 
+def loading_slowly(tmp_path: Path, **env: str) -> subprocess.Popen:
+    """The command on one photo, in a child whose model loads slowly (``tests.cli_process``)."""
+    photo = save_photo(tmp_path / "photo.png")
+    return child(
+        photo, "--out", tmp_path / "out", "--model", "slow", stderr=subprocess.PIPE, env=env
+    )
+
+
 def test_ctrl_c_while_the_model_loads_exits_130(tmp_path: Path) -> None:
     loading = tmp_path / "loading"
-    process = child(
-        save_photo(tmp_path / "photo.png"),
-        "--out",
-        tmp_path / "out",
-        "--model",
-        "slow",
-        stderr=subprocess.PIPE,
-        env={"HEATMAP_TEST_LOADING": str(loading)},
-    )
+    process = loading_slowly(tmp_path, HEATMAP_TEST_LOADING=str(loading))
 
     wait_for(loading, process)
     process.send_signal(signal.SIGINT)
@@ -572,14 +535,8 @@ def test_ctrl_c_while_the_model_loads_exits_130(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_exits_130_with_the_same_line(tmp_path: Path) -> None:
     loading, cleaning = tmp_path / "loading", tmp_path / "cleaning"
-    process = child(
-        save_photo(tmp_path / "photo.png"),
-        "--out",
-        tmp_path / "out",
-        "--model",
-        "slow",
-        stderr=subprocess.PIPE,
-        env={"HEATMAP_TEST_LOADING": str(loading), "HEATMAP_TEST_STUBBORN": str(cleaning)},
+    process = loading_slowly(
+        tmp_path, HEATMAP_TEST_LOADING=str(loading), HEATMAP_TEST_STUBBORN=str(cleaning)
     )
 
     wait_for(loading, process)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from heatmap_cli.errors import OutputWriteError
 from heatmap_cli.io._oserror import os_reason
-from heatmap_cli.io.writing import temporary_name
+from heatmap_cli.io.writing import make_folders, temporary_name
 
 __all__ = ["Staging", "staged_files"]
 
@@ -91,14 +91,7 @@ def staged_files(destination: Path, label: str) -> Iterator[Staging]:
 
 
 def _make_private_folder(destination: Path, label: str) -> Path:
-    try:
-        destination.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputWriteError(
-            f"cannot write into {destination}: it or one of its parents is not a folder"
-        ) from exc
-    except OSError as exc:
-        raise OutputWriteError(f"cannot create folder {destination}: {os_reason(exc)}") from exc
+    make_folders(destination, destination)
     while True:
         folder = destination / temporary_name(label)
         try:

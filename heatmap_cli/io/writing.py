@@ -42,6 +42,7 @@ from heatmap_cli.io._oserror import os_reason
 __all__ = [
     "atomic_writer",
     "is_temporary_name",
+    "make_folders",
     "remove_stale_temporaries",
     "temporary_name",
     "write_json",
@@ -153,16 +154,24 @@ def _atomic_writer(path: Path, mode: str, fsync: bool) -> Iterator[IO[Any]]:
 
 def _make_parent(path: Path) -> None:
     """Create the parent folders of ``path``, raising OutputWriteError on failure."""
-    parent = path.parent
+    make_folders(path.parent, path)
+
+
+def make_folders(folder: Path, target: Path) -> None:
+    """Create ``folder`` and its parents, to write ``target`` (a file in it, or itself).
+
+    Raises:
+        OutputWriteError: Naming ``target``: a parent is a file, or a folder cannot be created.
+    """
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise OutputWriteError(
-            f"cannot write {path}: {parent} or one of its parents is not a folder"
+            f"cannot write {target}: {folder} or one of its parents is not a folder"
         ) from exc
     except OSError as exc:
         raise OutputWriteError(
-            f"cannot write {path}: cannot create folder {parent}: {os_reason(exc)}"
+            f"cannot write {target}: cannot create folder {folder}: {os_reason(exc)}"
         ) from exc
 
 
