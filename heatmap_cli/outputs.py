@@ -32,7 +32,7 @@ import numpy as np
 
 from heatmap_cli.engine import GridEngine, Tiling
 from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.io import Staging, output_path, staged_files, write_json, write_npz, write_png
+from heatmap_cli.io import output_path, staged_files, write_json, write_npz, write_png
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import MultiScaleResult, Pass
 from heatmap_cli.ranking import rank_by_peak, rank_image
@@ -226,7 +226,7 @@ def slug(name: str, max_length: int = 40) -> str:
 
 
 def completion_marker(out_dir: Path, stem: Path) -> Path:
-    """The file whose presence means an image's outputs are complete."""
+    """An image's json, moved into place last; ``heatmap_cli.resume`` says when it vouches."""
     return output_path(out_dir, stem, ".json")
 
 
@@ -406,7 +406,7 @@ def write_outputs(
     marker = completion_marker(out_dir, stem)
     with staged_files(marker.parent, stem.name) as staging:
         classes = rendered_classes(result, engine.categories, options)
-        names = _write_images(staging, result, classes, options)
+        names = _write_images(staging.folder, result, classes, options)
         names.append(output_path(out_dir, stem, ".npz").name)
         write_grid(staging.folder / names[-1], result.grid, engine.categories)
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
@@ -416,20 +416,20 @@ def write_outputs(
 
 
 def _write_images(
-    staging: Staging,
+    folder: Path,
     result: ImageResult,
     classes: Sequence[RenderedClass],
     options: OutputOptions,
 ) -> list[str]:
-    """Writes the overlays and the contact sheet into the staging folder; returns their names."""
+    """Writes the overlays and the contact sheet into ``folder``; returns their names."""
     names, overlays = [], []
     for rendered in classes:
         overlays.append(render_overlay(result, rendered, options))
-        write_png(staging.folder / rendered.overlay, overlays[-1], icc_profile=result.icc_profile)
+        write_png(folder / rendered.overlay, overlays[-1], icc_profile=result.icc_profile)
         names.append(rendered.overlay)
     if options.sheet and len(overlays) > 1:
         labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
         sheet = contact_sheet([result.display, *overlays], labels)
         names.append(f"{result.item.stem.name}_sheet.png")
-        write_png(staging.folder / names[-1], sheet, icc_profile=result.icc_profile)
+        write_png(folder / names[-1], sheet, icc_profile=result.icc_profile)
     return names
