@@ -1,34 +1,41 @@
 """The ``heatmap`` command: parse options, call the library, report.
 
 Exit status: 0 when every image succeeded, 1 when some failed (after finishing all the others),
-2 for usage errors, 130 when interrupted (finished images are kept; ``--skip-existing`` resumes).
-Library errors become one line on stderr, and their base class alone chooses the status
-(``errors.UsageError``: 2, any other ``HeatmapError``: 1); ``--debug`` shows tracebacks.
+2 for usage errors (before any folder is created), 130 when interrupted by Ctrl-C at any moment,
+a second Ctrl-C included (finished images are kept; ``--skip-existing`` resumes). The status
+comes from the images alone: a closed, broken or full standard output or error loses lines, never
+images (``heatmap_cli.console``). Library errors become one line on stderr, and their base class
+alone chooses the status (``errors.UsageError``: 2, any other ``HeatmapError``: 1); ``--debug``
+shows tracebacks.
 
 Nothing heavy is imported at module level, so ``heatmap --help`` answers without loading torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import importlib
+import math
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from heatmap_cli.console import Console, Tally, reserve_standard_descriptors
 from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
+from heatmap_cli.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, MAX_TOP_K
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
-
     from heatmap_cli.engine import GridEngine
     from heatmap_cli.io import ImageInput
-    from heatmap_cli.loader import Outcome
     from heatmap_cli.outputs import OutputOptions
 
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
@@ -72,10 +79,45 @@ def _parsed(module: str, function: str) -> Callable[[click.Context, click.Parame
     return parse
 
 
+class _FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN (which passes every comparison) and infinity."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be positive, got {value}", ctx=ctx, param=param)
     return value
+
+
+def _at_least_a_byte(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    if value is not None and round(value * 2**30) < 1:  # it would round to no budget at all
+        raise click.BadParameter(f"{value} GiB is less than one byte", ctx=ctx, param=param)
+    return value
+
+
+class _Command(click.Command):
+    """The command: standard descriptors reserved first; Ctrl-C while parsing exits as any other.
+
+    (An eager ``--list-models`` runs while click parses.)
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        reserve_standard_descriptors()
+        return super().main(*args, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _exit_interrupted(Console.standard(), Tally())
 
 
 def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -123,6 +165,8 @@ class CommandOptions:
     max_overlay_side: int
     tile: int | None
     memory_budget: float | None
+    max_input_pixels: int
+    max_aspect: float
     scales: str | None
     flip: bool
     pooling: str
@@ -151,7 +195,7 @@ mixed sizes.
 """
 
 
-@click.command(help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=_Command, help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     package_name="heatmap-cli", prog_name="heatmap", message="%(prog)s %(version)s"
 )
@@ -175,7 +219,8 @@ mixed sizes.
     default=3,
     show_default=True,
     callback=_positive,
-    help="Without --class, render the image-level ranking's first K classes (as printed).",
+    help="Without --class, render the image-level ranking's first K classes (as printed; "
+    f"at most {MAX_TOP_K}).",
 )
 @click.option(
     "-m",
@@ -238,7 +283,7 @@ mixed sizes.
 )
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, 1),
+    type=_FiniteFloatRange(0, 1),
     default=0.5,
     show_default=True,
     help="Opacity of the heat map at full score.",
@@ -259,8 +304,16 @@ mixed sizes.
     "same for every photo), per-class (each class to its own peak). Diverging --cmap: "
     "centred on 0.",
 )
-@click.option("--vmin", type=float, help="Fixed score at the bottom of the colour range.")
-@click.option("--vmax", type=float, help="Fixed score at the top (the same across a batch).")
+@click.option(
+    "--vmin",
+    type=_FiniteFloatRange(),
+    help="Fixed score at the bottom of the colour range.",
+)
+@click.option(
+    "--vmax",
+    type=_FiniteFloatRange(),
+    help="Fixed score at the top (the same across a batch).",
+)
 @click.option(
     "--label",
     type=_LazyChoice("heatmap_cli.outputs", "LABELS"),
@@ -321,6 +374,7 @@ mixed sizes.
     "--max-pixels",
     type=int,
     default=None,
+    callback=_positive,
     help="Raise the decompression-bomb limit (decoded pixels; default Pillow's ~89M).",
 )
 @click.option(
@@ -339,10 +393,29 @@ mixed sizes.
 )
 @click.option(
     "--memory-budget",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteFloatRange(min=0, min_open=True),
+    callback=_at_least_a_byte,
     metavar="GIB",
     help="Activation memory of one pass before tiling starts "
     "(default: 4 GiB or half the free RAM; 70% of free CUDA memory).",
+)
+@click.option(
+    "--max-input-pixels",
+    default=DEFAULT_MAX_INPUT_PIXELS,
+    show_default=True,
+    callback=_positive,
+    metavar="N",
+    help="Largest network input of one pass (height x width after resizing); an image that "
+    "needs more is refused with one line.",
+)
+@click.option(
+    "--max-aspect",
+    type=_FiniteFloatRange(min=1),
+    default=DEFAULT_MAX_ASPECT,
+    show_default=True,
+    metavar="RATIO",
+    help="Largest ratio of the network input's longer side to its shorter; longer strips are "
+    "refused with one line.",
 )
 @click.option(
     "--scales",
@@ -369,70 +442,150 @@ mixed sizes.
 def main(**options: Any) -> None:
     """The ``heatmap`` command (its help is ``_HELP``)."""
     command = CommandOptions(**options)
+    console, tally = Console.standard(), Tally()
     try:
-        _run(command)
-    except click.ClickException:
-        raise
-    except UsageError as error:
-        _fail(error, EXIT_USAGE, command.debug)
-    except (HeatmapError, OSError) as error:
-        _fail(error, EXIT_SOME_FAILED, command.debug)
+        try:
+            _run(command, console, tally)
+        except click.ClickException:
+            raise
+        except UsageError as error:
+            _fail(error, EXIT_USAGE, command.debug, console)
+        except (HeatmapError, OSError) as error:
+            _fail(error, EXIT_SOME_FAILED, command.debug, console)
+        except MemoryError as error:  # outside any one image: loading the model...
+            from heatmap_cli.limits import out_of_memory_anywhere
+
+            _fail(out_of_memory_anywhere(), EXIT_SOME_FAILED, command.debug, console, error)
+    except KeyboardInterrupt:  # at any moment, while handling another one too
+        if command.debug:
+            raise
+        _exit_interrupted(console, tally)
 
 
-def _fail(error: BaseException, status: int, debug: bool) -> NoReturn:
+def _fail(
+    error: BaseException,
+    status: int,
+    debug: bool,
+    console: Console,
+    cause: BaseException | None = None,
+) -> NoReturn:
     if debug:
-        raise error
-    click.echo(f"Error: {error}", err=True)
+        raise cause or error
+    console.say(f"Error: {error}")
     sys.exit(status)
 
 
-def _run(options: CommandOptions) -> None:
-    from heatmap_cli.io import find_images, remove_stale_temporaries
-    from heatmap_cli.outputs import completion_marker
+def _exit_interrupted(console: Console, tally: Tally) -> NoReturn:
+    """The one "Interrupted" line, whenever Ctrl-C comes (a second one cannot cut it), and 130."""
+    with _sigint_ignored():
+        console.say(
+            f"\nInterrupted: {tally.done} done, {tally.failed} failed, {tally.unfinished} not "
+            "finished; run again with --skip-existing to finish the rest"
+        )
+    sys.exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals go elsewhere anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(options: CommandOptions, console: Console, tally: Tally) -> None:
+    from heatmap_cli.batch import Batch
+    from heatmap_cli.io import remove_stale_temporaries
+    from heatmap_cli.limits import check_size
     from heatmap_cli.render import check_cmap
 
-    if options.max_pixels is not None and options.max_pixels <= 0:
-        raise click.BadParameter("must be positive", param_hint="--max-pixels")
     check_cmap(options.cmap)
     scales = _scales(options.scales)
-    try:
-        items = find_images(list(options.inputs), exclude=[options.out])
-    except ImageReadError as error:  # a missing input or unlistable folder: nothing was done
-        raise click.UsageError(str(error)) from None
-    if not items:
-        raise click.UsageError("no images found in the given inputs")
+    if isinstance(options.size, int):  # "native": each photo's own pixels, checked per image
+        check_size(options.size, scales, options.max_input_pixels)
+    options = _capped_top_k(options, console)
+    items = _discover(options, console, tally)
     _check_writable(options.out)
 
     started = time.perf_counter()
     engine, rendering = _start(options)
     for note in engine.notes:
-        click.echo(f"Note: {note}", err=True)
+        console.say(f"Note: {note}")
+    _create_folder(options.out)  # only now: every usage check has passed
     remove_stale_temporaries(options.out)
-    todo = [
-        item
-        for item in items
-        if not (options.skip_existing and completion_marker(options.out, item.stem).exists())
-    ]
-    done, failures = _process(todo, engine, rendering, options, scales)
-    failed = len(failures)
+    batch = Batch(
+        engine,
+        rendering,
+        options.out,
+        console,
+        tally,
+        scales=scales,
+        flip=options.flip,
+        skip_existing=options.skip_existing,
+        quiet=options.quiet,
+        debug=options.debug,
+    )
+    batch.run(batch.images_to_do(items))
     if options.report:
         from heatmap_cli.report import write_report
 
-        report = write_report(options.out, failures, cmap=options.cmap, alpha=options.alpha)
+        report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
         if not options.quiet:
-            click.echo(f"Report: {report}", err=True)
-    summary = f"{done} done, {failed} failed"
-    if len(items) > len(todo):
-        summary += f", {len(items) - len(todo)} skipped (already done)"
-    if not options.quiet or failed:
-        click.echo(
+            console.say(f"Report: {report}")
+    summary = f"{tally.done} done, {tally.failed} failed"
+    if tally.skipped:
+        summary += f", {tally.skipped} skipped (already done)"
+    if not options.quiet or tally.failed:
+        console.say(
             f"{summary} in {time.perf_counter() - started:.1f}s ({engine.loaded.name}, "
             f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
-            f"outputs in {options.out}",
-            err=True,
+            f"outputs in {options.out}"
         )
-    if failed:
+    if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _capped_top_k(options: CommandOptions, console: Console) -> CommandOptions:
+    if options.top_k <= MAX_TOP_K or options.class_specs:
+        return options
+    console.say(
+        f"Note: --top-k {options.top_k} is capped at {MAX_TOP_K}: each class is a full-size "
+        "overlay (--class renders any class on purpose)"
+    )
+    return dataclasses.replace(options, top_k=MAX_TOP_K)
+
+
+def _discover(options: CommandOptions, console: Console, tally: Tally) -> list[ImageInput]:
+    """The images to process; an entry that cannot be read is one error line, not the end."""
+    from heatmap_cli.io import find_images
+
+    for given in options.inputs:
+        if given.is_dir() and os.path.realpath(given) == os.path.realpath(options.out):
+            raise click.BadParameter(
+                f"{options.out} is the input folder {given}: the next run would read its "
+                "overlays as photos; choose another folder (a folder inside it is skipped)",
+                param_hint="--out",
+            )
+    problems: list[ImageReadError] = []
+    try:
+        items = find_images(list(options.inputs), exclude=[options.out], on_error=problems.append)
+    except ImageReadError as error:  # a missing input: nothing was done
+        raise click.UsageError(str(error)) from None
+    for problem in problems:
+        console.say(f"Error: {problem}")
+        tally.failures.append((problem.path, str(problem)))
+    if not items and not problems:
+        raise click.UsageError("no images found in the given inputs")
+    if not items:
+        console.say("Error: no images found in the given inputs")
+        sys.exit(EXIT_SOME_FAILED)
+    tally.todo = len(items) + len(problems)
+    return items
 
 
 def _scales(text: str | None) -> tuple[float, ...]:
@@ -448,13 +601,30 @@ def _scales(text: str | None) -> tuple[float, ...]:
 
 
 def _check_writable(out: Path) -> None:
+    """Refuses an ``--out`` that cannot be created or written, without creating anything."""
+    existing = out.absolute()
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if existing == out.absolute():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise click.BadParameter(f"{out} is not writable", param_hint="--out")
+        return
+    if not os.path.isdir(existing):
+        reason = os.strerror(errno.ENOTDIR)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    else:
+        return
+    raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out")
+
+
+def _create_folder(out: Path) -> None:
+    from heatmap_cli.errors import OutputWriteError
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        reason = error.strerror or str(error)
-        raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out") from None
-    if not os.access(out, os.W_OK):
-        raise click.BadParameter(f"{out} is not writable", param_hint="--out")
+        raise OutputWriteError(f"cannot create {out}: {error.strerror or error}") from error
 
 
 def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
@@ -495,96 +665,11 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
         tile=options.tile,
-        memory_budget=None if budget is None else int(budget * 2**30),
+        memory_budget=None if budget is None else round(budget * 2**30),
+        max_input_pixels=options.max_input_pixels,
+        max_aspect=options.max_aspect,
     )
     return GridEngine(loaded, settings), rendering
-
-
-def _process(
-    items: list[ImageInput],
-    engine: GridEngine,
-    rendering: OutputOptions,
-    options: CommandOptions,
-    scales: tuple[float, ...],
-) -> tuple[int, list[tuple[Path, str]]]:
-    """Scores and writes every image, reporting each.
-
-    Returns:
-        How many images were done, and each failed image with its one-line reason.
-    """
-    from tqdm import tqdm
-
-    from heatmap_cli.loader import score_images
-
-    done = 0
-    failures: list[tuple[Path, str]] = []
-    notes_shown = len(engine.notes)  # printed already; a --compile fallback may add one later
-    disabled = options.quiet or len(items) <= 1
-    progress = tqdm(total=len(items), unit="img", file=sys.stderr, disable=disabled)
-    outcomes = score_images(items, engine, scales=scales, flip=options.flip)
-    try:
-        with progress:
-            for outcome in outcomes:
-                for note in engine.notes[notes_shown:]:
-                    progress.write(f"Note: {note}", file=sys.stderr)
-                notes_shown = len(engine.notes)
-                failure = _finish(outcome, engine, rendering, options, progress)
-                if failure is None:
-                    done += 1
-                else:
-                    failures.append((outcome.item.path, failure))
-                progress.update(1)
-    except KeyboardInterrupt:
-        if options.debug:
-            raise
-        failed = len(failures)
-        click.echo(
-            f"\nInterrupted: {done} done, {failed} failed, {len(items) - done - failed} not "
-            "finished; run again with --skip-existing to finish the rest",
-            err=True,
-        )
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        outcomes.close()  # stops the loader threads now, not when garbage-collected
-    return done, failures
-
-
-def _finish(
-    outcome: Outcome,
-    engine: GridEngine,
-    rendering: OutputOptions,
-    options: CommandOptions,
-    progress: tqdm,
-) -> str | None:
-    """Writes one image's outputs and reports it; if it failed, one error line and its reason."""
-    from heatmap_cli.ranking import describe_ranking
-    from heatmap_cli.writers import write_outputs
-
-    path = outcome.item.path
-    try:
-        result = outcome.unwrap()
-        write_outputs(result, engine, rendering, options.out)
-    except Exception as error:  # one image's failure never stops the batch
-        if options.debug:
-            raise
-        reason = _describe_failure(path, error)
-        progress.write(f"Error: {reason}", file=sys.stderr)
-        return reason
-    if not options.quiet:
-        passes, categories = result.grid.passes, engine.categories
-        table = describe_ranking(passes, categories, rendering.top_k, rendering.pooling)
-        separator = "\n" if "\n" in table else " "
-        progress.write(f"{path}:{separator}{table}", file=sys.stdout)
-        for note in result.notes:
-            progress.write(f"Warning: {path}: {note}", file=sys.stderr)
-    return None
-
-
-def _describe_failure(path: Path, error: Exception) -> str:
-    text = str(error)
-    if not isinstance(error, HeatmapError):  # not a foreseen failure: say what it was
-        text = f"unexpected {type(error).__name__}: {text} (--debug shows the traceback)"
-    return text if str(path) in text else f"{path}: {text}"
 
 
 if __name__ == "__main__":  # pragma: no cover

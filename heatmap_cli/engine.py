@@ -28,6 +28,7 @@ from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
 from heatmap_cli.io import DEFAULT_MAX_PIXELS
+from heatmap_cli.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, check_input_size
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry
 from heatmap_cli.stitch import covered_input
@@ -104,6 +105,9 @@ class GridSettings:
         compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
             constants): compiling costs seconds once per input size, each later pass is faster.
             Falls back to the plain network, with a note, if compiling fails.
+        max_input_pixels: Largest network input of one pass (``H * W``); :meth:`GridEngine.plan`
+            refuses larger ones before anything is allocated (``heatmap_cli.limits``).
+        max_aspect: Largest ratio of a network input's longer side to its shorter one.
     """
 
     size: int | str = 384
@@ -117,6 +121,8 @@ class GridSettings:
     tile: int | None = None
     memory_budget: int | None = None
     compile: bool = False
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -331,8 +337,14 @@ class GridEngine:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype the network computes in: its weights', or autocast's on CUDA."""
-        return self._autocast_dtype() or self.dtype
+        """The dtype the network computes in: its weights', or autocast's on CUDA.
+
+        CUDA autocasts float32 networks to bfloat16 (float16 where the GPU has no bfloat16)
+        unless ``settings.fp32``; networks already in a lower or higher precision keep theirs.
+        """
+        if self.device.type != "cuda" or self.settings.fp32 or self.dtype != torch.float32:
+            return self.dtype
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def check_scales(self, scales: Sequence[float]) -> None:
         """Refuses scales whose resized shorter side would fall below the window.
@@ -368,14 +380,30 @@ class GridEngine:
 
         Returns:
             The geometry of one pass at that scale.
+
+        Raises:
+            InputTooLargeError: Its network input is above ``settings.max_input_pixels`` or
+                ``settings.max_aspect`` (checked before anything of that size is allocated).
         """
         base = min(original_size) if self.settings.size == NATIVE_SIZE else self.settings.size
-        return plan_geometry(
+        geometry = plan_geometry(
             original_size,
             shorter_side=max(1, round(int(base) * scale)),
             window=self.window,
             stride=self.stride,
         )
+        check_input_size(
+            geometry.input_size,
+            original_size,
+            max_pixels=self.settings.max_input_pixels,
+            max_aspect=self.settings.max_aspect,
+        )
+        return geometry
+
+    @property
+    def precision(self) -> str:
+        """:attr:`compute_dtype`'s name: ``"float32"``, ``"bfloat16"`` under CUDA autocast..."""
+        return str(self.compute_dtype).removeprefix("torch.")
 
     def score(self, pixels: np.ndarray) -> torch.Tensor:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
@@ -432,14 +460,10 @@ class GridEngine:
             self._tiles[input_size] = tile
         return self._tiles[input_size]
 
-    def _autocast_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda" or self.settings.fp32:
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        dtype = self._autocast_dtype()
-        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+        if self.compute_dtype == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.compute_dtype)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The grid network on ``(N, 3, H, W)``: compiled if asked for and compiling works."""
@@ -502,6 +526,12 @@ def _check_settings(settings: GridSettings) -> None:
         raise GeometryError(f"size must be a positive number of pixels or 'native', got {size!r}")
     if settings.batch_size <= 0:
         raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
+    if settings.max_input_pixels < 1:
+        raise InvalidOptionError(
+            f"max_input_pixels must be positive, got {settings.max_input_pixels}"
+        )
+    if not settings.max_aspect >= 1 or math.isinf(settings.max_aspect):  # NaN fails the first
+        raise InvalidOptionError(f"max_aspect must be a number >= 1, got {settings.max_aspect}")
     if settings.method != "auto":
         get_method(settings.method)  # raises for an unknown method, naming the choices
 

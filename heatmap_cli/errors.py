@@ -18,7 +18,9 @@ __all__ = [
     "GeometryError",
     "HeatmapError",
     "ImageReadError",
+    "InputTooLargeError",
     "InvalidOptionError",
+    "MemoryExhaustedError",
     "OutputWriteError",
     "RenderError",
     "TrainingModeError",
@@ -96,6 +98,18 @@ class ImageReadError(HeatmapError):
 
 class OutputWriteError(HeatmapError):
     """An output file or folder that cannot be written."""
+
+
+class InputTooLargeError(HeatmapError):
+    """An image whose network input is above ``--max-input-pixels`` or ``--max-aspect``.
+
+    Raised when its passes are planned, before anything of that size is allocated; the message
+    names the limit and the option that raises it. One image fails, the batch goes on.
+    """
+
+
+class MemoryExhaustedError(HeatmapError):
+    """One image ran out of memory; the message says at which step and which option to lower."""
 
 
 def first_line(error: BaseException) -> str:

@@ -9,8 +9,11 @@ batch order, which may differ from input order).
 
 One error policy: any exception while reading, resizing, scoring or averaging one image fails
 that image (the exception is yielded in place of its result) and never the others, whatever its
-type: an ``ImageReadError`` for a bad file as much as an unexpected error or running out of
-memory on a huge photo. A failing forward pass fails the images whose inputs it held.
+type: an ``ImageReadError`` for a bad file as much as an unexpected error. A failing forward pass
+fails the images whose inputs it held. Running out of memory (Python's ``MemoryError`` or torch's
+allocator) becomes a ``MemoryExhaustedError`` that says which step ran out and what to lower.
+Warnings raised while an image is read (Pillow's "Corrupt EXIF data"...) become notes of that
+image, one line each.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from PIL import Image
 
 from heatmap_cli.engine import GridEngine
 from heatmap_cli.io import ImageInput, read_image
+from heatmap_cli.limits import is_out_of_memory, out_of_memory
 from heatmap_cli.multiscale import (
     CommonGrid,
     MultiScaleResult,
@@ -35,6 +39,7 @@ from heatmap_cli.multiscale import (
     finish_pass,
     plan_passes,
 )
+from heatmap_cli.thread_warnings import captured_warnings
 
 __all__ = [
     "ImageResult",
@@ -56,7 +61,8 @@ class Prepared:
         passes: Every pass's network input, in evaluation order.
         display: uint8 ``(h, w, 3)`` photo for overlays (original size, or smaller if huge).
         icc_profile: The photo's embedded RGB colour profile, for the overlays; None if none.
-        notes: Warnings about this image for the user (e.g. upscaled from below the window).
+        notes: Warnings about this image for the user (e.g. upscaled from below the window, or
+            a library's warning while reading it), one line each.
     """
 
     item: ImageInput
@@ -149,16 +155,26 @@ def prepare(
 
     Raises:
         ImageReadError: The file cannot be read as an image.
+        InputTooLargeError: A pass's network input is above the engine's limits.
+        MemoryExhaustedError: Resizing ran out of memory.
     """
-    image = read_image(item.path, max_pixels=engine.settings.max_pixels)
-    passes = plan_passes(image, engine.plan, engine.loaded.interpolation, scales, flip)
+    with captured_warnings() as caught:
+        image = read_image(item.path, max_pixels=engine.settings.max_pixels)
+        try:
+            passes = plan_passes(image, engine.plan, engine.loaded.interpolation, scales, flip)
+            display = display_image(image, engine.settings.max_display_side)
+        except MemoryError as error:
+            raise out_of_memory(
+                f"resize a {image.width}x{image.height} image for the network",
+                "--size, --scales or --max-input-pixels",
+            ) from error
     note = small_image_note((image.height, image.width), engine.window)
     return Prepared(
         item=item,
         passes=passes,
-        display=display_image(image, engine.settings.max_display_side),
+        display=display,
         icc_profile=image.info.get("icc_profile"),
-        notes=(note,) if note else (),
+        notes=(*caught, note) if note else tuple(caught),
     )
 
 
@@ -216,9 +232,14 @@ class _Batches:
             inputs = [image.prepared.passes[index].network_input() for image, index in live]
             grids, tiling = self._engine.score_batch(np.stack(inputs))
         except Exception as error:  # one failing batch must not stop the others
+            failure = _memory_said(
+                error,
+                f"score {len(live)} network input(s) of {size[1]}x{size[0]} pixels at once",
+                "--batch-size, or --memory-budget to score them in smaller tiles",
+            )
             for image in dict.fromkeys(image for image, _ in live):
                 image.failed = True
-                yield Outcome(image.prepared.item, error)
+                yield Outcome(image.prepared.item, failure)
             return
         for (image, index), grid in zip(live, grids.numpy(), strict=True):
             if image.failed:
@@ -229,7 +250,17 @@ class _Batches:
                     yield Outcome(image.prepared.item, image.result())
             except Exception as error:
                 image.failed = True
-                yield Outcome(image.prepared.item, error)
+                step = f"average the passes' score grids of {grid.shape[1]}x{grid.shape[2]} cells"
+                yield Outcome(image.prepared.item, _memory_said(error, step, "--size or --scales"))
+
+
+def _memory_said(error: Exception, step: str, lower: str) -> Exception:
+    """``error``, or if it means memory ran out, an error saying at which step and what to lower."""
+    if not is_out_of_memory(error):
+        return error
+    said = out_of_memory(step, lower)
+    said.__cause__ = error  # --debug shows where it ran out
+    return said
 
 
 def score_images(

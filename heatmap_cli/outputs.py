@@ -9,8 +9,10 @@ colour scale (:mod:`heatmap_cli.render.scale`) that its label and the json name.
 Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
 the run (model, weights, method), the passes that went in (scales, flips) and how each was
 evaluated (whole or in tiles), the grid's geometry, the rendered classes, the image-level
-ranking, every option that changes a number or a file (:func:`run_settings`), the versions of
-the software (:func:`software_versions`), the device and the dtype.
+ranking, every option that changes a number or a file (:func:`run_settings`, resolved: what
+``--skip-existing`` compares), the versions of the software (:func:`software_versions`), the
+device and the dtype, and ``files``: the name and size in bytes of every other file written for
+the image (what ``heatmap_cli.resume`` checks before it calls an image done).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,6 +49,7 @@ __all__ = [
     "LABELS",
     "NPZ_DTYPES",
     "OUTPUTS",
+    "OutputFile",
     "OutputOptions",
     "OutputRecord",
     "RankedClass",
@@ -208,6 +212,18 @@ class RankedClass:
     score: float
 
 
+class OutputFile(NamedTuple):
+    """One file written for an image, as its json lists it (``{"name", "bytes"}``).
+
+    Attributes:
+        name: File name, in the json's folder.
+        size: Its size in bytes.
+    """
+
+    name: str
+    size: int
+
+
 @dataclass(frozen=True)
 class OutputRecord:
     """Everything the json says about one image.
@@ -230,6 +246,7 @@ class OutputRecord:
         versions: The software that computed it (:func:`software_versions`).
         device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
         dtype: The dtype it computed in (``"float32"``, ``"bfloat16"`` under CUDA autocast...).
+        files: Every other file written for the image, with its size.
     """
 
     image: Path
@@ -249,6 +266,7 @@ class OutputRecord:
     versions: dict[str, str | None]
     device: str
     dtype: str
+    files: tuple[OutputFile, ...] = ()
 
     @property
     def tiling(self) -> Tiling:
@@ -295,6 +313,7 @@ class OutputRecord:
             "versions": self.versions,
             "device": self.device,
             "dtype": self.dtype,
+            "files": [{"name": f.name, "bytes": f.size} for f in self.files],
         }
 
 
@@ -355,33 +374,40 @@ def software_versions() -> dict[str, str | None]:
 
 
 def run_settings(
-    engine: GridEngine, options: OutputOptions, passes: Sequence[Pass]
+    engine: GridEngine,
+    options: OutputOptions,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
 ) -> dict[str, object]:
-    """Every option of a run that changes a number or a file: the json's ``settings``.
+    """Every option that changes a number or a file of an image's outputs: the json's settings.
 
-    Two runs with equal settings (and model, weights and software) write the same files, so
-    a resumed run can compare them.
+    This is what ``--skip-existing`` compares (``heatmap_cli.resume``). Values are as they take
+    effect: the method and stride resolved, classes as indices, the floating type the network
+    computes in. Options that only change how the same numbers are computed, equal to float
+    rounding, are left out, so that resuming with another batch size, tile side or memory
+    budget, or with ``--compile``, does not redo finished images.
 
     Args:
-        engine: The engine (size, stride, method, tiling, precision, overlay size).
-        options: What is drawn and written.
-        passes: The image's passes (its scales and flips).
+        engine: The converted model and its settings.
+        options: What is drawn and written, and how.
+        scales: The factors of ``--size`` the passes use, in order.
+        flip: Whether each scale's mirror image is averaged in.
 
     Returns:
         A JSON-ready dict.
     """
     grid = engine.settings
     return {
+        "model": engine.loaded.name,
+        "weights": engine.loaded.source,
         "size": grid.size,
         "stride": engine.stride,
         "method": engine.method,
-        "scales": list(dict.fromkeys(p.scale for p in passes)),
-        "flip": any(p.flip for p in passes),
-        "tile": grid.tile,
-        "fp32": grid.fp32,
-        "compile": grid.compile,
+        "scales": [float(scale) for scale in scales],
+        "flip": flip,
+        "precision": engine.precision,
         "max_overlay_side": grid.max_display_side,
-        "classes": list(options.classes),
+        "classes": [int(index) for index in options.classes],
         "top_k": options.top_k,
         "pooling": options.pooling,
         "scores": options.scores,
@@ -392,6 +418,7 @@ def run_settings(
         "alpha": options.alpha,
         "colorbar": options.colorbar,
         "label": options.label,
+        "sheet": options.sheet,
         "outputs": list(options.outputs),
         "format": options.image_format,
         "npz_classes": options.npz_classes,
@@ -445,6 +472,7 @@ def build_record(
     engine: GridEngine,
     options: OutputOptions,
     classes: Sequence[RenderedClass],
+    files: Sequence[OutputFile] = (),
 ) -> OutputRecord:
     """The one place an image's json record is assembled.
 
@@ -453,11 +481,14 @@ def build_record(
         engine: The engine that scored it (model, weights, method, size, device, dtype).
         options: The ranking's length and pooling, and what is drawn and written.
         classes: The rendered classes (:func:`rendered_classes`).
+        files: The other files written for the image, with their sizes.
 
     Returns:
         The record; :meth:`OutputRecord.to_json` is what the json holds.
     """
-    ranking = rank_image(result.grid.passes, options.top_k, options.pooling)
+    passes = result.grid.passes
+    ranking = rank_image(passes, options.top_k, options.pooling)
+    scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
     return OutputRecord(
         image=result.item.path,
         model=engine.loaded.name,
@@ -472,8 +503,9 @@ def build_record(
         classes=tuple(classes),
         top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
         top_k_pooling=options.pooling,
-        settings=run_settings(engine, options, result.grid.passes),
+        settings=run_settings(engine, options, scales, any(p.flip for p in passes)),
         versions=software_versions(),
         device=str(engine.device),
-        dtype=str(engine.compute_dtype).removeprefix("torch."),
+        dtype=engine.precision,
+        files=tuple(files),
     )

@@ -9,26 +9,27 @@ File names (``stem`` mirrors the input's place under its folder, see ``io.find_i
 * ``<stem>.json``: the :class:`~heatmap_cli.outputs.OutputRecord`.
 
 ``OutputOptions.outputs`` chooses among the pictures (``png``), the npz and the json; the json is
-always written. Every file is written atomically, and the json last: its presence means the
-image is done, which is what ``--skip-existing`` checks. An image's outputs are all or nothing:
-an old json is removed before anything is rewritten, and if writing fails or is interrupted, the
-files this call already wrote are removed again.
+always written, and lists every other file with its size. An image's files are written into a
+private folder and then moved into place together, the json last (``io.staged_files``): a run
+never deletes a file it did not create, so concurrent runs on one output folder cannot delete
+each other's work, and an interrupted run leaves the earlier outputs as they were. The image is
+done when its json lists files that all exist with the sizes it records, made with the current
+settings (``heatmap_cli.resume``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from heatmap_cli.engine import GridEngine
-from heatmap_cli.errors import OutputWriteError
-from heatmap_cli.io import output_path, write_image, write_json, write_npz
+from heatmap_cli.io import output_path, staged_files, write_image, write_json, write_npz
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import MultiScaleResult
 from heatmap_cli.outputs import (
+    OutputFile,
     OutputOptions,
     RenderedClass,
     build_record,
@@ -134,6 +135,10 @@ def write_outputs(
 ) -> list[Path]:
     """Renders and writes every output of one image: pictures, npz, and the json last.
 
+    The files are written into a private folder, then moved into place with the json last
+    (``io.staged_files``); on any failure or interruption only that private folder is removed,
+    never a file in ``out_dir``.
+
     Args:
         result: The image's grid, display copy and colour profile.
         engine: The engine that scored it (class names and what the json says of the run).
@@ -144,65 +149,46 @@ def write_outputs(
         The paths written, the json last.
 
     Raises:
-        OutputWriteError: A file cannot be written (no output of this image is left then).
+        OutputWriteError: A file cannot be written (the json is then not written).
     """
     stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
-    try:
-        # Otherwise an old json would vouch for files this call is about to replace.
-        marker.unlink(missing_ok=True)
-    except OSError as error:
-        raise OutputWriteError(f"cannot replace {marker}: {error.strerror or error}") from error
-    with _removed_on_failure() as written:
+    with staged_files(marker.parent, stem.name) as staging:
         classes = rendered_classes(result, engine.categories, options)
+        names = []
         if "png" in options.outputs:
-            written += _write_pictures(result, classes, options, out_dir)
+            names += _write_pictures(staging.folder, result, classes, options)
         if "npz" in options.outputs:
-            path = output_path(out_dir, stem, ".npz")
+            names.append(output_path(out_dir, stem, ".npz").name)
             indices = npz_class_indices(result, options, classes)
-            write_grid(path, result.grid, engine.categories, indices, options.npz_dtype)
-            written.append(path)
-        write_json(marker, build_record(result, engine, options, classes).to_json())
-        written.append(marker)
-    return written
+            grid_path = staging.folder / names[-1]
+            write_grid(grid_path, result.grid, engine.categories, indices, options.npz_dtype)
+        files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
+        record = build_record(result, engine, options, classes, files)
+        write_json(staging.folder / marker.name, record.to_json())
+        return staging.commit([*names, marker.name])
 
 
 def _write_pictures(
+    folder: Path,
     result: ImageResult,
     classes: Sequence[RenderedClass],
     options: OutputOptions,
-    out_dir: Path,
-) -> list[Path]:
-    """Writes each class's overlay and, for several classes, the contact sheet."""
-    written, overlays = [], []
-    folder = completion_marker(out_dir, result.item.stem).parent
+) -> list[str]:
+    """Writes each class's overlay and, for several classes, the contact sheet; their names."""
+    names, overlays = [], []
     for rendered in classes:
         overlays.append(render_overlay(result, rendered, options))
-        path = folder / str(rendered.overlay)
-        _write_picture(path, overlays[-1], result, options)
-        written.append(path)
+        names.append(str(rendered.overlay))
+        _write_picture(folder / names[-1], overlays[-1], result, options)
     if options.sheet and len(overlays) > 1:
         labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
         sheet = contact_sheet([result.display, *overlays], labels)
-        path = output_path(out_dir, result.item.stem, f"_sheet.{options.image_format}")
-        _write_picture(path, sheet, result, options)
-        written.append(path)
-    return written
+        names.append(f"{result.item.stem.name}_sheet.{options.image_format}")
+        _write_picture(folder / names[-1], sheet, result, options)
+    return names
 
 
 def _write_picture(
     path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions
 ) -> None:
     write_image(path, picture, image_format=options.image_format, icc_profile=result.icc_profile)
-
-
-@contextlib.contextmanager
-def _removed_on_failure() -> Iterator[list[Path]]:
-    """Yields a list of written paths; on any exception (Ctrl-C too) deletes them all."""
-    written: list[Path] = []
-    try:
-        yield written
-    except BaseException:  # leave no partial set of one image's outputs
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise

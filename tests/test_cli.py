@@ -650,7 +650,7 @@ def test_usage_error_with_debug_shows_the_traceback(tiny, tmp_path: Path) -> Non
         (["--stride", "0"], "Invalid value for '--stride': must be positive, got 0"),
         (["--top-k", "0"], "Invalid value for '-k' / '--top-k': must be positive, got 0"),
         (["-b", "0"], "Invalid value for '-b' / '--batch-size': must be positive, got 0"),
-        (["--max-pixels", "0"], "Invalid value for --max-pixels: must be positive"),
+        (["--max-pixels", "0"], "Invalid value for '--max-pixels': must be positive, got 0"),
         (["--alpha", "2"], "Invalid value for '--alpha': 2.0 is not in the range 0<=x<=1."),
         (
             ["--method", "fast"],
@@ -800,21 +800,25 @@ def test_interrupt_leaves_only_complete_images_and_skip_existing_resumes(
     assert not [f for f in output_files(out) if f.endswith(".tmp")]
 
 
-def test_rewriting_an_image_invalidates_its_old_completion_marker(
+def test_an_interrupted_rewrite_leaves_the_earlier_outputs_as_they_were(
     tiny, interrupt_on_commit, tmp_path: Path
 ) -> None:
     photo = save_photo(tmp_path / "photo.png")
     out = tmp_path / "out"
     assert run_tiny(photo, "--out", out, "-s", "48", "-k", "2").exit_code == 0
+    before = {name: (out / name).read_bytes() for name in output_files(out)}
 
-    interrupt_on_commit("photo.npz")
+    interrupt_on_commit("photo.npz")  # the new files are written privately, then moved
     result = run_tiny(photo, "--out", out, "-s", "48", "--class", "4")
+    interrupt_on_commit(None)
 
     assert result.exit_code == 130
-    # The old json no longer claims the image is done, so --skip-existing redoes it.
-    assert not (out / "photo.json").exists()
-    assert not (out / "photo_4_espresso.png").exists()
-    assert not [f for f in output_files(out) if f.endswith(".tmp")]
+    # Nothing was moved into place: the earlier outputs are whole, and say which options made
+    # them, so --skip-existing redoes the image for the new options and keeps it for the old.
+    assert {name: (out / name).read_bytes() for name in output_files(out)} == before
+    new = run_tiny(photo, "--out", out, "-s", "48", "--class", "4", "--skip-existing")
+    assert summary(new).group(1, 2) == ("1", "0")
+    assert (out / "photo_4_espresso.png").exists()
 
 
 def test_output_write_failure_is_reported_per_image(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -25,6 +27,7 @@ from heatmap_cli.io import (
     output_path,
     read_image,
     remove_stale_temporaries,
+    staged_files,
     write_json,
     write_npz,
     write_png,
@@ -763,8 +766,9 @@ def test_concurrent_writers_to_one_folder(tmp_path: Path) -> None:
 
 
 def test_remove_stale_temporaries(tmp_path: Path) -> None:
-    old = tmp_path / "a" / ".x.png.4242-0123abcd.tmp"
-    young = tmp_path / ".y.json.4242-89abcdef.tmp"
+    running = os.getpid()  # a process that runs: only age makes its temporaries stale
+    old = tmp_path / "a" / f".x.png.{running}-0123abcd.tmp"
+    young = tmp_path / f".y.json.{running}-89abcdef.tmp"
     unrelated = [tmp_path / ".keep.tmp", tmp_path / "a" / "x.png", tmp_path / "notes.tmp"]
     for path in [old, young, *unrelated]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -778,6 +782,24 @@ def test_remove_stale_temporaries(tmp_path: Path) -> None:
     assert all(path.exists() for path in unrelated)
     assert remove_stale_temporaries(tmp_path / "missing") == []
     assert remove_stale_temporaries(tmp_path, min_age_s=0) == [young]
+
+
+def test_temporaries_of_a_process_that_is_gone_are_stale_at_once(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    file = tmp_path / f".x.json.{gone.pid}-0123abcd.tmp"
+    folder = tmp_path / "a" / f".x.{gone.pid}-89abcdef.tmp"  # a staging folder, with content
+    (folder / "deeper").mkdir(parents=True)
+    (folder / "deeper" / "x.npz").write_bytes(b"npz")
+    file.write_bytes(b"")
+    live = tmp_path / f".y.json.{os.getpid()}-0123abcd.tmp"
+    live.write_bytes(b"")
+
+    removed = remove_stale_temporaries(tmp_path)
+
+    assert sorted(removed) == sorted([file, folder])
+    assert not file.exists() and not folder.exists()
+    assert live.exists()
 
 
 def test_unreachable_input_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -816,3 +838,100 @@ def test_explicit_broken_link_is_kept(tmp_path: Path) -> None:
     link = tmp_path / "gone.jpg"
     link.symlink_to(tmp_path / "missing.jpg")
     assert find_images([link]) == [(link, Path("gone"))]
+
+
+def test_write_json_escapes_names_that_are_not_utf8(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.jpg")  # what Python makes of a Latin-1 name on a UTF-8 system
+    path = tmp_path / os.fsdecode(b"caf\xe9.json")
+
+    write_json(path, {"image": name, "plain": "café"})
+
+    raw = (tmp_path / "caf\udce9.json").read_bytes()
+    assert b'"caf\\udce9.jpg"' in raw and "café".encode() in raw
+    raw.decode("utf-8")  # valid UTF-8
+    assert json.loads(raw)["image"] == name
+    assert os.fsencode(json.loads(raw)["image"]) == b"caf\xe9.jpg"
+
+
+def test_find_images_reports_unreadable_entries_and_goes_on(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    touch_image(photos / "a.jpg")
+    touch_image(photos / "sub" / "b.jpg")
+    (photos / "x").symlink_to("x")
+    (photos / "y.jpg").symlink_to("y.jpg")
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    problems: list[ImageReadError] = []
+
+    found = find_images([tmp_path / "loop.png", photos], on_error=problems.append)
+
+    assert [stem.as_posix() for _, stem in found] == ["a", "sub/b"]
+    assert [(p.path, p.reason) for p in problems] == [
+        (tmp_path / "loop.png", "too many levels of symbolic links"),
+        (photos / "x", "too many levels of symbolic links"),
+        (photos / "y.jpg", "too many levels of symbolic links"),
+    ]
+    with pytest.raises(ImageReadError, match="too many levels"):  # without on_error
+        find_images([photos])
+    with pytest.raises(ImageReadError, match="no such file"):  # a missing input, always
+        find_images([tmp_path / "typo"], on_error=problems.append)
+
+
+def test_staged_files_are_moved_into_place_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    moves: list[str] = []
+    real_replace = os.replace
+
+    def replace(source: object, destination: object) -> None:
+        if Path(str(destination)).parent == out:
+            moves.append(Path(str(destination)).name)
+        real_replace(source, destination)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    with staged_files(out, "x") as staging:
+        assert staging.folder.parent == out
+        assert is_temporary_name(staging.folder.name)
+        for name in ("x.npz", "x.json"):
+            (staging.folder / name).write_text(name, encoding="utf-8")
+        paths = staging.commit(["x.npz", "x.json"])
+
+    assert moves == ["x.npz", "x.json"]
+    assert paths == [out / "x.npz", out / "x.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["x.json", "x.npz"]
+
+
+def _stage_and_interrupt(out: Path) -> None:
+    with staged_files(out, "x") as staging:
+        (staging.folder / "x.png").write_text("this run's", encoding="utf-8")
+        (staging.folder / "x.npz").write_text("this run's", encoding="utf-8")
+        staging.commit(["x.npz"])
+        raise KeyboardInterrupt
+
+
+def test_leaving_staging_removes_only_the_private_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").write_text("another run's finished overlay", encoding="utf-8")
+
+    with pytest.raises(KeyboardInterrupt):
+        _stage_and_interrupt(out)
+
+    assert sorted(p.name for p in out.iterdir()) == ["x.npz", "x.png"]
+    assert (out / "x.png").read_text(encoding="utf-8") == "another run's finished overlay"
+
+
+def _stage_and_commit(out: Path, name: str) -> None:
+    with staged_files(out, "x") as staging:
+        (staging.folder / name).write_bytes(b"data")
+        staging.commit([name])
+
+
+def test_a_file_that_cannot_be_moved_into_place_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x.npz").mkdir()  # a folder where the file should go
+
+    with pytest.raises(OutputWriteError) as info:
+        _stage_and_commit(tmp_path, "x.npz")
+
+    assert str(info.value) == f"cannot write {tmp_path / 'x.npz'}: is a directory"
+    assert no_temporaries(tmp_path)

@@ -4,13 +4,16 @@ policy (any exception fails one image, never the others), a plain run as the one
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from heatmap_cli.engine import GridEngine, GridSettings, Tiling
-from heatmap_cli.errors import ImageReadError
+from heatmap_cli.errors import ImageReadError, MemoryExhaustedError
 from heatmap_cli.io import ImageInput, read_image
 from heatmap_cli.loader import ImageResult, score_images
 from heatmap_cli.preprocess import resize_for_grid
@@ -18,25 +21,41 @@ from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 
 
-class CountingEngine(GridEngine):
-    """Records the shape of every batch; fails every batch of ``failing_width`` pixels."""
+def python_out_of_memory() -> None:
+    raise MemoryError
 
-    def __init__(self, *args: object, failing_width: int | None = None, **kwargs: object) -> None:
+
+def torch_out_of_memory() -> None:
+    torch.empty(2**62, dtype=torch.uint8)  # the allocator refuses at once
+
+
+class CountingEngine(GridEngine):
+    """Records the shape of every batch; runs out of memory on batches ``failing_width`` wide."""
+
+    def __init__(
+        self,
+        *args: object,
+        failing_width: int | None = None,
+        fail: Callable[[], None] = python_out_of_memory,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.batches: list[tuple[int, ...]] = []
-        self.failing_width = failing_width
+        self.failing_width, self.fail = failing_width, fail
 
     def score_batch(self, pixels: np.ndarray):
         self.batches.append(pixels.shape)
         if pixels.shape[2] == self.failing_width:
-            raise MemoryError("out of memory (test)")
+            self.fail()
         return super().score_batch(pixels)
 
 
-def engine(failing_width: int | None = None) -> CountingEngine:
+def engine(
+    failing_width: int | None = None, fail: Callable[[], None] = python_out_of_memory
+) -> CountingEngine:
     loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, interpolation="bicubic")
     settings = GridSettings(size=60, device="cpu")
-    return CountingEngine(loaded, settings, failing_width=failing_width)
+    return CountingEngine(loaded, settings, failing_width=failing_width, fail=fail)
 
 
 @functools.cache
@@ -108,15 +127,23 @@ def test_inputs_of_equal_size_share_batches_across_images_and_passes(tmp_path: P
     assert len({shape[1:3] for shape in counting.batches}) == 4
 
 
-def test_a_failing_forward_pass_fails_only_its_images(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fail", [python_out_of_memory, torch_out_of_memory])
+def test_a_forward_pass_out_of_memory_fails_only_its_images_and_says_what_to_lower(
+    tmp_path: Path, fail: Callable[[], None]
+) -> None:
     items = photos(tmp_path, ("a.png", (70, 95)), ("b.png", (61, 80)), ("c.png", (70, 95)))
-    width = shared_engine().plan((70, 95), 1.5).input_size[1]
-    failing = engine(failing_width=width)
+    height, width = shared_engine().plan((70, 95), 1.5).input_size
+    failing = engine(failing_width=width, fail=fail)
 
     outcomes = {o.item.path.name: o.result for o in score_images(items, failing, scales=(1, 1.5))}
 
-    assert isinstance(outcomes["a.png"], MemoryError)
-    assert isinstance(outcomes["c.png"], MemoryError)
+    for name in ("a.png", "c.png"):
+        assert isinstance(outcomes[name], MemoryExhaustedError)
+        assert str(outcomes[name]) == (
+            f"not enough memory to score 2 network input(s) of {width}x{height} pixels at once; "
+            "lower --batch-size, or --memory-budget to score them in smaller tiles"
+        )
+        assert isinstance(outcomes[name].__cause__, MemoryError | RuntimeError)
     assert isinstance(outcomes["b.png"], ImageResult)
     assert len(outcomes) == 3
 

@@ -17,15 +17,17 @@ from heatmap_cli.io import ImageInput
 from heatmap_cli.loader import ImageResult
 from heatmap_cli.multiscale import MultiScaleResult, Pass, score_multiscale
 from heatmap_cli.outputs import (
+    OutputFile,
     OutputOptions,
     build_record,
     parse_npz_classes,
     parse_outputs,
     rendered_classes,
+    run_settings,
     slug,
 )
 from heatmap_cli.ranking import pooled_scores, rank_image, softmax
-from heatmap_cli.writers import overlay_label, render_overlay
+from heatmap_cli.writers import overlay_label, render_overlay, write_outputs
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 
@@ -52,7 +54,7 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
         *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
         *("tiling", "original_size", "input_size", "window", "window_input", "stride", "grid"),
         *("scores", "classes", "top_k", "top_k_pooling", "settings", "versions", "device"),
-        "dtype",
+        *("dtype", "files"),
     ]
     assert (document["image"], document["model"], document["weights"]) == (
         str(Path("photos/x.png")),
@@ -223,3 +225,37 @@ def test_outputs_parse_to_a_subset_that_always_holds_the_json() -> None:
     assert parse_outputs("npz") == ("npz", "json")
     assert parse_outputs(" JSON , png") == ("png", "json")
     assert parse_npz_classes("Top20") == "top20"
+
+
+def test_the_json_records_the_settings_the_command_compares_and_its_files() -> None:
+    result, engine = scored((1, 1.5), flip=True)
+    options = OutputOptions(classes=(3, 1), top_k=2, alpha=0.25, colorbar=True)
+    files = (OutputFile("x_3_class_3.png", 123), OutputFile("x.npz", 4567))
+
+    document = build_record(result, engine, options, (), files).to_json()
+
+    # The record's settings are what the command computes before it scores anything.
+    assert document["settings"] == run_settings(engine, options, (1, 1.5), flip=True)
+    assert document["settings"]["scales"] == [1.0, 1.5]
+    assert document["settings"]["classes"] == [3, 1]
+    assert (document["settings"]["alpha"], document["settings"]["colorbar"]) == (0.25, True)
+    assert (document["settings"]["method"], document["settings"]["stride"]) == (
+        engine.method,
+        engine.stride,
+    )
+    assert document["files"] == [
+        {"name": "x_3_class_3.png", "bytes": 123},
+        {"name": "x.npz", "bytes": 4567},
+    ]
+
+
+def test_written_outputs_list_every_other_file_with_its_size(tmp_path: Path) -> None:
+    result, engine = scored((1,), flip=False)
+
+    written = write_outputs(result, engine, OutputOptions(top_k=2), tmp_path)
+
+    record = json.loads(written[-1].read_bytes())
+    assert written[-1] == tmp_path / "x.json"
+    assert [tmp_path / f["name"] for f in record["files"]] == written[:-1]
+    assert [f["bytes"] for f in record["files"]] == [p.stat().st_size for p in written[:-1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

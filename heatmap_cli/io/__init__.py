@@ -5,18 +5,28 @@
 * :mod:`~heatmap_cli.io.inputs`: :func:`find_images` (files and folders to images and unique
   output stems), :func:`output_path`;
 * :mod:`~heatmap_cli.io.writing`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
-  and json writers built on it, :func:`remove_stale_temporaries`.
+  and json writers built on it, :func:`remove_stale_temporaries`;
+* :mod:`~heatmap_cli.io.staging`: :func:`staged_files`, a private folder whose files are moved
+  into place together (a run never deletes another run's files).
 """
 
 from __future__ import annotations
 
-from heatmap_cli.io.inputs import IMAGE_EXTENSIONS, ImageInput, find_images, output_path
+from heatmap_cli.io.inputs import (
+    IMAGE_EXTENSIONS,
+    ErrorHandler,
+    ImageInput,
+    find_images,
+    output_path,
+)
 from heatmap_cli.io.reading import DEFAULT_MAX_PIXELS, read_image
+from heatmap_cli.io.staging import Staging, staged_files
 from heatmap_cli.io.writing import (
     IMAGE_FORMATS,
     atomic_writer,
     is_temporary_name,
     remove_stale_temporaries,
+    temporary_name,
     write_image,
     write_json,
     write_npz,
@@ -27,13 +37,17 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "ErrorHandler",
     "ImageInput",
+    "Staging",
     "atomic_writer",
     "find_images",
     "is_temporary_name",
     "output_path",
     "read_image",
     "remove_stale_temporaries",
+    "staged_files",
+    "temporary_name",
     "write_image",
     "write_json",
     "write_npz",

@@ -12,14 +12,17 @@ import os
 import stat
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from typing import NamedTuple
 
 from heatmap_cli.errors import ImageReadError
 from heatmap_cli.io._oserror import os_reason
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageInput", "find_images", "output_path"]
+__all__ = ["IMAGE_EXTENSIONS", "ErrorHandler", "ImageInput", "find_images", "output_path"]
+
+ErrorHandler = Callable[[ImageReadError], None]
+"""Called with each input or folder entry that cannot be read (see :func:`find_images`)."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {"jpg", "jpeg", "jpe", "jfif", "png", "apng", "gif", "bmp", "tif", "tiff", "webp"}
@@ -41,7 +44,12 @@ class ImageInput(NamedTuple):
     stem: Path
 
 
-def find_images(inputs: Sequence[Path], *, exclude: Sequence[Path] = ()) -> list[ImageInput]:
+def find_images(
+    inputs: Sequence[Path],
+    *,
+    exclude: Sequence[Path] = (),
+    on_error: ErrorHandler | None = None,
+) -> list[ImageInput]:
     """Expand files and folders into images and unique output stems.
 
     Folders are searched recursively for files whose extension is in
@@ -70,20 +78,26 @@ def find_images(inputs: Sequence[Path], *, exclude: Sequence[Path] = ()) -> list
         exclude: Folders not to descend into (e.g. the output folder when it lies inside
             an input folder, so overlays are not read back as inputs). A folder given in
             ``inputs`` is searched even if excluded.
+        on_error: Called with an ``ImageReadError`` for every input or folder entry that
+            cannot be read (a symbolic link loop, a folder that cannot be listed, an entry
+            whose type cannot be read), which is then left out and the search goes on, as
+            ``os.walk``'s ``onerror``. Without it, the first such error is raised.
 
     Returns:
         ``ImageInput(path, stem)`` pairs; empty if the folders hold no images.
 
     Raises:
-        ImageReadError: An input does not exist, or a folder cannot be listed. Raised
-            before any work starts, so the caller can stop with a clear message.
+        ImageReadError: An input does not exist; without ``on_error``, also an input or
+            entry that cannot be read. Raised before any image is read, so the caller can
+            stop with a clear message.
     """
+    report = on_error or _raise
     excluded = {os.path.realpath(folder) for folder in exclude}
     visited_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
     found: list[tuple[Path, Path, Path]] = []  # (path, stem, stem with extension)
     for given in map(Path, inputs):
-        for real, path, stem, full in _expand(given, excluded, visited_dirs):
+        for real, path, stem, full in _expand(given, excluded, visited_dirs, report):
             if real not in seen_files:
                 seen_files.add(real)
                 found.append((path, stem, full))
@@ -91,13 +105,23 @@ def find_images(inputs: Sequence[Path], *, exclude: Sequence[Path] = ()) -> list
     return [ImageInput(path, stem) for (path, _, _), stem in zip(found, stems, strict=True)]
 
 
+def _raise(error: ImageReadError) -> None:
+    raise error
+
+
+def _unreadable(path: Path, reason: str, cause: OSError) -> ImageReadError:
+    error = ImageReadError(path, reason)
+    error.__cause__ = cause
+    return error
+
+
 def _expand(
-    given: Path, excluded: set[str], visited_dirs: set[tuple[int, int]]
+    given: Path, excluded: set[str], visited_dirs: set[tuple[int, int]], report: ErrorHandler
 ) -> list[tuple[str, Path, Path, Path]]:
     """One input's images as ``(real path, path, stem, stem with extension)``, in order.
 
     Raises:
-        ImageReadError: The input does not exist, or a folder cannot be listed.
+        ImageReadError: The input does not exist.
     """
     # os.stat rather than Path.is_dir/exists, which hide permission errors as "absent".
     try:
@@ -106,40 +130,42 @@ def _expand(
         if not given.is_symlink():
             raise ImageReadError(given, "no such file or directory") from exc
         is_folder = False
-    except OSError as exc:
-        raise ImageReadError(given, os_reason(exc)) from exc
+    except OSError as exc:  # a link loop, a folder on the way that cannot be searched
+        report(_unreadable(given, os_reason(exc), exc))
+        return []
     if not is_folder:
         # Files given explicitly are taken whatever their name; a broken link too, so that
         # reading it reports the problem.
         name = Path(given.name)
         return [(os.path.realpath(given), given, Path(name.stem) if name.suffix else name, name)]
     images = []
-    for relative, real in _walk(given, excluded, visited_dirs):
+    for relative, real in _walk(given, excluded, visited_dirs, report):
         extension_length = len(relative.name.rsplit(".", 1)[1]) + 1
         stem = relative.with_name(relative.name[:-extension_length])
         images.append((real, given / relative, stem, relative))
     return images
 
 
-def _walk(root: Path, excluded: set[str], visited: set[tuple[int, int]]) -> list[tuple[Path, str]]:
+def _walk(
+    root: Path, excluded: set[str], visited: set[tuple[int, int]], report: ErrorHandler
+) -> list[tuple[Path, str]]:
     """List image files below ``root``, sorted by relative path.
 
     Args:
         root: A folder.
         excluded: Real paths of folders to skip below ``root``.
         visited: ``(device, inode)`` of folders already searched; updated.
+        report: Receives every folder or entry that cannot be read; the walk goes on.
 
     Returns:
         ``(path relative to root, real path)`` per file.
-
-    Raises:
-        ImageReadError: A folder cannot be listed.
     """
     found: list[tuple[Path, str]] = []
     try:
         info = root.stat()
     except OSError as exc:
-        raise ImageReadError(root, os_reason(exc)) from exc
+        report(_unreadable(root, os_reason(exc), exc))
+        return found
     if (info.st_dev, info.st_ino) in visited:
         return found
     visited.add((info.st_dev, info.st_ino))
@@ -155,27 +181,41 @@ def _walk(root: Path, excluded: set[str], visited: set[tuple[int, int]]) -> list
                     if entry.name.startswith("."):
                         continue
                     relative = relative_dir / entry.name
-                    if entry.is_dir():
-                        entry_info = entry.stat()
-                        key = (entry_info.st_dev, entry_info.st_ino)
-                        if key in visited or os.path.realpath(entry.path) in excluded:
-                            continue
-                        visited.add(key)
+                    try:
+                        kind = _kind(entry, excluded, visited)
+                    except OSError as exc:  # a link loop, an entry that cannot be examined
+                        report(_unreadable(root / relative, os_reason(exc), exc))
+                        continue
+                    if kind == "folder":
                         pending.append(relative)
-                    elif _has_image_extension(entry.name) and (
-                        entry.is_file() or entry.is_symlink()
-                    ):
-                        # A broken link is kept so that reading it reports the problem.
-                        real = (
-                            os.path.realpath(entry.path)
-                            if entry.is_symlink()
-                            else os.path.join(real_folder, entry.name)
-                        )
-                        found.append((relative, real))
+                    elif kind == "link":
+                        found.append((relative, os.path.realpath(entry.path)))
+                    elif kind == "file":
+                        found.append((relative, os.path.join(real_folder, entry.name)))
         except OSError as exc:
-            raise ImageReadError(folder, f"cannot list folder: {os_reason(exc)}") from exc
+            report(_unreadable(folder, f"cannot list folder: {os_reason(exc)}", exc))
     found.sort(key=lambda item: item[0].parts)
     return found
+
+
+def _kind(entry: os.DirEntry[str], excluded: set[str], visited: set[tuple[int, int]]) -> str:
+    """``"folder"`` to search (marked visited), ``"file"`` or ``"link"`` to read, or ``""``.
+
+    Raises:
+        OSError: The entry cannot be examined (a symbolic link loop, no permission).
+    """
+    if entry.is_dir():
+        info = entry.stat()
+        key = (info.st_dev, info.st_ino)
+        if key in visited or os.path.realpath(entry.path) in excluded:
+            return ""
+        visited.add(key)
+        return "folder"
+    if not _has_image_extension(entry.name):
+        return ""
+    if entry.is_symlink():  # a broken link is kept so that reading it reports the problem
+        return "link"
+    return "file" if entry.is_file() else ""
 
 
 def _has_image_extension(name: str) -> bool:

@@ -176,9 +176,7 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
             with _pillow_guard_lifted() if huge else contextlib.nullcontext():
                 image.load()
         except MemoryError as exc:
-            raise ImageReadError(
-                path, f"not enough memory to decode {width} x {height} pixels"
-            ) from exc
+            raise _out_of_memory(path, "decode", width, height) from exc
         except _DECODE_ERRORS as exc:
             raise ImageReadError(path, _read_reason(exc)) from exc
 
@@ -188,9 +186,7 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
         except (ValueError, OSError, ImageCms.PyCMSError) as exc:
             raise ImageReadError(path, f"unsupported image mode {image.mode}") from exc
         except MemoryError as exc:
-            raise ImageReadError(
-                path, f"not enough memory to convert {width} x {height} pixels"
-            ) from exc
+            raise _out_of_memory(path, "convert", width, height) from exc
         profile = image.info.get("icc_profile")
 
     transpose = _EXIF_TRANSPOSE.get(orientation)
@@ -201,6 +197,14 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
     if isinstance(profile, bytes) and profile[16:20] == b"RGB ":
         rgb.info["icc_profile"] = profile
     return rgb
+
+
+def _out_of_memory(path: Path, step: str, width: int, height: int) -> ImageReadError:
+    return ImageReadError(
+        path,
+        f"not enough memory to {step} {width} x {height} pixels; lower --max-pixels to refuse "
+        "images this large",
+    )
 
 
 @contextlib.contextmanager

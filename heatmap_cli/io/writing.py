@@ -1,17 +1,22 @@
-"""Writing result files atomically: a file has its old content or its complete new content.
+r"""Writing result files atomically: a file has its old content or its complete new content.
 
 Every output goes through :func:`atomic_writer`, so a file is never half-written, even if the
 process is interrupted. That is what makes ``--skip-existing`` safe: an output that exists is
 complete.
 
 Stale temporary files:
-    Temporary files are named ``.<name>.<pid>-<8 hex>.tmp`` next to their target and
-    are removed on any exception, ``KeyboardInterrupt`` included. A process killed with
-    SIGKILL (or a power cut) cannot clean up; its temporaries are hidden, never mistaken
-    for outputs or inputs (``find_images`` skips hidden files) and are deleted by
-    :func:`remove_stale_temporaries`, which the CLI calls on the output folder at start-up.
-    It only removes files older than a minimum age so that it cannot delete the live
-    temporaries of a concurrent run.
+    Temporary files (and the staging folders of :mod:`~heatmap_cli.io.staging`) are named
+    ``.<name>.<pid>-<8 hex>.tmp`` next to their target and are removed on any exception,
+    ``KeyboardInterrupt`` included. A process killed with SIGKILL (or a power cut) cannot
+    clean up; its temporaries are hidden, never mistaken for outputs or inputs
+    (``find_images`` skips hidden files) and are deleted by :func:`remove_stale_temporaries`,
+    which the CLI calls on the output folder at start-up: those of a process that no longer
+    runs (the pid in the name is gone) whatever their age, and any older than an hour (a pid
+    may have been reused). A concurrent run's live temporaries are left alone.
+
+Names that are not valid UTF-8 (``caf\xe9.jpg`` from an old disk) reach Python as strings with
+surrogate escapes; files are named with the same bytes, and :func:`write_json` writes such
+characters as ``\udcxx`` escapes, which ``json.loads`` reads back to the same string.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
@@ -37,16 +43,31 @@ __all__ = [
     "IMAGE_FORMATS",
     "atomic_writer",
     "is_temporary_name",
+    "make_folders",
     "remove_stale_temporaries",
+    "temporary_name",
     "write_image",
     "write_json",
     "write_npz",
     "write_png",
 ]
 
-_TEMP_NAME_RE = re.compile(r"^\..*\.\d+-[0-9a-f]{8}\.tmp$", re.DOTALL)
+_TEMP_NAME_RE = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}\.tmp$", re.DOTALL)
 # Keeps temporary names under the usual 255-byte limit even for 4-byte UTF-8 characters.
 _TEMP_NAME_CHARS = 50
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def temporary_name(name: str) -> str:
+    """A new hidden name for a temporary next to ``name``: ``.<name>.<pid>-<8 hex>.tmp``.
+
+    Args:
+        name: The final file's name (cut to 50 characters).
+
+    Returns:
+        A name that :func:`is_temporary_name` recognises, unique with high probability.
+    """
+    return f".{name[:_TEMP_NAME_CHARS]}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
 def is_temporary_name(name: str) -> bool:
@@ -135,16 +156,24 @@ def _atomic_writer(path: Path, mode: str, fsync: bool) -> Iterator[IO[Any]]:
 
 def _make_parent(path: Path) -> None:
     """Create the parent folders of ``path``, raising OutputWriteError on failure."""
-    parent = path.parent
+    make_folders(path.parent, path)
+
+
+def make_folders(folder: Path, target: Path) -> None:
+    """Create ``folder`` and its parents, to write ``target`` (a file in it, or itself).
+
+    Raises:
+        OutputWriteError: Naming ``target``: a parent is a file, or a folder cannot be created.
+    """
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise OutputWriteError(
-            f"cannot write {path}: {parent} or one of its parents is not a folder"
+            f"cannot write {target}: {folder} or one of its parents is not a folder"
         ) from exc
     except OSError as exc:
         raise OutputWriteError(
-            f"cannot write {path}: cannot create folder {parent}: {os_reason(exc)}"
+            f"cannot write {target}: cannot create folder {folder}: {os_reason(exc)}"
         ) from exc
 
 
@@ -154,9 +183,8 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     Returns:
         The open file descriptor and the temporary path.
     """
-    name = path.name[:_TEMP_NAME_CHARS]
     while True:
-        temporary = path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        temporary = path.with_name(temporary_name(path.name))
         try:
             # Not tempfile.mkstemp: its 0o600 would end up on the final file.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -260,10 +288,12 @@ def write_npz(path: Path, **arrays: Any) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write an object as UTF-8 JSON (indent 2, non-ASCII kept), atomically.
+    r"""Write an object as UTF-8 JSON (indent 2, non-ASCII kept), atomically.
 
     numpy scalars and arrays become Python numbers and lists, tuples become lists, paths
-    become strings, and mapping keys that are numpy scalars become plain keys.
+    become strings, and mapping keys that are numpy scalars become plain keys. Surrogate
+    escapes (file names that are not valid UTF-8) are written as ``\udcxx`` escapes, so the
+    file stays valid UTF-8 and ``json.loads`` gives back the same string.
 
     Args:
         path: The final file.
@@ -275,6 +305,7 @@ def write_json(path: Path, obj: Any) -> None:
         OutputWriteError: The file cannot be written.
     """
     text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    text = _SURROGATE_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     with atomic_writer(path, "wb") as file:
         file.write((text + "\n").encode("utf-8"))
 
@@ -302,32 +333,55 @@ def _describe(value: object) -> str:
 
 
 def remove_stale_temporaries(folder: Path, *, min_age_s: float = 3600.0) -> list[Path]:
-    """Delete temporary files left below ``folder`` by a killed writer.
+    """Delete temporary files and staging folders left below ``folder`` by a killed writer.
 
-    Only files named like :func:`atomic_writer`'s temporaries
-    (``.<name>.<pid>-<8 hex>.tmp``) and last modified at least ``min_age_s`` seconds ago
-    are removed: a younger one may belong to a run still in progress. Symbolic links to
-    folders are not followed. Files that cannot be removed are left alone.
+    Only entries named like :func:`atomic_writer`'s temporaries (``.<name>.<pid>-<8 hex>.tmp``)
+    are considered. One is removed when the process named by its pid no longer runs, whatever
+    its age, or when it was last modified at least ``min_age_s`` seconds ago (the pid may have
+    been reused by another program); a younger one of a running process may belong to a
+    concurrent run and is kept. Symbolic links to folders are not followed; entries that
+    cannot be removed are left alone.
 
     Args:
         folder: The output folder; a missing folder has nothing to clean.
-        min_age_s: Minimum age in seconds.
+        min_age_s: Age in seconds after which a temporary is removed even if its pid runs.
 
     Returns:
-        The removed files.
+        The removed files and folders.
     """
     cutoff = time.time() - min_age_s
     removed: list[Path] = []
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            if not is_temporary_name(name):
+    for directory, folders, files in os.walk(folder):
+        for name in [*folders, *files]:
+            match = _TEMP_NAME_RE.match(name)
+            if match is None:
                 continue
             candidate = Path(directory) / name
             try:
-                if candidate.lstat().st_mtime > cutoff:
+                info = candidate.lstat()
+                if info.st_mtime > cutoff and _process_runs(int(match.group(1))):
                     continue
-                candidate.unlink()
+                if name in folders:
+                    folders.remove(name)  # not walked into, whatever happens
+                    shutil.rmtree(candidate)
+                else:
+                    candidate.unlink()
             except OSError:
                 continue
             removed.append(candidate)
     return removed
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine); True when it cannot be told."""
+    if os.name == "nt" or pid == os.getpid():
+        return True  # Windows' os.kill would terminate the process, not probe it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OverflowError):
+        return False  # no process can have this id
+    except OSError:
+        return True  # it exists, owned by someone else (EPERM), or cannot be probed
+    return True

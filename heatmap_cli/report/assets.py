@@ -55,7 +55,8 @@ def asset_key(stem: PurePosixPath) -> str:
     Returns:
         E.g. ``"trip_photo-1a2b3c4d"`` for ``trip/photo``.
     """
-    digest = hashlib.sha1(str(stem).encode("utf-8")).hexdigest()[:8]
+    # The name's own bytes: the same as UTF-8 for every valid name, and defined for the others.
+    digest = hashlib.sha1(str(stem).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slug(str(stem), _KEY_NAME_LENGTH)}-{digest}"
 
 
@@ -205,5 +206,9 @@ def _write_script(path: Path, method: str, key: str, payload: str) -> None:
 
 
 def _url(path: PurePosixPath) -> str:
-    """A relative URL for a relative path (spaces, ``#`` and ``?`` escaped)."""
-    return quote(str(path), safe="/")
+    """A relative URL for a relative path (spaces, ``#`` and ``?`` escaped).
+
+    The name's own bytes are escaped: UTF-8 for every valid name, and a name that is not valid
+    UTF-8 (``caf%E9.png``) still points at its file.
+    """
+    return quote(str(path).encode("utf-8", "surrogateescape"), safe="/")

@@ -156,7 +156,8 @@ def _json_files(out_dir: Path) -> Iterator[Path]:
     for folder, subfolders, files in os.walk(out_dir):
         if Path(folder) == out_dir and ASSETS_DIR_NAME in subfolders:
             subfolders.remove(ASSETS_DIR_NAME)
-        subfolders.sort()
+        # Hidden folders hold a concurrent run's files before they are moved into place.
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in files:
             if name.endswith(".json") and not name.startswith("."):
                 yield Path(folder) / name
