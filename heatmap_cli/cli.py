@@ -63,6 +63,17 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    """``--size``: positive pixels, or ``native``."""
+    if value.strip().lower() == "native":
+        return "native"
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise click.BadParameter(f"must be PIXELS or native, got {value!r}", ctx, param) from None
+    return _positive(ctx, param, pixels)  # type: ignore[return-value]
+
+
 def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -72,6 +83,15 @@ def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> Non
         cached = "cached" if entry.cached else ""
         click.echo(f"{entry.name:<24} {entry.family:<12} {entry.weights:<28} {cached}".rstrip())
     click.echo("Any timm model: timm/NAME (e.g. timm/resnet50.a1_in1k); see timm.list_models().")
+    click.echo(
+        "Your own fine-tuned classifier: save its state dict, then\n"
+        "  heatmap photo.jpg --model resnet18 --weights my.pth --labels labels.txt "
+        "--input-size 224\n"
+        "  (any torchvision or timm architecture, any number of classes; checkpoints too).\n"
+        "Your own architecture: --model path/to/file.py:callable or package.module:callable "
+        "(runs that code).\n"
+        "A model file: --model FILE, a torch.export archive (.pt2) or a TorchScript file."
+    )
     ctx.exit(0)
 
 
@@ -84,7 +104,13 @@ class CommandOptions:
     top_k: int
     model: str
     weights: Path | None
-    size: int
+    labels: Path | None
+    input_size: str | None
+    mean: str | None
+    std: str | None
+    activation: str
+    allow_pickle: bool
+    size: int | str
     stride: int | None
     method: str
     scores: str
@@ -137,12 +163,40 @@ class CommandOptions:
     "--model",
     default=DEFAULT_MODEL,
     show_default=True,
-    help="Model: the offline default, a torchvision name, or timm/NAME.",
+    help="Model: the offline default, a torchvision name, timm/NAME, a model file (torch.export "
+    ".pt2 or TorchScript), or your own code as path/to/file.py:callable or "
+    "package.module:callable (this imports and runs that code).",
 )
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Local state dict or checkpoint for --model's architecture.",
+    help="State dict or checkpoint for --model's architecture, with any number of classes.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Class names: a text file (one per line), a JSON list or a JSON {index: name}.",
+)
+@click.option(
+    "--input-size",
+    metavar="PIXELS|H,W",
+    help="The window the classifier was trained on (default: the model's own, else 224).",
+)
+@click.option("--mean", metavar="R,G,B", help="Normalization mean (default: the model's own).")
+@click.option("--std", metavar="R,G,B", help="Normalization std (default: the model's own).")
+@click.option(
+    "--activation",
+    type=_LazyChoice("heatmap_cli.activations", "ACTIVATIONS"),
+    metavar="ACTIVATION",
+    default="auto",
+    show_default=True,
+    help="Scores from logits: softmax, sigmoid or none; auto: sigmoid for one output, softmax "
+    "for several, none for a model that returns probabilities.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Load a full-model pickle (torch.save(model)); unpickling runs code from the file.",
 )
 @click.option(
     "--list-models",
@@ -155,10 +209,12 @@ class CommandOptions:
 @click.option(
     "-s",
     "--size",
-    default=384,
+    default="384",
     show_default=True,
-    callback=_positive,
-    help="Shorter side of the resized image, in pixels (snapped to the grid).",
+    callback=_size,
+    metavar="PIXELS|native",
+    help="Shorter side of the resized image, in pixels (snapped to the grid); native: the "
+    "photo's own scale.",
 )
 @click.option(
     "--stride",
@@ -365,11 +421,23 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
     """Loads the model, resolves ``--class`` and converts the model once."""
     from heatmap_cli.engine import GridEngine, GridSettings
     from heatmap_cli.io import DEFAULT_MAX_PIXELS
-    from heatmap_cli.models import load_model
+    from heatmap_cli.models import load_model, parse_channels, parse_input_size
     from heatmap_cli.outputs import OutputOptions
     from heatmap_cli.ranking import resolve_classes
 
-    loaded = load_model(options.model, weights=options.weights)
+    text = options.input_size
+    window = None if text is None else parse_input_size(text, "--input-size")
+    mean = None if options.mean is None else parse_channels(options.mean, "--mean")
+    std = None if options.std is None else parse_channels(options.std, "--std", positive=True)
+    loaded = load_model(
+        options.model,
+        weights=options.weights,
+        allow_pickle=options.allow_pickle,
+        labels=options.labels,
+        input_size=window,
+        mean=mean,
+        std=std,
+    )
     rendering = OutputOptions(
         classes=resolve_classes(options.class_specs, loaded.categories),
         top_k=options.top_k,
@@ -392,6 +460,7 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         max_display_side=options.max_overlay_side,
         tile=options.tile,
         memory_budget=None if budget is None else int(budget * 2**30),
+        activation=options.activation,
     )
     return GridEngine(loaded, settings), rendering
 

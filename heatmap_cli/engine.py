@@ -17,11 +17,13 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from heatmap_cli.activations import resolve_activation
 from heatmap_cli.errors import ConversionError, GeometryError, InvalidOptionError, first_line
 from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
@@ -34,6 +36,7 @@ from heatmap_cli.surgery import convolutionalize
 from heatmap_cli.tiling import choose_tile, default_memory_budget, minimum_tile, tiled_score_grid
 
 __all__ = [
+    "NATIVE_SIZE",
     "UNTILED",
     "GridEngine",
     "GridNetwork",
@@ -56,13 +59,18 @@ def method_choices() -> tuple[str, ...]:
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
 
+NATIVE_SIZE = "native"
+"""``--size native``: the photo at its own pixel scale (each side snapped by the least resize),
+for patch classifiers trained on tiles at a fixed scale."""
+
 
 @dataclass(frozen=True)
 class GridSettings:
     """How images are turned into grids.
 
     Attributes:
-        size: Shorter side of the resized image in pixels, before snapping.
+        size: Shorter side of the resized image in pixels, before snapping; ``"native"``: the
+            photo's own shorter side (no resizing but the snapping).
         stride: Output stride in resized pixels; None for the native stride.
         method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
@@ -77,9 +85,12 @@ class GridSettings:
         compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
             constants): compiling costs seconds once per input size, each later pass is faster.
             Falls back to the plain network, with a note, if compiling fails.
+        activation: What makes scores of the logits: ``"auto"`` (sigmoid for one output,
+            softmax for several, nothing for a model that returns probabilities),
+            ``"softmax"``, ``"sigmoid"`` or ``"none"``.
     """
 
-    size: int = 384
+    size: int | Literal["native"] = 384
     stride: int | None = None
     method: str = "auto"
     device: str = "auto"
@@ -90,6 +101,7 @@ class GridSettings:
     tile: int | None = None
     memory_budget: int | None = None
     compile: bool = False
+    activation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -244,12 +256,16 @@ class GridEngine:
         native_stride: The converted network's own stride (None when it cannot be converted).
         folded_norms: Batch norms folded into the convolutions of the engine's copy of the
             converted network (0: none, and no copy).
-        notes: Human-readable notes about choices made (fallbacks), for the CLI to print once;
-            appended to while scoring if ``--compile`` fails on the first pass.
+        activation: What makes scores of the logits: ``"softmax"``, ``"sigmoid"`` or ``"none"``
+            (``settings.activation`` resolved for the model).
+        notes: Human-readable notes about the model and the choices made (how its weights were
+            found, fallbacks), for the CLI to print once; appended to while scoring if
+            ``--compile`` fails on the first pass.
 
     Raises:
         GeometryError: A size, stride or ``--tile`` that cannot work for this model.
-        InvalidOptionError: An unknown method or device, or a batch size below 1.
+        InvalidOptionError: An unknown method, device or activation, a batch size below 1, or
+            an activation on top of the probabilities a model returns.
         ConversionError: The model cannot be converted for the method asked for.
     """
 
@@ -257,6 +273,7 @@ class GridEngine:
         _check_settings(settings)
         self.loaded = loaded
         self.settings = settings
+        self.activation = resolve_activation(settings.activation, loaded.num_classes, loaded.output)
         self.device = resolve_device(settings.device)
         self.window = loaded.input_size
         built = build_grid_network(
@@ -269,7 +286,7 @@ class GridEngine:
         self.method, self.stride = built.method, built.stride
         self.grid_method: GridMethod = get_method(built.method)
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
-        self.notes: list[str] = list(built.notes)
+        self.notes: list[str] = [*loaded.notes, *built.notes]
         self.network: nn.Module = built.network
         self._tiles: dict[tuple[int, int], int | None] = {}
         if settings.tile is not None and self.grid_method.tileable:
@@ -300,20 +317,28 @@ class GridEngine:
         """The model's class names."""
         return self.loaded.categories
 
+    @property
+    def probabilities(self) -> bool:
+        """Whether the grids' scores are probabilities (an activation's, or the model's own)."""
+        return self.activation != "none" or self.loaded.output in ("softmax", "sigmoid")
+
     def plan(self, original_size: tuple[int, int], scale: float = 1.0) -> GridGeometry:
         """The grid geometry of an image of ``(H, W)`` original pixels.
 
         Args:
             original_size: ``(H, W)`` of the decoded image.
             scale: Factor of ``settings.size``: the shorter side is resized to
-                ``round(size * scale)`` pixels before snapping.
+                ``round(size * scale)`` pixels before snapping (``size`` is the photo's own
+                shorter side for ``"native"``).
 
         Returns:
             The geometry of one pass at that scale.
         """
+        size = self.settings.size
+        shorter = min(original_size) if size == NATIVE_SIZE else int(size)
         return plan_geometry(
             original_size,
-            shorter_side=max(1, round(self.settings.size * scale)),
+            shorter_side=max(1, round(shorter * scale)),
             window=self.window,
             stride=self.stride,
         )
@@ -432,8 +457,8 @@ class GridEngine:
 
 def _check_settings(settings: GridSettings) -> None:
     """Raises on settings that can never work, before anything is built."""
-    if settings.size <= 0:
-        raise GeometryError(f"size must be positive, got {settings.size}")
+    if settings.size != NATIVE_SIZE and not (isinstance(settings.size, int) and settings.size > 0):
+        raise GeometryError(f"size must be positive or {NATIVE_SIZE!r}, got {settings.size!r}")
     if settings.batch_size <= 0:
         raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
     if settings.method != "auto":

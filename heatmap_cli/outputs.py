@@ -9,8 +9,11 @@ File names (``stem`` mirrors the input's place under its folder, see ``io.find_i
 Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
 the run (model, weights, method), the passes that went in (scales, flips) and how each was
 evaluated (whole or in tiles), the grid's geometry, the rendered classes and the image-level
-ranking. The overlays carry the photo's ICC profile, so the photo keeps its colours; the colour
-bar is drawn in the same colours as the map, so values still read off it.
+ranking, which activation made ``probs`` of the logits and what the model itself returns, and
+the model's settings (:func:`model_settings`: its source and files with their digests, classes,
+window, mean and std, ``--size`` and ``--activation``). The overlays carry the photo's ICC
+profile, so the photo keeps its colours; the colour bar is drawn in the same colours as the map,
+so values still read off it.
 
 Every file is written atomically, and the ``.json`` last: its presence means the image is done,
 which is what ``--skip-existing`` checks. An image's outputs are all or nothing: an old ``.json``
@@ -21,8 +24,8 @@ call already wrote are removed again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ __all__ = [
     "RenderedClass",
     "build_record",
     "completion_marker",
+    "model_settings",
     "rendered_classes",
     "slug",
     "write_outputs",
@@ -125,6 +129,11 @@ class OutputRecord:
         classes: The rendered classes.
         top_k: The image-level ranking, best first.
         top_k_pooling: How it pools each class map: ``"max"`` or ``"mean"``.
+        activation: What made ``probs`` of the logits: ``"softmax"``, ``"sigmoid"`` or
+            ``"none"`` (the npz's ``probs`` are its output).
+        model_output: What the model returns: ``"logits"``, or a head's ``"softmax"``,
+            ``"sigmoid"`` (probabilities already) or ``"log_softmax"``.
+        settings: The options that change the numbers (:func:`model_settings`).
     """
 
     image: Path
@@ -140,6 +149,9 @@ class OutputRecord:
     classes: tuple[RenderedClass, ...]
     top_k: tuple[RankedClass, ...]
     top_k_pooling: str
+    activation: str = "softmax"
+    model_output: str = "logits"
+    settings: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def tiling(self) -> Tiling:
@@ -171,9 +183,12 @@ class OutputRecord:
             "stride": self.geometry.stride,
             "grid": {"rows": rows, "cols": cols},
             "scores": self.scores,
+            "activation": self.activation,
+            "model_output": self.model_output,
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
+            "settings": dict(self.settings),
         }
 
 
@@ -232,6 +247,33 @@ def rendered_classes(
     return tuple(classes)
 
 
+def model_settings(engine: GridEngine) -> dict[str, object]:
+    """The model options of a run, as the json's ``settings`` records them.
+
+    Args:
+        engine: The engine that scored the images (its model and settings).
+
+    Returns:
+        ``model`` and ``model_source`` (the source that loaded it), ``files`` (role ->
+        ``{path, sha256}``: the model file or code, ``--weights``, ``--labels``),
+        ``num_classes``, ``input_size`` (the window), ``mean``, ``std``, ``interpolation``,
+        ``size`` (pixels or ``"native"``) and ``activation`` (as asked for: ``"auto"``...).
+    """
+    loaded = engine.loaded
+    return {
+        "model": loaded.name,
+        "model_source": loaded.family,
+        "files": {f.role: {"path": str(f.path), "sha256": f.sha256} for f in loaded.files},
+        "num_classes": loaded.num_classes,
+        "input_size": _size_json(loaded.input_size),
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "interpolation": loaded.interpolation,
+        "size": engine.settings.size,
+        "activation": engine.settings.activation,
+    }
+
+
 def build_record(
     result: ImageResult,
     engine: GridEngine,
@@ -264,17 +306,27 @@ def build_record(
         classes=tuple(classes),
         top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
         top_k_pooling=options.pooling,
+        activation=engine.activation,
+        model_output=engine.loaded.output,
+        settings=model_settings(engine),
     )
 
 
 def render_overlay(
-    result: ImageResult, rendered: RenderedClass, options: OutputOptions
+    result: ImageResult,
+    rendered: RenderedClass,
+    options: OutputOptions,
+    probabilities: bool = True,
 ) -> np.ndarray:
-    """One class's overlay on the image's display copy: uint8 ``(h, w[+bar], 3)``."""
+    """One class's overlay on the image's display copy: uint8 ``(h, w[+bar], 3)``.
+
+    ``probabilities``: whether the grid's ``probs`` are probabilities; not with ``--activation
+    none`` on a model that returns logits, whose ``probs`` are then its logits, drawn as such.
+    """
     grid, display = result.grid, result.display
     height, width = grid.geometry.original_size
     to_display = np.array([display.shape[1] / width, display.shape[0] / height], np.float32)
-    probs = options.scores == "probs"
+    probs = options.scores == "probs" and probabilities
     # Probabilities are drawn from 0 to the class's own peak, so a class that shares its
     # probability with look-alikes (tabby / tiger cat) still shows where it is strongest;
     # the floor keeps a class the model barely sees from being painted as hot.
@@ -335,7 +387,7 @@ def write_outputs(
         classes = rendered_classes(result, engine.categories, options)
         overlays = []
         for rendered in classes:
-            overlays.append(render_overlay(result, rendered, options))
+            overlays.append(render_overlay(result, rendered, options, engine.probabilities))
             path = marker.with_name(rendered.overlay)
             write_png(path, overlays[-1], icc_profile=result.icc_profile)
             written.append(path)

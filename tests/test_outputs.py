@@ -40,7 +40,7 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     assert list(document) == [
         *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
         *("tiling", "original_size", "input_size", "window", "stride", "grid", "scores"),
-        *("classes", "top_k", "top_k_pooling"),
+        *("activation", "model_output", "classes", "top_k", "top_k_pooling", "settings"),
     ]
     assert (document["image"], document["model"], document["weights"]) == (
         str(Path("photos/x.png")),
@@ -64,6 +64,8 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     ranking = rank_image(result.grid.passes, 2, "mean")
     assert [(r["index"], r["score"]) for r in document["top_k"]] == ranking
     assert document["top_k_pooling"] == "mean"
+    assert (document["activation"], document["model_output"]) == ("softmax", "logits")
+    assert document["settings"]["num_classes"] == len(engine.categories)
     assert [c["overlay"] for c in document["classes"]] == [
         f"x_{c['index']}_{slug(c['name'])}.png" for c in document["classes"]
     ]
