@@ -431,9 +431,9 @@ class _HeadRewriter:
                 raise self.refuse(node, "normalizes over more than the channels")
             if node.target in TUPLE_NORM_FUNCTIONS:
                 self.untupled.add(node)  # now returns the output alone, not (output, stats)
-            eps = node_arg(node, 4, "eps", 1e-5)
+            args = [node_arg(node, i, name) for i, name in enumerate(_LAYER_NORM_ARGS)]
             node.target, node.kwargs = layer_norm_over_channels, {}
-            node.args = (*node.args[:4], eps)
+            node.args = (*args[:4], 1e-5 if args[4] is None else args[4])
             self.layouts[node] = layout
         elif per_position and node.target is torch.cat:
             if node_arg(node, 1, "dim", 0) not in (1, -1):
@@ -443,6 +443,9 @@ class _HeadRewriter:
             self.layouts[node] = _Vector((node_shape(node)[1], 1, 1))  # type: ignore[index]
         else:
             raise self.refuse(node, "has no per-position equivalent")
+
+
+_LAYER_NORM_ARGS = ("input", "normalized_shape", "weight", "bias", "eps")
 
 
 def _channel_dim(layout: _Layout) -> int | None:

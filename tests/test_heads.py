@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,9 @@ HEADS: dict[str, HeadFunction] = {
     ),
     "a view of the whole volume, then softmax": lambda m, f: F.softmax(
         m.volume_fc(f.view(f.size(0), -1)), dim=1
+    ),
+    "F.layer_norm with its weights by keyword": lambda m, f: m.fc2(
+        F.layer_norm(m.fc1(f.amax((2, 3))), (24,), weight=m.norm.weight, bias=m.norm.bias)
     ),
     "torch.squeeze and Tensor.squeeze of an adaptive pool": lambda m, f: F.softmax(
         m.fc2(F.relu6(m.fc1(torch.squeeze(_pooled(f), -1).squeeze(-1)))), 1
@@ -182,3 +186,24 @@ def test_an_exported_resnet_converts_like_the_model(decompose: bool, tmp_path) -
         reference = convolutionalize(model, (64, 64))
         assert converted.stride == reference.stride == 32
         assert relative_error(reference(x), converted(x)) < 1e-5
+
+
+def test_an_exported_program_dilates_and_tiles_exactly(tmp_path) -> None:
+    from heatmap_cli.preprocess import normalize
+    from heatmap_cli.tiling import tiled_score_grid
+
+    net = head_net(HEADS["BatchNorm1d and LayerNorm between Linears"])
+    module = exported(net, tmp_path / "net.pt2", WINDOW, decompose=False)
+    x = grid_input()
+    with torch.inference_mode():
+        dilated = score_grid(
+            module, x, stride=NATIVE_STRIDE // 2, method="dilate", input_size=WINDOW
+        )
+        crops = score_grid(net, x, method="crops", stride=NATIVE_STRIDE // 2, input_size=WINDOW)
+        assert relative_error(crops, dilated) < 1e-5  # padding-free: dilation is exact
+        converted = convolutionalize(module, WINDOW)
+        pixels = np.random.default_rng(0).integers(0, 256, (44 + 8 * 30, 44 + 8 * 20, 3), np.uint8)
+        mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        whole = converted(normalize(pixels, mean, std))
+        tiled = tiled_score_grid(converted, pixels, mean=mean, std=std, tile=120)
+    assert relative_error(whole, tiled) < 1e-5

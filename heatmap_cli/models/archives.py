@@ -54,8 +54,7 @@ class ArchiveSource(ModelSource):
                 f"{path} holds its weights; --weights is for an architecture's name or "
                 "file.py:callable"
             )
-        kind = archive_kind(path)
-        window, notes = request.input_size, ()
+        kind, window = archive_kind(path), request.input_size
         if kind == "export":
             model, recorded = exported_module(path)
             window = window or recorded
@@ -64,9 +63,7 @@ class ArchiveSource(ModelSource):
         else:
             model = _load_pickled_module(path, request.allow_pickle)
         files = (ModelFile("model", path, file_sha256(path)),)
-        return own_loaded_model(
-            name, model, source=f"{path} ({kind})", window=window, files=files, notes=notes
-        )
+        return own_loaded_model(name, model, source=f"{path} ({kind})", window=window, files=files)
 
 
 def archive_kind(path: Path) -> str:

@@ -88,10 +88,10 @@ def get_source(name: str) -> ModelSource:
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
-    weights: Path | None = None,
+    weights: str | Path | None = None,
     download: bool = True,
     allow_pickle: bool = False,
-    labels: Path | None = None,
+    labels: str | Path | None = None,
     input_size: tuple[int, int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -143,6 +143,7 @@ def load_model(
     if path is not None:
         files = (*files, ModelFile("weights", path, file_sha256(path)))
     loaded = replace(loaded, name=name, family=source.family, files=files)
+    labels = None if labels is None else Path(labels)
     return apply_overrides(loaded, labels=labels, input_size=window, mean=mean, std=std)
 
 
