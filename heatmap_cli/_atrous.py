@@ -21,7 +21,10 @@ from torch import fx, nn
 
 from heatmap_cli._fx import (
     AVG_POOL_FUNCTIONS,
+    BATCH_NORM_FUNCTIONS,
     CONV_FUNCTIONS,
+    LAYER_NORM_FUNCTIONS,
+    LINEAR_FUNCTIONS,
     MAX_POOL_FUNCTIONS,
     MOVE_FUNCTIONS,
     MOVE_METHODS,
@@ -30,6 +33,7 @@ from heatmap_cli._fx import (
     SOFTMAX_METHODS,
     SPLIT_FUNCTIONS,
     SPLIT_METHODS,
+    TUPLE_NORM_FUNCTIONS,
     Pair,
     UnsupportedGraph,
     adaptive_pool_kind,
@@ -270,11 +274,13 @@ class _Rewriter:
             return out.dims == (2, 3)
         if target is linear_as_conv2d:
             return tuple(node_arg(node, 3, "volume"))[1:] == (1, 1)  # type: ignore[arg-type]
-        if target is F.linear:
+        if target in LINEAR_FUNCTIONS:
             return self.spares_last(out, 1)
-        if target is F.layer_norm:
+        if target in LAYER_NORM_FUNCTIONS and target not in TUPLE_NORM_FUNCTIONS:
             shape = node_arg(node, 1, "normalized_shape")
             return isinstance(shape, (tuple, list)) and self.spares_last(out, len(shape))
+        if target in BATCH_NORM_FUNCTIONS and target not in TUPLE_NORM_FUNCTIONS:
+            return out.dims == (2, 3)  # eval mode: per channel (dim 1), positions apart
         if target in SOFTMAX_FUNCTIONS:
             return self.spares(out, node_arg(node, 1, "dim"))
         return target in MOVE_FUNCTIONS or target is unchanged

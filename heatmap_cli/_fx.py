@@ -10,7 +10,11 @@ here, so that a layer taught to one of them is known to all:
 * shape-only passes on storage-less copies (:func:`meta_clone`, :func:`shape_pass`);
 * reading nodes: argument lookup, int-or-pair parsing, shapes, descriptions for messages;
 * the op tables: which modules, functions and methods act on each element or position alone,
-  which reduce a map to one value per image, which convolve, pool, move or reshape;
+  which reduce a map to one value per image, which convolve, pool, move or reshape. Each
+  function table holds the ATen operators that ``torch.export`` graphs call as well (both the
+  default training IR, ``aten.conv2d``/``aten.linear``, and the core ATen IR after
+  ``run_decompositions``, ``aten.addmm``/``aten._native_batch_norm_legit_no_training``), so an
+  exported program's ``.module()`` is read like a traced one;
 * the timm layers the walkers know by class (:func:`timm_layers`).
 
 A walker that meets something it does not know raises :class:`UnsupportedGraph`.
@@ -36,12 +40,18 @@ from heatmap_cli.errors import ConversionError, first_line
 __all__ = [
     "ADAPTIVE_POOL_FUNCTIONS",
     "ADAPTIVE_POOL_MODULES",
+    "ADDMM_FUNCTIONS",
     "AVG_POOL_FUNCTIONS",
+    "BATCH_NORM_FUNCTIONS",
     "CONV_FUNCTIONS",
     "ELEMENTWISE_FUNCTIONS",
     "ELEMENTWISE_METHODS",
     "ELEMENTWISE_MODULES",
+    "LAYER_NORM_FUNCTIONS",
+    "LINEAR_FUNCTIONS",
+    "LOG_SOFTMAX_FUNCTIONS",
     "MAX_POOL_FUNCTIONS",
+    "MM_FUNCTIONS",
     "MOVE_FUNCTIONS",
     "MOVE_METHODS",
     "PROBE_SPAN",
@@ -49,10 +59,13 @@ __all__ = [
     "REDUCE_METHODS",
     "RESHAPE_FUNCTIONS",
     "RESHAPE_METHODS",
+    "SIGMOID_FUNCTIONS",
     "SOFTMAX_FUNCTIONS",
     "SOFTMAX_METHODS",
     "SPLIT_FUNCTIONS",
     "SPLIT_METHODS",
+    "SQUEEZE_FUNCTIONS",
+    "TUPLE_NORM_FUNCTIONS",
     "Pair",
     "TimmLayers",
     "UnsupportedGraph",
@@ -61,6 +74,7 @@ __all__ = [
     "eval_identity_functions",
     "is_elementwise",
     "is_reshape",
+    "is_script_module",
     "is_size_query",
     "meta_clone",
     "meta_input",
@@ -114,6 +128,17 @@ ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
 )
 """Modules that act on every element alone (activations, dropout in eval mode)."""
 
+
+def _aten(*names: str) -> frozenset[Callable[..., object]]:
+    """Every overload of these ATen operators, as the graphs of ``torch.export`` call them."""
+    found: set[Callable[..., object]] = set()
+    for name in names:
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            found.update(getattr(packet, overload) for overload in packet.overloads())
+    return frozenset(found)
+
+
 ELEMENTWISE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
     {
         operator.add,
@@ -146,6 +171,13 @@ ELEMENTWISE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
         F.dropout,
         F.alpha_dropout,
     }
+) | _aten(
+    *("relu", "relu6", "hardtanh", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish"),
+    *("hardswish", "hardsigmoid", "sigmoid", "tanh", "add", "sub", "mul", "div", "clamp"),
+    *("relu_", "hardtanh_", "leaky_relu_", "elu_", "selu_", "gelu_", "silu_", "mish_"),
+    *("hardswish_", "hardsigmoid_", "sigmoid_", "tanh_", "add_", "sub_", "mul_", "div_"),
+    *("softplus", "neg", "clamp_", "clamp_min", "clamp_max", "dropout", "dropout_"),
+    *("feature_dropout", "alpha_dropout", "clone", "alias", "detach", "_to_copy"),
 )
 """Functions that act on every element alone (with broadcasting for the binary ones)."""
 
@@ -172,9 +204,17 @@ ELEMENTWISE_METHODS: frozenset[str] = frozenset(
 )
 """Tensor methods that act on every element alone."""
 
-CONV_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.conv2d, torch.conv2d})
-MAX_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.max_pool2d, torch.max_pool2d})
-AVG_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.avg_pool2d})
+CONV_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.conv2d, torch.conv2d}) | _aten(
+    "conv2d"
+)
+"""Convolutions called like ``F.conv2d(input, weight, bias, stride, padding, dilation, groups)``
+(core ATen's ``aten.convolution`` is not: it is a body operation no walker needs to read)."""
+MAX_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {F.max_pool2d, torch.max_pool2d}
+) | _aten("max_pool2d")
+AVG_POOL_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.avg_pool2d}) | _aten(
+    "avg_pool2d"
+)
 
 ADAPTIVE_POOL_MODULES: dict[type[nn.Module], str] = {
     nn.AdaptiveAvgPool2d: "avg",
@@ -183,30 +223,67 @@ ADAPTIVE_POOL_MODULES: dict[type[nn.Module], str] = {
 ADAPTIVE_POOL_FUNCTIONS: dict[Callable[..., object], str] = {
     F.adaptive_avg_pool2d: "avg",
     F.adaptive_max_pool2d: "max",
+    **dict.fromkeys(_aten("adaptive_avg_pool2d", "_adaptive_avg_pool2d"), "avg"),
 }
-REDUCE_FUNCTIONS: dict[Callable[..., object], str] = {torch.mean: "avg", torch.amax: "max"}
+REDUCE_FUNCTIONS: dict[Callable[..., object], str] = {
+    torch.mean: "avg",
+    torch.amax: "max",
+    **dict.fromkeys(_aten("mean"), "avg"),
+    **dict.fromkeys(_aten("amax"), "max"),
+}
 """Reductions over a ``dim`` argument: global pools when ``dim`` covers height and width. A sum
 is not among them: over a larger map it grows with the number of positions."""
 REDUCE_METHODS: dict[str, str] = {"mean": "avg", "amax": "max"}
 
 MOVE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
     {operator.getitem, torch.cat, torch.stack, torch.permute, torch.transpose}
-)
+) | _aten("cat", "permute", "transpose")
 """Functions that move whole positions around (between tensors, dimensions) without mixing."""
 MOVE_METHODS: frozenset[str] = frozenset(
     {"permute", "transpose", "contiguous", "expand", "expand_as"}
 )
-RESHAPE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({torch.flatten, torch.reshape})
+RESHAPE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {torch.flatten, torch.reshape}
+) | _aten("flatten", "view", "reshape", "_unsafe_view")
 RESHAPE_METHODS: frozenset[str] = frozenset({"view", "reshape", "flatten", "unflatten"})
 SPLIT_FUNCTIONS: dict[Callable[..., object], int] = {torch.split: 2, torch.chunk: 2}
 """Splits into a tuple of tensors of the same rank, and the position of their ``dim`` argument."""
 SPLIT_METHODS: dict[str, int] = {"split": 2, "chunk": 2}
-SOFTMAX_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
-    {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+LOG_SOFTMAX_FUNCTIONS: frozenset[Callable[..., object]] = frozenset(
+    {F.log_softmax, torch.log_softmax}
+) | _aten("log_softmax", "_log_softmax")
+SOFTMAX_FUNCTIONS: frozenset[Callable[..., object]] = (
+    frozenset({F.softmax, torch.softmax}) | _aten("softmax", "_softmax") | LOG_SOFTMAX_FUNCTIONS
 )
+"""Softmax and log-softmax along a ``dim`` (the second argument)."""
 SOFTMAX_METHODS: frozenset[str] = frozenset({"softmax", "log_softmax"})
+SIGMOID_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({torch.sigmoid, F.sigmoid}) | _aten(
+    "sigmoid", "sigmoid_"
+)
+SQUEEZE_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({torch.squeeze}) | _aten("squeeze")
+"""``squeeze`` as a function (the method is ``"squeeze"``): drops dimensions of size 1."""
+
+LINEAR_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.linear}) | _aten("linear")
+"""Called like ``F.linear(input, weight, bias)``."""
+ADDMM_FUNCTIONS: frozenset[Callable[..., object]] = _aten("addmm")
+"""``addmm(bias, input, weight.t())``: core ATen's Linear."""
+MM_FUNCTIONS: frozenset[Callable[..., object]] = _aten("mm")
+"""``mm(input, weight.t())``: core ATen's Linear without bias."""
+BATCH_NORM_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.batch_norm}) | _aten(
+    "batch_norm", "_native_batch_norm_legit_no_training"
+)
+"""Batch norms over the channel dimension (1), input first; per channel in eval mode."""
+LAYER_NORM_FUNCTIONS: frozenset[Callable[..., object]] = frozenset({F.layer_norm}) | _aten(
+    "layer_norm", "native_layer_norm"
+)
+"""Called like ``F.layer_norm(input, normalized_shape, weight, bias, eps)``."""
+TUPLE_NORM_FUNCTIONS: frozenset[Callable[..., object]] = _aten(
+    "_native_batch_norm_legit_no_training", "native_layer_norm"
+)
+"""Norms of core ATen that return ``(output, statistics...)``; the output is item 0."""
 
 _SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device"})
+_SIZE_FUNCTIONS = _aten("sym_size", "sym_numel")
 
 
 @functools.cache
@@ -313,6 +390,11 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     Raises:
         ConversionError: If the model's forward cannot be traced symbolically.
     """
+    if is_script_module(model):
+        raise ConversionError(
+            f"{type(model).__name__} is a TorchScript module, whose code torch.fx cannot trace "
+            "into a graph; use method='crops', which runs the unmodified model."
+        )
     tracer = _ClassifierTracer()
     try:
         graph = tracer.trace(model)
@@ -322,6 +404,11 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
             f"{first_line(error)}); use method='crops', which runs the unmodified model"
         ) from error
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def is_script_module(model: nn.Module) -> bool:
+    """Whether ``model`` is TorchScript (``torch.jit.script``/``trace``/``load``), not Python."""
+    return isinstance(model, torch.jit.ScriptModule)
 
 
 # --- Shape-only passes --------------------------------------------------------------------------
@@ -431,8 +518,10 @@ def is_size_query(node: fx.Node) -> bool:
     """Whether the node asks a tensor for its size, rank, dtype or device."""
     if node.op == "call_method":
         return node.target in ("size", "dim")
-    return (
-        node.op == "call_function" and node.target is getattr and node.args[1] in _SIZE_ATTRIBUTES
+    if node.op != "call_function":
+        return False
+    return node.target in _SIZE_FUNCTIONS or (
+        node.target is getattr and node.args[1] in _SIZE_ATTRIBUTES
     )
 
 

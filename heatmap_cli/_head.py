@@ -5,11 +5,17 @@ not. The nodes that fold the feature map into one vector per image (global pools
 are *reducers*. A reducer whose result flows back into the feature map (squeeze-and-excitation)
 stays global; the reducers that feed only the classifier start the *head*, whose nodes are then
 rewritten one by one, in graph order, with the layers of ``heatmap_cli.layers``.
+
+What acts on the class (channel) dimension of one window acts on the channel dimension of each
+cell: a softmax or log-softmax over the classes, batch and layer norms of the vector; what acts
+on every element (activations, dropout, a sigmoid) is kept as it is.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +23,18 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from heatmap_cli._fx import (
+    ADDMM_FUNCTIONS,
     AVG_POOL_FUNCTIONS,
+    BATCH_NORM_FUNCTIONS,
+    LAYER_NORM_FUNCTIONS,
+    LINEAR_FUNCTIONS,
+    LOG_SOFTMAX_FUNCTIONS,
     MAX_POOL_FUNCTIONS,
+    MM_FUNCTIONS,
+    SOFTMAX_FUNCTIONS,
+    SOFTMAX_METHODS,
+    SQUEEZE_FUNCTIONS,
+    TUPLE_NORM_FUNCTIONS,
     adaptive_pool_kind,
     describe,
     is_elementwise,
@@ -155,7 +171,8 @@ def _classify_nodes(
         if node.op == "placeholder":
             spatial.add(node)
             continue
-        if not any(arg in spatial for arg in node.all_input_nodes):
+        # A size read from the image (x.shape[0] in a head's reshape) does not make a node spatial.
+        if not any(arg in spatial and "tensor_meta" in arg.meta for arg in node.all_input_nodes):
             continue
         reducer = _classify_reducer(graph_module, node)
         if reducer is not None:
@@ -191,10 +208,14 @@ class _Vector:
 
 @dataclass(frozen=True)
 class _Pooled:
-    """A head value that was ``(N, C, 1, 1)``; ``perm`` says where N, C, H, W now sit."""
+    """A head value that was ``(N, C, 1, 1)``; ``perm`` says where N, C, H, W now sit.
+
+    ``rank`` 3: it was ``(N, C, 1)`` (one squeeze of two), still ``(N, C, h, w)`` dense.
+    """
 
     channels: int
     perm: tuple[int, int, int, int] = (0, 1, 2, 3)
+    rank: int = 4
 
 
 _Layout = _Vector | _Pooled
@@ -214,6 +235,7 @@ class _HeadRewriter:
         self.model_name = model_name
         self.matmul_max_cells = matmul_max_cells
         self.layouts: dict[fx.Node, _Layout] = {}
+        self.untupled: set[fx.Node] = set()
         self._new_modules = 0
 
     def refuse(self, node: fx.Node, why: str) -> ConversionError:
@@ -262,8 +284,8 @@ class _HeadRewriter:
         if node.op == "output":
             if isinstance(layout, _Vector) and layout.volume[1:] != (1, 1):
                 raise self.refuse(node, "returns a flattened volume rather than class scores")
-            if isinstance(layout, _Pooled) and layout.perm != (0, 1, 2, 3):
-                raise self.refuse(node, "returns a permuted tensor")
+            if isinstance(layout, _Pooled) and (layout.perm, layout.rank) != ((0, 1, 2, 3), 4):
+                raise self.refuse(node, "returns a permuted or squeezed tensor")
             return
         if is_elementwise(self.gm, node):
             if any(
@@ -273,20 +295,60 @@ class _HeadRewriter:
             self.layouts[node] = layout
             return
         module = module_of(self.gm, node)
+        if self._rewrite_per_channel(node, module, source, layout):
+            return
         if isinstance(layout, _Pooled):
             self._rewrite_pooled(node, module, source, layout)
         elif not self._rewrite_linear(node, module, source, layout):
             self._rewrite_vector(node, module, source, layout)
 
+    def _rewrite_per_channel(
+        self, node: fx.Node, module: nn.Module | None, source: fx.Node, layout: _Layout
+    ) -> bool:
+        """A softmax over the classes, a batch norm, or an item of a norm's output tuple.
+
+        Returns:
+            Whether the node was one of these (and is rewritten).
+        """
+        channel = _channel_dim(layout)
+        if node.target is operator.getitem and source.target in TUPLE_NORM_FUNCTIONS:
+            if node.args[1] != 0:
+                raise self.refuse(node, "reads a norm's statistics")
+            self.layouts[node] = layout
+            return True
+        if node.target is operator.getitem and source in self.untupled:
+            self.make_pass_through(node, source, layout)
+            return True
+        if node.target in BATCH_NORM_FUNCTIONS:
+            if channel != 1:
+                raise self.refuse(node, "normalizes a vector that is not one per position")
+            self.layouts[node] = layout
+            return True
+        softmax = _softmax_of(node, module)
+        if softmax is None:
+            return False
+        function, dim = softmax
+        rank = layout.rank if isinstance(layout, _Pooled) else 2
+        if channel is None or (dim if dim is not None else 1) % rank != channel % rank:
+            raise self.refuse(node, "is a softmax over something other than the classes")
+        node.op, node.target = "call_function", function
+        node.args, node.kwargs = (node.args[0], channel), {}
+        self.layouts[node] = layout
+        return True
+
     def _rewrite_pooled(
         self, node: fx.Node, module: nn.Module | None, source: fx.Node, layout: _Pooled
     ) -> None:
         """A node on an ``(N, C, 1, 1)`` value, which is ``(N, C, h, w)`` in the dense network."""
+        reshapes = is_reshape(self.gm, node) or _is_squeeze(node)
+        if layout.rank != 4 and not reshapes:
+            raise self.refuse(node, "has no per-position equivalent on a squeezed vector")
         if node.op != "call_module" and node.target in (torch.permute, "permute"):
             perm = tuple(layout.perm[d] for d in permute_order(node))
             self.layouts[node] = _Pooled(layout.channels, perm)  # type: ignore[arg-type]
             return
-        if node.target is F.layer_norm and len(node_arg(node, 1, "normalized_shape")) == 1:  # type: ignore[arg-type]
+        shape = node_arg(node, 1, "normalized_shape")
+        if node.target in LAYER_NORM_FUNCTIONS and len(shape) == 1:  # type: ignore[arg-type]
             if layout.perm[3] != 1:
                 raise self.refuse(node, "normalizes over a dimension other than the channels")
             self.layouts[node] = layout
@@ -299,12 +361,15 @@ class _HeadRewriter:
             self.layouts[node] = _Pooled(module.out_channels)
         elif isinstance(module, nn.BatchNorm2d):
             self.layouts[node] = layout
-        elif is_reshape(self.gm, node) or (node.op, node.target) == ("call_method", "squeeze"):
+        elif reshapes:
             out_shape = node_shape(node)
+            if out_shape is not None and tuple(out_shape[1:]) == (layout.channels, 1):
+                self.make_pass_through(node, source, _Pooled(layout.channels, rank=3))
+                return
             if out_shape is None or len(out_shape) != 2 or out_shape[1] != layout.channels:
                 raise self.refuse(node, f"reshapes the pooled vector to {out_shape}")
             self.make_pass_through(node, source, _Vector((layout.channels, 1, 1)))
-        elif reduction_kind(node) == "avg" or node.target is torch.amax:
+        elif reduction_kind(node) is not None:
             if not _covers_spatial_dims(node_arg(node, 1, "dim")):
                 raise self.refuse(node, "has no per-position equivalent")
             keeps = len(node_shape(node) or ()) == 4
@@ -317,17 +382,28 @@ class _HeadRewriter:
     def _rewrite_linear(
         self, node: fx.Node, module: nn.Module | None, source: fx.Node, layout: _Vector
     ) -> bool:
-        """A Linear (module or ``F.linear``) on a head vector becomes a convolution."""
+        """A Linear on a head vector becomes a convolution.
+
+        The Linear is a module, ``F.linear``/``aten.linear``, or core ATen's
+        ``addmm(bias, x, weight.t())``/``mm(x, weight.t())``.
+        """
         if isinstance(module, nn.Linear):
             dense = LinearAsConv2d(module, layout.volume, matmul_max_cells=self.matmul_max_cells)
             node.target = self.add_module(dense)
             self.layouts[node] = _Vector((module.out_features, 1, 1))
             return True
-        if node.target is not F.linear:
+        if node.target in LINEAR_FUNCTIONS:
+            weight, bias = node_arg(node, 1, "weight"), node_arg(node, 2, "bias")
+        elif node.target in ADDMM_FUNCTIONS or node.target in MM_FUNCTIONS:
+            addmm = node.target in ADDMM_FUNCTIONS
+            bias, x, transposed = node.args[:3] if addmm else (None, *node.args[:2])
+            if x is not source or node.kwargs:
+                raise self.refuse(node, "multiplies the head vector from the right or scales it")
+            with self.graph.inserting_before(node):
+                weight = self.graph.call_function(torch.t, (transposed,))
+        else:
             return False
-        weight = node_arg(node, 1, "weight")
-        bias = node_arg(node, 2, "bias")
-        node.target = linear_as_conv2d
+        node.op, node.target = "call_function", linear_as_conv2d
         node.args = (source, weight, bias, layout.volume, self.matmul_max_cells)
         node.kwargs = {}
         self.layouts[node] = _Vector((node_shape(node)[-1], 1, 1))  # type: ignore[index]
@@ -338,9 +414,11 @@ class _HeadRewriter:
     ) -> None:
         """A reshape, norm or concatenation of head vectors."""
         per_position = layout.volume[1:] == (1, 1)
-        if is_reshape(self.gm, node):
+        if is_reshape(self.gm, node) or _is_squeeze(node):
             out_shape = node_shape(node)
-            if out_shape is None or len(out_shape) != 2:
+            # (N, 1) -> (N,): a one-class model's scores; they stay (N, 1, h, w) in the grid
+            single = out_shape is not None and len(out_shape) == 1 and layout.volume == (1, 1, 1)
+            if out_shape is None or (len(out_shape) != 2 and not single):
                 raise self.refuse(node, f"reshapes the head vector to {out_shape}")
             self.make_pass_through(node, source, layout)
         elif per_position and isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
@@ -348,8 +426,14 @@ class _HeadRewriter:
                 raise self.refuse(node, "normalizes over more than the channels")
             node.target = self.add_module(PerPositionNorm(module))
             self.layouts[node] = layout
-        elif per_position and node.target is F.layer_norm:
-            node.target = layer_norm_over_channels
+        elif per_position and node.target in LAYER_NORM_FUNCTIONS:
+            if len(node_arg(node, 1, "normalized_shape")) != 1:  # type: ignore[arg-type]
+                raise self.refuse(node, "normalizes over more than the channels")
+            if node.target in TUPLE_NORM_FUNCTIONS:
+                self.untupled.add(node)  # now returns the output alone, not (output, stats)
+            args = [node_arg(node, i, name) for i, name in enumerate(_LAYER_NORM_ARGS)]
+            node.target, node.kwargs = layer_norm_over_channels, {}
+            node.args = (*args[:4], 1e-5 if args[4] is None else args[4])
             self.layouts[node] = layout
         elif per_position and node.target is torch.cat:
             if node_arg(node, 1, "dim", 0) not in (1, -1):
@@ -359,6 +443,36 @@ class _HeadRewriter:
             self.layouts[node] = _Vector((node_shape(node)[1], 1, 1))  # type: ignore[index]
         else:
             raise self.refuse(node, "has no per-position equivalent")
+
+
+_LAYER_NORM_ARGS = ("input", "normalized_shape", "weight", "bias", "eps")
+
+
+def _channel_dim(layout: _Layout) -> int | None:
+    """Where the channels (classes) sit in a head value; None for a flattened volume."""
+    if isinstance(layout, _Pooled):
+        return layout.perm.index(1)
+    return 1 if layout.volume[1:] == (1, 1) else None
+
+
+def _softmax_of(
+    node: fx.Node, module: nn.Module | None
+) -> tuple[Callable[..., torch.Tensor], int | None] | None:
+    """``(F.softmax or F.log_softmax, dim)`` for a softmax node of any form, else None."""
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+        function = F.log_softmax if isinstance(module, nn.LogSoftmax) else F.softmax
+        return function, module.dim
+    if node.op == "call_method" and node.target in SOFTMAX_METHODS:
+        function = F.log_softmax if node.target == "log_softmax" else F.softmax
+    elif node.op == "call_function" and node.target in SOFTMAX_FUNCTIONS:
+        function = F.log_softmax if node.target in LOG_SOFTMAX_FUNCTIONS else F.softmax
+    else:
+        return None
+    return function, node_arg(node, 1, "dim")  # type: ignore[return-value]
+
+
+def _is_squeeze(node: fx.Node) -> bool:
+    return node.target in SQUEEZE_FUNCTIONS or (node.op, node.target) == ("call_method", "squeeze")
 
 
 def rewrite_head(graph_module: fx.GraphModule, name: str, matmul_max_cells: int) -> list[str]:
@@ -395,7 +509,7 @@ def rewrite_head(graph_module: fx.GraphModule, name: str, matmul_max_cells: int)
         elif (
             node not in spatial
             and rewriter.head_inputs(node)
-            and (node.op == "output" or node_shape(node) is not None)
+            and (node.op == "output" or "tensor_meta" in node.meta)  # tensors, tuples of them
         ):
             rewriter.rewrite(node)  # non-tensor nodes (x.size(0) for a view) die with the view
 

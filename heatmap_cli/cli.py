@@ -9,98 +9,38 @@ alone chooses the status (``errors.UsageError``: 2, any other ``HeatmapError``: 
 shows tracebacks.
 
 Nothing heavy is imported at module level, so ``heatmap --help`` answers without loading torch.
+The run itself is :mod:`heatmap_cli.command`; parameter types and callbacks are
+:mod:`heatmap_cli.cli_params`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
-import importlib
-import math
-import os
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
+from heatmap_cli.cli_params import (
+    FiniteFloatRange,
+    LazyChoice,
+    at_least_a_byte,
+    list_models,
+    parsed,
+    positive,
+)
+from heatmap_cli.command import (
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    CommandOptions,
+    exit_interrupted,
+    run_command,
+)
 from heatmap_cli.console import Console, Tally, reserve_standard_descriptors
-from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
+from heatmap_cli.errors import HeatmapError, UsageError
 from heatmap_cli.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, MAX_TOP_K
 
-if TYPE_CHECKING:
-    from heatmap_cli.engine import GridEngine
-    from heatmap_cli.io import ImageInput
-    from heatmap_cli.outputs import OutputOptions
-
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-
-
-class _LazyChoice(click.Choice):
-    """A ``click.Choice`` whose values are a library list, looked up when a value is checked.
-
-    The lists live next to the code that uses them (the registered grid methods, the rankings'
-    poolings); importing them for ``--help`` would import torch, so the option names a metavar
-    instead of listing the values. A function is called at every check, so a method registered
-    after start-up is offered too.
-    """
-
-    def __init__(self, module: str, attribute: str) -> None:
-        self._source = (module, attribute)
-        self.case_sensitive = True
-
-    @property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        """The values, imported on first use."""
-        module, attribute = self._source
-        values = getattr(importlib.import_module(module), attribute)
-        return tuple(values() if callable(values) else values)
-
-
-def _parsed(module: str, function: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A callback that parses an option's text with a library function (imported on use)."""
-
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
-            return None
-        try:
-            return getattr(importlib.import_module(module), function)(value)
-        except UsageError as error:
-            raise click.BadParameter(str(error), ctx=ctx, param=param) from None
-
-    return parse
-
-
-class _FiniteFloatRange(click.FloatRange):
-    """``click.FloatRange`` that also refuses NaN (which passes every comparison) and infinity."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}", ctx=ctx, param=param)
-    return value
-
-
-def _at_least_a_byte(
-    ctx: click.Context, param: click.Parameter, value: float | None
-) -> float | None:
-    if value is not None and round(value * 2**30) < 1:  # it would round to no budget at all
-        raise click.BadParameter(f"{value} GiB is less than one byte", ctx=ctx, param=param)
-    return value
 
 
 class _Command(click.Command):
@@ -117,66 +57,9 @@ class _Command(click.Command):
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
-            _exit_interrupted(Console.standard(), Tally())
+            exit_interrupted(Console.standard(), Tally())
 
 
-def _list_models(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    from heatmap_cli.models import available_models
-
-    for entry in available_models():
-        cached = "cached" if entry.cached else ""
-        click.echo(f"{entry.name:<24} {entry.family:<12} {entry.weights:<28} {cached}".rstrip())
-    click.echo("Any timm model: timm/NAME (e.g. timm/resnet50.a1_in1k); see timm.list_models().")
-    ctx.exit(0)
-
-
-@dataclass(frozen=True)
-class CommandOptions:
-    """The command's parsed options, one field per click parameter (see ``main``)."""
-
-    inputs: tuple[Path, ...]
-    class_specs: tuple[str, ...]
-    top_k: int
-    model: str
-    weights: Path | None
-    size: int | str
-    stride: int | None
-    method: str
-    scores: str
-    device: str
-    fp32: bool
-    compile: bool
-    alpha: float
-    cmap: str
-    colorbar: bool
-    scale: str
-    vmin: float | None
-    vmax: float | None
-    label: str
-    outputs: tuple[str, ...]
-    image_format: str
-    npz_classes: str
-    npz_dtype: str
-    out: Path
-    batch_size: int
-    max_pixels: int | None
-    max_overlay_side: int
-    tile: int | None
-    memory_budget: float | None
-    max_input_pixels: int
-    max_aspect: float
-    scales: str | None
-    flip: bool
-    pooling: str
-    skip_existing: bool
-    report: bool
-    quiet: bool
-    debug: bool
-
-
-# A paragraph that starts with click's \b marker is printed as written (no rewrapping).
 _HELP = """Render where a pretrained classifier sees each class in images or folders of images.
 
 \b
@@ -218,7 +101,7 @@ mixed sizes.
     "--top-k",
     default=3,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     help="Without --class, render the image-level ranking's first K classes (as printed; "
     f"at most {MAX_TOP_K}).",
 )
@@ -227,19 +110,47 @@ mixed sizes.
     "--model",
     default=DEFAULT_MODEL,
     show_default=True,
-    help="Model: the offline default, a torchvision name, or timm/NAME.",
+    help="Model: the offline default, a torchvision name, timm/NAME, a model file (torch.export "
+    ".pt2 or TorchScript), or your own code as path/to/file.py:callable or "
+    "package.module:callable (this imports and runs that code).",
 )
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Local state dict or checkpoint for --model's architecture.",
+    help="State dict or checkpoint for --model's architecture, with any number of classes.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Class names: a text file (one per line), a JSON list or a JSON {index: name}.",
+)
+@click.option(
+    "--input-size",
+    metavar="PIXELS|H,W",
+    help="The window the classifier was trained on (default: the model's own, else 224).",
+)
+@click.option("--mean", metavar="R,G,B", help="Normalization mean (default: the model's own).")
+@click.option("--std", metavar="R,G,B", help="Normalization std (default: the model's own).")
+@click.option(
+    "--activation",
+    type=LazyChoice("heatmap_cli.activations", "ACTIVATIONS"),
+    metavar="ACTIVATION",
+    default="auto",
+    show_default=True,
+    help="Scores from logits: softmax, sigmoid or none; auto: sigmoid for one output, softmax "
+    "for several, none for a model that returns probabilities.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Load a full-model pickle (torch.save(model)); unpickling runs code from the file.",
 )
 @click.option(
     "--list-models",
     is_flag=True,
     expose_value=False,
     is_eager=True,
-    callback=_list_models,
+    callback=list_models,
     help="List usable models and exit.",
 )
 @click.option(
@@ -247,7 +158,7 @@ mixed sizes.
     "--size",
     metavar="PIXELS|native",
     default="384",
-    callback=_parsed("heatmap_cli.engine", "parse_size"),
+    callback=parsed("heatmap_cli.engine", "parse_size"),
     show_default=True,
     help="Shorter side of the resized image, in pixels (snapped to the grid), at least the "
     "window; 'native': each photo's own. Larger sizes find smaller objects (see above).",
@@ -255,12 +166,12 @@ mixed sizes.
 @click.option(
     "--stride",
     type=int,
-    callback=_positive,
+    callback=positive,
     help="Output stride in resized pixels; must divide the native stride (default).",
 )
 @click.option(
     "--method",
-    type=_LazyChoice("heatmap_cli.engine", "method_choices"),
+    type=LazyChoice("heatmap_cli.engine", "method_choices"),
     metavar="METHOD",
     default="auto",
     show_default=True,
@@ -283,7 +194,7 @@ mixed sizes.
 )
 @click.option(
     "--alpha",
-    type=_FiniteFloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.5,
     show_default=True,
     help="Opacity of the heat map at full score.",
@@ -296,7 +207,7 @@ mixed sizes.
 )
 @click.option(
     "--scale",
-    type=_LazyChoice("heatmap_cli.render.scale", "SCALES"),
+    type=LazyChoice("heatmap_cli.render.scale", "SCALES"),
     metavar="SCALE",
     default="shared",
     show_default=True,
@@ -306,17 +217,17 @@ mixed sizes.
 )
 @click.option(
     "--vmin",
-    type=_FiniteFloatRange(),
+    type=FiniteFloatRange(),
     help="Fixed score at the bottom of the colour range.",
 )
 @click.option(
     "--vmax",
-    type=_FiniteFloatRange(),
+    type=FiniteFloatRange(),
     help="Fixed score at the top (the same across a batch).",
 )
 @click.option(
     "--label",
-    type=_LazyChoice("heatmap_cli.outputs", "LABELS"),
+    type=LazyChoice("heatmap_cli.outputs", "LABELS"),
     metavar="auto|corner|none",
     default="auto",
     show_default=True,
@@ -326,14 +237,14 @@ mixed sizes.
     "--outputs",
     default="png,npz,json",
     show_default=True,
-    callback=_parsed("heatmap_cli.outputs", "parse_outputs"),
+    callback=parsed("heatmap_cli.outputs", "parse_outputs"),
     help="Which files to write per photo: any of png (the overlays and sheet), npz, json "
     "(always written: it marks the photo done).",
 )
 @click.option(
     "--format",
     "image_format",
-    type=_LazyChoice("heatmap_cli.io", "IMAGE_FORMATS"),
+    type=LazyChoice("heatmap_cli.io", "IMAGE_FORMATS"),
     metavar="png|jpg|webp",
     default="png",
     show_default=True,
@@ -343,12 +254,12 @@ mixed sizes.
     "--npz-classes",
     default="all",
     show_default=True,
-    callback=_parsed("heatmap_cli.outputs", "parse_npz_classes"),
+    callback=parsed("heatmap_cli.outputs", "parse_npz_classes"),
     help="Classes kept in the npz: all, rendered, or topK (e.g. top20, by the ranking).",
 )
 @click.option(
     "--npz-dtype",
-    type=_LazyChoice("heatmap_cli.outputs", "NPZ_DTYPES"),
+    type=LazyChoice("heatmap_cli.outputs", "NPZ_DTYPES"),
     metavar="float32|float16",
     default="float32",
     show_default=True,
@@ -367,34 +278,34 @@ mixed sizes.
     "--batch-size",
     default=8,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     help="Images of equal resized size per forward pass.",
 )
 @click.option(
     "--max-pixels",
     type=int,
     default=None,
-    callback=_positive,
+    callback=positive,
     help="Raise the decompression-bomb limit (decoded pixels; default Pillow's ~89M).",
 )
 @click.option(
     "--max-overlay-side",
     default=4096,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     help="Longest side of written overlays (huge images are shown smaller).",
 )
 @click.option(
     "--tile",
     type=int,
-    callback=_positive,
+    callback=positive,
     metavar="PIXELS",
     help="Evaluate in tiles of at most this side (exact, bounded memory). Default: automatic.",
 )
 @click.option(
     "--memory-budget",
-    type=_FiniteFloatRange(min=0, min_open=True),
-    callback=_at_least_a_byte,
+    type=FiniteFloatRange(min=0, min_open=True),
+    callback=at_least_a_byte,
     metavar="GIB",
     help="Activation memory of one pass before tiling starts "
     "(default: 4 GiB or half the free RAM; 70% of free CUDA memory).",
@@ -403,14 +314,14 @@ mixed sizes.
     "--max-input-pixels",
     default=DEFAULT_MAX_INPUT_PIXELS,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     metavar="N",
     help="Largest network input of one pass (height x width after resizing); an image that "
     "needs more is refused with one line.",
 )
 @click.option(
     "--max-aspect",
-    type=_FiniteFloatRange(min=1),
+    type=FiniteFloatRange(min=1),
     default=DEFAULT_MAX_ASPECT,
     show_default=True,
     metavar="RATIO",
@@ -425,7 +336,7 @@ mixed sizes.
 @click.option("--flip", is_flag=True, help="Also average each scale's horizontal mirror.")
 @click.option(
     "--pooling",
-    type=_LazyChoice("heatmap_cli.ranking", "POOLINGS"),
+    type=LazyChoice("heatmap_cli.ranking", "POOLINGS"),
     metavar="POOLING",
     default="max",
     show_default=True,
@@ -445,7 +356,7 @@ def main(**options: Any) -> None:
     console, tally = Console.standard(), Tally()
     try:
         try:
-            _run(command, console, tally)
+            run_command(command, console, tally)
         except click.ClickException:
             raise
         except UsageError as error:
@@ -459,7 +370,7 @@ def main(**options: Any) -> None:
     except KeyboardInterrupt:  # at any moment, while handling another one too
         if command.debug:
             raise
-        _exit_interrupted(console, tally)
+        exit_interrupted(console, tally)
 
 
 def _fail(
@@ -473,203 +384,6 @@ def _fail(
         raise cause or error
     console.say(f"Error: {error}")
     sys.exit(status)
-
-
-def _exit_interrupted(console: Console, tally: Tally) -> NoReturn:
-    """The one "Interrupted" line, whenever Ctrl-C comes (a second one cannot cut it), and 130."""
-    with _sigint_ignored():
-        console.say(
-            f"\nInterrupted: {tally.done} done, {tally.failed} failed, {tally.unfinished} not "
-            "finished; run again with --skip-existing to finish the rest"
-        )
-    sys.exit(EXIT_INTERRUPTED)
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals go elsewhere anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _run(options: CommandOptions, console: Console, tally: Tally) -> None:
-    from heatmap_cli.batch import Batch
-    from heatmap_cli.io import remove_stale_temporaries
-    from heatmap_cli.limits import check_size
-    from heatmap_cli.render import check_cmap
-
-    check_cmap(options.cmap)
-    scales = _scales(options.scales)
-    if isinstance(options.size, int):  # "native": each photo's own pixels, checked per image
-        check_size(options.size, scales, options.max_input_pixels)
-    options = _capped_top_k(options, console)
-    items = _discover(options, console, tally)
-    _check_writable(options.out)
-
-    started = time.perf_counter()
-    engine, rendering = _start(options)
-    for note in engine.notes:
-        console.say(f"Note: {note}")
-    _create_folder(options.out)  # only now: every usage check has passed
-    remove_stale_temporaries(options.out)
-    batch = Batch(
-        engine,
-        rendering,
-        options.out,
-        console,
-        tally,
-        scales=scales,
-        flip=options.flip,
-        skip_existing=options.skip_existing,
-        quiet=options.quiet,
-        debug=options.debug,
-    )
-    batch.run(batch.images_to_do(items))
-    if options.report:
-        from heatmap_cli.report import write_report
-
-        report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
-        if not options.quiet:
-            console.say(f"Report: {report}")
-    summary = f"{tally.done} done, {tally.failed} failed"
-    if tally.skipped:
-        summary += f", {tally.skipped} skipped (already done)"
-    if not options.quiet or tally.failed:
-        console.say(
-            f"{summary} in {time.perf_counter() - started:.1f}s ({engine.loaded.name}, "
-            f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
-            f"outputs in {options.out}"
-        )
-    if tally.failed:
-        sys.exit(EXIT_SOME_FAILED)
-
-
-def _capped_top_k(options: CommandOptions, console: Console) -> CommandOptions:
-    if options.top_k <= MAX_TOP_K or options.class_specs:
-        return options
-    console.say(
-        f"Note: --top-k {options.top_k} is capped at {MAX_TOP_K}: each class is a full-size "
-        "overlay (--class renders any class on purpose)"
-    )
-    return dataclasses.replace(options, top_k=MAX_TOP_K)
-
-
-def _discover(options: CommandOptions, console: Console, tally: Tally) -> list[ImageInput]:
-    """The images to process; an entry that cannot be read is one error line, not the end."""
-    from heatmap_cli.io import find_images
-
-    for given in options.inputs:
-        if given.is_dir() and os.path.realpath(given) == os.path.realpath(options.out):
-            raise click.BadParameter(
-                f"{options.out} is the input folder {given}: the next run would read its "
-                "overlays as photos; choose another folder (a folder inside it is skipped)",
-                param_hint="--out",
-            )
-    problems: list[ImageReadError] = []
-    try:
-        items = find_images(list(options.inputs), exclude=[options.out], on_error=problems.append)
-    except ImageReadError as error:  # a missing input: nothing was done
-        raise click.UsageError(str(error)) from None
-    for problem in problems:
-        console.say(f"Error: {problem}")
-        tally.failures.append((problem.path, str(problem)))
-    if not items and not problems:
-        raise click.UsageError("no images found in the given inputs")
-    if not items:
-        console.say("Error: no images found in the given inputs")
-        sys.exit(EXIT_SOME_FAILED)
-    tally.todo = len(items) + len(problems)
-    return items
-
-
-def _scales(text: str | None) -> tuple[float, ...]:
-    """``--scales`` parsed; a plain run (and ``--flip`` alone) is the one scale 1."""
-    if text is None:
-        return (1.0,)
-    from heatmap_cli.multiscale import parse_scales
-
-    try:
-        return parse_scales(text)
-    except UsageError as error:
-        raise click.BadParameter(str(error), param_hint="--scales") from None
-
-
-def _check_writable(out: Path) -> None:
-    """Refuses an ``--out`` that cannot be created or written, without creating anything."""
-    existing = out.absolute()
-    while not os.path.lexists(existing) and existing.parent != existing:
-        existing = existing.parent
-    if existing == out.absolute():
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise click.BadParameter(f"{out} is not writable", param_hint="--out")
-        return
-    if not os.path.isdir(existing):
-        reason = os.strerror(errno.ENOTDIR)
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = os.strerror(errno.EACCES)
-    else:
-        return
-    raise click.BadParameter(f"cannot create {out}: {reason}", param_hint="--out")
-
-
-def _create_folder(out: Path) -> None:
-    from heatmap_cli.errors import OutputWriteError
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputWriteError(f"cannot create {out}: {error.strerror or error}") from error
-
-
-def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
-    """Loads the model, resolves ``--class`` and converts the model once."""
-    from heatmap_cli.engine import GridEngine, GridSettings
-    from heatmap_cli.io import DEFAULT_MAX_PIXELS
-    from heatmap_cli.models import load_model
-    from heatmap_cli.outputs import OutputOptions
-    from heatmap_cli.ranking import resolve_classes
-
-    loaded = load_model(options.model, weights=options.weights)
-    rendering = OutputOptions(
-        classes=resolve_classes(options.class_specs, loaded.categories),
-        top_k=options.top_k,
-        scores=options.scores,
-        cmap=options.cmap,
-        alpha=options.alpha,
-        colorbar=options.colorbar,
-        pooling=options.pooling,
-        scale=options.scale,
-        vmin=options.vmin,
-        vmax=options.vmax,
-        label=options.label,
-        outputs=options.outputs,
-        image_format=options.image_format,
-        npz_classes=options.npz_classes,
-        npz_dtype=options.npz_dtype,
-    )
-    budget = options.memory_budget
-    settings = GridSettings(
-        size=options.size,
-        stride=options.stride,
-        method=options.method,
-        device=options.device,
-        fp32=options.fp32,
-        compile=options.compile,
-        batch_size=options.batch_size,
-        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
-        max_display_side=options.max_overlay_side,
-        tile=options.tile,
-        memory_budget=None if budget is None else round(budget * 2**30),
-        max_input_pixels=options.max_input_pixels,
-        max_aspect=options.max_aspect,
-    )
-    return GridEngine(loaded, settings), rendering
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from heatmap_cli.activations import resolve_activation
 from heatmap_cli.errors import ConversionError, GeometryError, InvalidOptionError, first_line
 from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
@@ -108,6 +109,9 @@ class GridSettings:
         max_input_pixels: Largest network input of one pass (``H * W``); :meth:`GridEngine.plan`
             refuses larger ones before anything is allocated (``heatmap_cli.limits``).
         max_aspect: Largest ratio of a network input's longer side to its shorter one.
+        activation: What makes scores of the logits: ``"auto"`` (sigmoid for one output,
+            softmax for several, nothing for a model that returns probabilities),
+            ``"softmax"``, ``"sigmoid"`` or ``"none"``.
     """
 
     size: int | str = 384
@@ -123,6 +127,7 @@ class GridSettings:
     compile: bool = False
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     max_aspect: float = DEFAULT_MAX_ASPECT
+    activation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -277,12 +282,16 @@ class GridEngine:
         native_stride: The converted network's own stride (None when it cannot be converted).
         folded_norms: Batch norms folded into the convolutions of the engine's copy of the
             converted network (0: none, and no copy).
-        notes: Human-readable notes about choices made (fallbacks), for the CLI to print once;
-            appended to while scoring if ``--compile`` fails on the first pass.
+        activation: What makes scores of the logits: ``"softmax"``, ``"sigmoid"`` or ``"none"``
+            (``settings.activation`` resolved for the model).
+        notes: Human-readable notes about the model and the choices made (how its weights were
+            found, fallbacks), for the CLI to print once; appended to while scoring if
+            ``--compile`` fails on the first pass.
 
     Raises:
         GeometryError: A size, stride or ``--tile`` that cannot work for this model.
-        InvalidOptionError: An unknown method or device, or a batch size below 1.
+        InvalidOptionError: An unknown method, device or activation, a batch size below 1, or
+            an activation on top of the probabilities a model returns.
         ConversionError: The model cannot be converted for the method asked for.
     """
 
@@ -290,6 +299,7 @@ class GridEngine:
         _check_settings(settings)
         self.loaded = loaded
         self.settings = settings
+        self.activation = resolve_activation(settings.activation, loaded.num_classes, loaded.output)
         self.device = resolve_device(settings.device)
         self.window = loaded.input_size
         self.check_scales((1.0,))
@@ -303,7 +313,7 @@ class GridEngine:
         self.method, self.stride = built.method, built.stride
         self.grid_method: GridMethod = get_method(built.method)
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
-        self.notes: list[str] = list(built.notes)
+        self.notes: list[str] = [*loaded.notes, *built.notes]
         self.network: nn.Module = built.network
         self.dtype = net_device_dtype(self.network)[1]
         self._tiles: dict[tuple[int, int], int | None] = {}
@@ -370,13 +380,19 @@ class GridEngine:
                     f"{math.ceil(smallest / scale)} (or size 'native' for the photo's own pixels)"
                 )
 
+    @property
+    def probabilities(self) -> bool:
+        """Whether the grids' scores are probabilities (an activation's, or the model's own)."""
+        return self.activation != "none" or self.loaded.output in ("softmax", "sigmoid")
+
     def plan(self, original_size: tuple[int, int], scale: float = 1.0) -> GridGeometry:
         """The grid geometry of an image of ``(H, W)`` original pixels.
 
         Args:
             original_size: ``(H, W)`` of the decoded image.
             scale: Factor of ``settings.size``: the shorter side is resized to
-                ``round(size * scale)`` pixels before snapping.
+                ``round(size * scale)`` pixels before snapping (``size`` is the photo's own
+                shorter side for ``"native"``).
 
         Returns:
             The geometry of one pass at that scale.

@@ -20,7 +20,9 @@ __all__ = [
     "ImageReadError",
     "InputTooLargeError",
     "InvalidOptionError",
+    "LabelsFileError",
     "MemoryExhaustedError",
+    "ModelFileError",
     "OutputWriteError",
     "RenderError",
     "TrainingModeError",
@@ -56,6 +58,18 @@ class UnknownModelError(UsageError):
 
 class WeightsMismatchError(UsageError):
     """A weights file that is unreadable or does not match the model's architecture."""
+
+
+class ModelFileError(UsageError):
+    """A model given as a file or a callable that cannot be used.
+
+    A missing, corrupt or unrecognized archive, a full-model pickle refused without
+    ``allow_pickle``, a ``module:callable`` that does not exist, raises or returns no module.
+    """
+
+
+class LabelsFileError(UsageError):
+    """A labels file that cannot be read, or whose names do not match the model's classes."""
 
 
 class UnknownClassError(UsageError):

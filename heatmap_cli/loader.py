@@ -181,9 +181,9 @@ def prepare(
 class _InFlight:
     """A prepared image whose passes are being scored."""
 
-    def __init__(self, prepared: Prepared, common: CommonGrid) -> None:
+    def __init__(self, prepared: Prepared, common: CommonGrid, activation: str) -> None:
         self.prepared = prepared
-        self.average = PassAverage([p.geometry for p in prepared.passes], common)
+        self.average = PassAverage([p.geometry for p in prepared.passes], common, activation)
         self.failed = False
 
     def result(self) -> ImageResult:
@@ -245,7 +245,8 @@ class _Batches:
             if image.failed:
                 continue
             try:
-                image.average.add(index, *finish_pass(image.prepared.passes[index], grid, tiling))
+                spec, activation = image.prepared.passes[index], self._engine.activation
+                image.average.add(index, *finish_pass(spec, grid, tiling, activation=activation))
                 if image.average.complete:
                     yield Outcome(image.prepared.item, image.result())
             except Exception as error:
@@ -312,7 +313,7 @@ def score_images(
             except Exception as error:  # a bad image is reported, the others go on
                 yield Outcome(item, error)
                 continue
-            yield from batches.add(_InFlight(prepared, common))
+            yield from batches.add(_InFlight(prepared, common, engine.activation))
         yield from batches.drain()
     finally:
         # On an early close (Ctrl-C in the caller) do not decode the images queued ahead.

@@ -27,11 +27,13 @@ instead takes the grid with the most cells (the largest scale): nothing is throw
 coarser passes are only interpolated up, but the grid is larger and ``window`` then describes only
 the finest pass's windows.
 
-What is averaged: **logits**, and ``probs`` is the per-cell softmax of the averaged logits. So the
-npz contract holds literally (``probs`` is the softmax over ``K`` of ``logits`` in every cell,
-summing to 1), and the average is a geometric mean of the passes' probabilities (renormalized),
-which rewards classes the passes agree on. OverFeat's averaging of class *scores*
-(probabilities) is kept where it matters for its classification result, the image-level ranking
+What is averaged: **logits**, and ``probs`` is the activation of the averaged logits (the
+per-cell softmax, or a sigmoid, see :mod:`heatmap_cli.activations`). So the npz contract holds
+literally (``probs`` is that activation of ``logits`` in every cell; a softmax sums to 1), and the
+average is a geometric mean of the passes' probabilities (renormalized), which rewards classes the
+passes agree on (a model that returns probabilities itself has them averaged as they are).
+OverFeat's averaging of class *scores* (probabilities) is kept where it matters for its
+classification result, the image-level ranking
 (:func:`heatmap_cli.ranking.rank_image`): each :class:`Pass` records, per class, the spatial
 maximum and mean of its own probabilities.
 
@@ -54,11 +56,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from heatmap_cli.activations import apply_activation
 from heatmap_cli.engine import UNTILED, GridEngine, Tiling
 from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.preprocess import resize_for_grid
-from heatmap_cli.ranking import pooled_scores, softmax
+from heatmap_cli.ranking import pooled_scores
 
 __all__ = [
     "COMMON_GRIDS",
@@ -117,8 +120,9 @@ class Pass:
         scale: Factor of ``--size`` the shorter side was resized to (before snapping).
         flip: Whether the input was mirrored (the grid is mirrored back already).
         geometry: The pass's own grid geometry.
-        peak: float32 ``(K,)``, per class the spatial maximum of the per-cell softmax.
-        mean: float32 ``(K,)``, per class the spatial mean of the per-cell softmax.
+        peak: float32 ``(K,)``, per class the spatial maximum of the pass's scores (the
+            activation of its logits: the per-cell softmax by default).
+        mean: float32 ``(K,)``, per class their spatial mean.
         tiling: How the network evaluated the pass (one whole pass unless the scorer said
             otherwise, as the engine's batches do).
         logits: float32 ``(K, rows, cols)`` on ``geometry``, in unmirrored orientation; only
@@ -142,7 +146,8 @@ class MultiScaleResult:
         geometry: The common grid, in original-image pixels (see ``common``).
         logits: float32 ``(K, rows, cols)``, mean of the passes' logits resampled onto
             ``geometry``.
-        probs: float32 ``(K, rows, cols)``, per-cell softmax of ``logits`` (sums to 1 over K).
+        probs: float32 ``(K, rows, cols)``, the activation of ``logits``: the per-cell softmax
+            (sums to 1 over K) by default, else a sigmoid, or the logits themselves.
         passes: Every pass that went in, in evaluation order.
         common: Which pass's grid is the common one: ``"first"`` or ``"finest"``.
     """
@@ -230,6 +235,7 @@ def finish_pass(
     tiling: Tiling = UNTILED,
     *,
     keep_logits: bool = False,
+    activation: str = "softmax",
 ) -> tuple[np.ndarray, Pass]:
     """Turns one pass's scored grid into logits on the pass's geometry and its summary.
 
@@ -238,6 +244,8 @@ def finish_pass(
         grid: float ``(K, rows, cols)`` logits of ``spec.network_input()``.
         tiling: How the network evaluated it (default: in one pass).
         keep_logits: Keep the logits in the summary too (``Pass.logits``).
+        activation: What makes the summary's scores of the logits: ``"softmax"``,
+            ``"sigmoid"`` or ``"none"``.
 
     Returns:
         float32 ``(K, rows, cols)`` logits in unmirrored orientation, and the pass's summary.
@@ -255,7 +263,7 @@ def finish_pass(
     if spec.flip:
         # Column j of the mirrored input's grid is column k - j of the image's own grid.
         logits = np.ascontiguousarray(logits[:, :, ::-1])
-    probs = softmax(logits)
+    probs = apply_activation(logits, activation)
     summary = Pass(
         scale=spec.scale,
         flip=spec.flip,
@@ -279,12 +287,18 @@ class PassAverage:
         geometries: The geometry of every pass, in evaluation order.
         common: The grid to average on: ``"first"`` (the first scale's) or ``"finest"`` (the one
             with the most cells). See the module docstring for the trade-off.
+        activation: What makes the result's ``probs`` of the averaged logits.
 
     Raises:
         InvalidOptionError: For an unknown ``common``.
     """
 
-    def __init__(self, geometries: Sequence[GridGeometry], common: CommonGrid = "first") -> None:
+    def __init__(
+        self,
+        geometries: Sequence[GridGeometry],
+        common: CommonGrid = "first",
+        activation: str = "softmax",
+    ) -> None:
         if common not in COMMON_GRIDS:
             raise InvalidOptionError(
                 f"common grid must be one of {', '.join(COMMON_GRIDS)}, got {common!r}"
@@ -293,6 +307,7 @@ class PassAverage:
         finest = max(geometries, key=lambda g: g.shape[0] * g.shape[1])
         self.geometry = geometries[0] if common == "first" else finest
         self.common: CommonGrid = common
+        self.activation = activation
         self._passes: list[Pass | None] = [None] * len(geometries)
         self._sum: np.ndarray | None = None
 
@@ -311,12 +326,13 @@ class PassAverage:
         self._sum = resampled if self._sum is None else self._sum + resampled
 
     def result(self) -> MultiScaleResult:
-        """The averaged logits, their softmax and every pass (all must have been added)."""
+        """The averaged logits, their activation and every pass (all must have been added)."""
         passes = tuple(p for p in self._passes if p is not None)
         if self._sum is None or len(passes) != len(self._passes):
             raise ValueError(f"{len(passes)} of {len(self._passes)} passes were added")
         logits = self._sum if len(passes) == 1 else (self._sum / len(passes)).astype(np.float32)
-        return MultiScaleResult(self.geometry, logits, softmax(logits), passes, self.common)
+        probs = apply_activation(logits, self.activation)
+        return MultiScaleResult(self.geometry, logits, probs, passes, self.common)
 
 
 def _axis_weights(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -385,6 +401,7 @@ def multiscale_grid(
     flip: bool = False,
     common: CommonGrid = "first",
     keep_pass_logits: bool = False,
+    activation: str = "softmax",
 ) -> MultiScaleResult:
     """Scores a photo at several scales (and mirrored), and averages on one common grid.
 
@@ -401,6 +418,7 @@ def multiscale_grid(
         common: The grid to average on: ``"first"`` or ``"finest"`` (see :class:`PassAverage`).
         keep_pass_logits: Keep every pass's own grid in ``Pass.logits`` (for inspection and
             tests; ``K * rows * cols`` floats per pass).
+        activation: What makes ``probs`` of the logits: ``"softmax"``, ``"sigmoid"``, ``"none"``.
 
     Returns:
         The averaged logits and probabilities on the common grid, and every pass.
@@ -410,14 +428,15 @@ def multiscale_grid(
         GeometryError: For a scorer whose grid does not fit the planned geometry.
     """
     passes = plan_passes(image, plan, interpolation, scales, flip)
-    average = PassAverage([p.geometry for p in passes], common)
+    average = PassAverage([p.geometry for p in passes], common, activation)
     for index, spec in enumerate(passes):
         grids = score(spec.network_input()[None])
         if isinstance(grids, torch.Tensor):
             grids = grids.detach().float().cpu().numpy()
         if grids.ndim != 4 or grids.shape[0] != 1:
             raise GeometryError(f"the scorer returned {grids.shape} for one image")
-        average.add(index, *finish_pass(spec, grids[0], keep_logits=keep_pass_logits))
+        finished = finish_pass(spec, grids[0], keep_logits=keep_pass_logits, activation=activation)
+        average.add(index, *finished)
     return average.result()
 
 
@@ -431,7 +450,7 @@ def score_multiscale(
     score: Scorer | None = None,
     keep_pass_logits: bool = False,
 ) -> MultiScaleResult:
-    """:func:`multiscale_grid` with an engine's planner, resampling filter and scorer.
+    """:func:`multiscale_grid` with an engine's planner, resampling filter, scorer, activation.
 
     Args:
         engine: The converted model (any stride and method).
@@ -454,4 +473,5 @@ def score_multiscale(
         flip=flip,
         common=common,
         keep_pass_logits=keep_pass_logits,
+        activation=engine.activation,
     )

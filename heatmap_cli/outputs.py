@@ -9,7 +9,9 @@ colour scale (:mod:`heatmap_cli.render.scale`) that its label and the json name.
 Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
 the run (model, weights, method), the passes that went in (scales, flips) and how each was
 evaluated (whole or in tiles), the grid's geometry, the rendered classes, the image-level
-ranking, every option that changes a number or a file (:func:`run_settings`, resolved: what
+ranking, which activation made ``probs`` of the logits and what the model itself returns,
+every option that changes a number or a file (the model's own, :func:`model_settings`, among
+them) (:func:`run_settings`, resolved: what
 ``--skip-existing`` compares), the versions of the software (:func:`software_versions`), the
 device and the dtype, and ``files``: the name and size in bytes of every other file written for
 the image (what ``heatmap_cli.resume`` checks before it calls an image done).
@@ -57,6 +59,7 @@ __all__ = [
     "build_record",
     "completion_marker",
     "drawn_scores",
+    "model_settings",
     "parse_npz_classes",
     "parse_outputs",
     "rendered_classes",
@@ -242,6 +245,10 @@ class OutputRecord:
         classes: The rendered classes.
         top_k: The image-level ranking, best first.
         top_k_pooling: How it pools each class map: ``"max"`` or ``"mean"``.
+        activation: What made ``probs`` of the logits: ``"softmax"``, ``"sigmoid"`` or
+            ``"none"`` (the npz's ``probs`` are its output).
+        model_output: What the model returns: ``"logits"``, or a head's ``"softmax"``,
+            ``"sigmoid"`` (probabilities already) or ``"log_softmax"``.
         settings: Every option that changes a number or a file (:func:`run_settings`).
         versions: The software that computed it (:func:`software_versions`).
         device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
@@ -262,6 +269,8 @@ class OutputRecord:
     classes: tuple[RenderedClass, ...]
     top_k: tuple[RankedClass, ...]
     top_k_pooling: str
+    activation: str
+    model_output: str
     settings: dict[str, object]
     versions: dict[str, str | None]
     device: str
@@ -306,6 +315,8 @@ class OutputRecord:
             "stride": self.geometry.stride,
             "grid": {"rows": rows, "cols": cols},
             "scores": self.scores,
+            "activation": self.activation,
+            "model_output": self.model_output,
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
@@ -398,7 +409,7 @@ def run_settings(
     """
     grid = engine.settings
     return {
-        "model": engine.loaded.name,
+        **model_settings(engine),
         "weights": engine.loaded.source,
         "size": grid.size,
         "stride": engine.stride,
@@ -423,6 +434,32 @@ def run_settings(
         "format": options.image_format,
         "npz_classes": options.npz_classes,
         "npz_dtype": options.npz_dtype,
+    }
+
+
+def model_settings(engine: GridEngine) -> dict[str, object]:
+    """The model's part of the json's ``settings``: what was loaded, and how it reads photos.
+
+    Args:
+        engine: The engine that scored the images (its model and settings).
+
+    Returns:
+        ``model`` and ``model_source`` (the source that loaded it), ``model_files`` (role ->
+        ``{path, sha256}``: the model file or code, ``--weights``, ``--labels``),
+        ``num_classes``, ``input_size`` (the window), ``mean``, ``std``, ``interpolation`` and
+        ``activation`` (as asked for: ``"auto"``...).
+    """
+    loaded = engine.loaded
+    return {
+        "model": loaded.name,
+        "model_source": loaded.family,
+        "model_files": {f.role: {"path": str(f.path), "sha256": f.sha256} for f in loaded.files},
+        "num_classes": loaded.num_classes,
+        "input_size": _size_json(loaded.input_size),
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "interpolation": loaded.interpolation,
+        "activation": engine.settings.activation,
     }
 
 
@@ -503,6 +540,8 @@ def build_record(
         classes=tuple(classes),
         top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
         top_k_pooling=options.pooling,
+        activation=engine.activation,
+        model_output=engine.loaded.output,
         settings=run_settings(engine, options, scales, any(p.flip for p in passes)),
         versions=software_versions(),
         device=str(engine.device),

@@ -1,4 +1,4 @@
-"""Choosing and ranking classes: softmax, ``--class`` resolution, rankings, the stdout table.
+"""Choosing and ranking classes: ``--class`` resolution, rankings, the stdout table.
 
 Two rankings answer two questions. *Which classes to draw* (without ``--class``): the classes
 whose averaged probability map peaks highest (:func:`rank_by_peak`). *What the image shows* (the
@@ -30,7 +30,6 @@ __all__ = [
     "rank_scores",
     "resolve_class",
     "resolve_classes",
-    "softmax",
 ]
 
 Pooling = Literal["max", "mean"]
@@ -54,20 +53,6 @@ class PassScores(Protocol):
     flip: bool
     peak: np.ndarray
     mean: np.ndarray
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Per-cell softmax over classes.
-
-    Args:
-        logits: float ``(K, rows, cols)``.
-
-    Returns:
-        float32 ``(K, rows, cols)``, summing to 1 over ``K`` in every cell.
-    """
-    shifted = logits.astype(np.float64) - logits.max(axis=0, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
 def resolve_class(spec: str, categories: Sequence[str]) -> int:

@@ -53,7 +53,7 @@ class _TestModels(ModelSource):
     def claims(self, key: str) -> bool:
         return key in ("tiny", "slow")
 
-    def load(self, key: str, *, weights: object, download: bool) -> LoadedModel:
+    def load(self, key: str, request: object) -> LoadedModel:
         return _tiny() if key == "tiny" else _slow()
 
 

@@ -54,8 +54,8 @@ def serve_model():
             def claims(self, key):
                 return key == name
 
-            def load(self, key, *, weights, download):
-                loads.append((key, weights))
+            def load(self, key, request):
+                loads.append((key, request.weights))
                 return build()
 
         register_source(Served())

@@ -18,6 +18,7 @@ from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsU
 from heatmap_cli.models import (
     DEFAULT_MODEL,
     LoadedModel,
+    LoadRequest,
     ModelEntry,
     ModelSource,
     available_models,
@@ -402,7 +403,7 @@ class ToySource(ModelSource):
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
         return [ModelEntry(name, self.family, "random", True, None) for name in self.names()]
 
-    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+    def load(self, name: str, request: LoadRequest) -> LoadedModel:
         classes = int(name[len(self.prefix) :])
         torch.manual_seed(classes)
         layers = [torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
@@ -415,7 +416,7 @@ class ToySource(ModelSource):
             std=(0.5, 0.5, 0.5),
             input_size=(32, 32),
             interpolation="bilinear",
-            source=f"toy weights ({weights or 'random'})",
+            source=f"toy weights ({request.weights or 'random'})",
         )
 
 
@@ -427,7 +428,8 @@ def toy() -> ModelSource:
 
 
 def test_a_registered_source_loads_lists_and_suggests_its_models(toy: ModelSource) -> None:
-    assert [s.family for s in list_sources()] == ["default", "torchvision", "timm", "toy"]
+    families = ["default", "torchvision", "timm", "python", "file", "toy"]
+    assert [s.family for s in list_sources()] == families
     assert get_source(" toy/3 ") is toy
     loaded = load_model(" toy/3 ")
     assert loaded.name == " toy/3 "  # the name as given
@@ -439,7 +441,8 @@ def test_a_registered_source_loads_lists_and_suggests_its_models(toy: ModelSourc
         load_model("toy/2x")
     message = str(excinfo.value)
     assert "Did you mean toy/2, toy/3?" in message
-    assert message.endswith("any timm model is timm/NAME; a toy model is toy/CLASSES.")
+    assert "; any timm model is timm/NAME;" in message
+    assert message.endswith("; a toy model is toy/CLASSES.")
 
 
 def test_a_family_is_registered_once(toy: ModelSource) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from heatmap_cli.activations import softmax
 from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.geometry import GridGeometry
@@ -28,7 +29,6 @@ from heatmap_cli.ranking import (
     image_scores,
     rank_by_peak,
     rank_image,
-    softmax,
 )
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded

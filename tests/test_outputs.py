@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from heatmap_cli.activations import softmax
 from heatmap_cli.engine import UNTILED, GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.io import ImageInput
@@ -26,7 +27,7 @@ from heatmap_cli.outputs import (
     run_settings,
     slug,
 )
-from heatmap_cli.ranking import pooled_scores, rank_image, softmax
+from heatmap_cli.ranking import pooled_scores, rank_image
 from heatmap_cli.writers import overlay_label, render_overlay, write_outputs
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
@@ -53,8 +54,8 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     assert list(document) == [
         *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
         *("tiling", "original_size", "input_size", "window", "window_input", "stride", "grid"),
-        *("scores", "classes", "top_k", "top_k_pooling", "settings", "versions", "device"),
-        *("dtype", "files"),
+        *("scores", "activation", "model_output", "classes", "top_k", "top_k_pooling"),
+        *("settings", "versions", "device", "dtype", "files"),
     ]
     assert (document["image"], document["model"], document["weights"]) == (
         str(Path("photos/x.png")),
@@ -78,6 +79,8 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     ranking = rank_image(result.grid.passes, 2, "mean")
     assert [(r["index"], r["score"]) for r in document["top_k"]] == ranking
     assert document["top_k_pooling"] == "mean"
+    assert (document["activation"], document["model_output"]) == ("softmax", "logits")
+    assert document["settings"]["num_classes"] == len(engine.categories)
     assert [c["overlay"] for c in document["classes"]] == [
         f"x_{c['index']}_{slug(c['name'])}.png" for c in document["classes"]
     ]

@@ -9,12 +9,19 @@ Every family of names is a *model source* in its own file, registered below:
   :mod:`~heatmap_cli.models.torchvision_source`) with its ``DEFAULT`` weights, cached by torch hub.
 * any timm model as ``timm/NAME`` or ``timm/NAME.TAG`` (:mod:`~heatmap_cli.models.timm_source`),
   with weights from the Hugging Face Hub.
+* the user's own architecture as ``path/to/file.py:callable`` or ``package.module:callable``
+  (:mod:`~heatmap_cli.models.own_code`; it runs their code, by their choice).
+* a model file (:mod:`~heatmap_cli.models.archives`): a TorchScript or ``torch.export`` archive,
+  or, opted in with ``allow_pickle``, a full-model pickle.
 
-Class names, mean/std, interpolation and the training input size always come from the
-libraries' own metadata (torchvision's weights enums, timm's ``pretrained_cfg``), never from
-tables typed in here. A local weights file (``weights=PATH``) replaces the download; it is loaded
-strictly into the architecture built without pretrained weights
-(:mod:`~heatmap_cli.models.weights`). An unknown name gets close matches from every source
+Class names, mean/std, interpolation and the training input size come from the libraries' own
+metadata (torchvision's weights enums, timm's ``pretrained_cfg``), never from tables typed in
+here, unless the user gives their own (:mod:`~heatmap_cli.models.overrides`,
+:mod:`~heatmap_cli.models.labels`). A local weights file (``weights=PATH``) replaces the
+download; it is loaded strictly into the architecture built without pretrained weights, with as
+many classes as the file's classifier (:mod:`~heatmap_cli.models.weights`,
+:mod:`~heatmap_cli.models.fitting`). Models without metadata are described by one forward pass
+(:mod:`~heatmap_cli.models.own`). An unknown name gets close matches from every source
 (:mod:`~heatmap_cli.models.suggestions`).
 
 A new source is a :class:`ModelSource` subclass in a new file and one ``register_source`` line
@@ -24,9 +31,21 @@ single message that says what to do, not as a library traceback.
 
 from __future__ import annotations
 
-from heatmap_cli.models.base import DEFAULT_MODEL, LoadedModel, ModelEntry, ModelSource
+from heatmap_cli.models.archives import ArchiveSource
+from heatmap_cli.models.base import (
+    DEFAULT_MODEL,
+    MODEL_OUTPUTS,
+    LoadedModel,
+    LoadRequest,
+    ModelEntry,
+    ModelFile,
+    ModelOutput,
+    ModelSource,
+)
 from heatmap_cli.models.categories import imagenet_categories
 from heatmap_cli.models.default import DefaultSource
+from heatmap_cli.models.overrides import parse_channels, parse_input_size
+from heatmap_cli.models.own_code import OwnCodeSource
 from heatmap_cli.models.registry import (
     available_models,
     get_source,
@@ -40,15 +59,21 @@ from heatmap_cli.models.torchvision_source import TorchvisionSource
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MODEL_OUTPUTS",
     "TIMM_PREFIX",
+    "LoadRequest",
     "LoadedModel",
     "ModelEntry",
+    "ModelFile",
+    "ModelOutput",
     "ModelSource",
     "available_models",
     "get_source",
     "imagenet_categories",
     "list_sources",
     "load_model",
+    "parse_channels",
+    "parse_input_size",
     "register_source",
     "unregister_source",
 ]
@@ -57,3 +82,5 @@ __all__ = [
 register_source(DefaultSource())
 register_source(TorchvisionSource())
 register_source(TimmSource())
+register_source(OwnCodeSource())
+register_source(ArchiveSource())

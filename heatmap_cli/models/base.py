@@ -1,8 +1,9 @@
 """What every model source shares: the loaded model, a listing entry, and the source interface.
 
 A *model source* is one family of names (``efficientnet_lite0``, torchvision's ``resnet50``,
-``timm/NAME``...): it says which names it takes (:meth:`ModelSource.claims`), builds them with
-their class names and preprocessing (:meth:`ModelSource.load`) and lists what it offers
+``timm/NAME``, a model file, ``file.py:callable``...): it says which names it takes
+(:meth:`ModelSource.claims`), builds them with their class names and preprocessing
+(:meth:`ModelSource.load`, given a :class:`LoadRequest`) and lists what it offers
 (:meth:`ModelSource.entries`). Sources are registered in :mod:`heatmap_cli.models.registry`.
 """
 
@@ -13,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from torch import nn
 
@@ -21,12 +22,19 @@ from heatmap_cli.errors import first_line
 
 __all__ = [
     "DEFAULT_MODEL",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODEL_OUTPUTS",
     "Interpolation",
+    "LoadRequest",
     "LoadedModel",
     "ModelEntry",
+    "ModelFile",
+    "ModelOutput",
     "ModelSource",
     "as_interpolation",
     "as_triple",
+    "numbered_classes",
     "short_reason",
 ]
 
@@ -34,6 +42,50 @@ DEFAULT_MODEL = "efficientnet_lite0"
 """The model used when none is named; its weights ship with a Python package (no download)."""
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
+
+ModelOutput = Literal["logits", "softmax", "log_softmax", "sigmoid"]
+"""What a classifier returns: logits, or what the activation its head ends with makes of them
+(probabilities from a softmax or sigmoid, log-probabilities from a log-softmax)."""
+MODEL_OUTPUTS: tuple[str, ...] = get_args(ModelOutput)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel mean of ImageNet's RGB values in ``[0, 1]``: the default for models without one."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A file a model was made from, identified by its content.
+
+    Attributes:
+        role: What the file gave: ``"model"`` (an archive), ``"code"`` (a Python file),
+            ``"weights"`` or ``"labels"``.
+        path: The file as given.
+        sha256: Hex digest of its bytes.
+    """
+
+    role: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the user said about a model besides its name.
+
+    Attributes:
+        weights: A local state dict or checkpoint to load instead of the pretrained weights.
+        download: Whether missing pretrained weights may be downloaded.
+        allow_pickle: Whether a full-model pickle may be loaded (unpickling runs code stored in
+            the file).
+        input_size: ``(H, W)`` the classifier was trained at, when the user says so; sources
+            that cannot know it otherwise run their model at this size.
+    """
+
+    weights: Path | None = None
+    download: bool = True
+    allow_pickle: bool = False
+    input_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +103,12 @@ class LoadedModel:
         interpolation: Resampling filter of the reference preprocessing: ``"bilinear"``,
             ``"bicubic"`` or ``"nearest"``.
         source: Short human-readable description of where the weights came from.
+        output: What ``model`` returns: ``"logits"``, or probabilities (``"softmax"``,
+            ``"sigmoid"``) or log-probabilities (``"log_softmax"``) when its head ends so.
+        family: The model source that loaded it (``"torchvision"``, ``"file"``...).
+        files: The files it was made from, with their digests.
+        notes: What the user should know about how it was loaded (a checkpoint's key prefix
+            that was stripped, a window that was assumed).
     """
 
     name: str
@@ -61,6 +119,10 @@ class LoadedModel:
     input_size: tuple[int, int]
     interpolation: Interpolation
     source: str
+    output: ModelOutput = "logits"
+    family: str = ""
+    files: tuple[ModelFile, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -113,21 +175,22 @@ class ModelSource(ABC):
         """Whether ``name`` (stripped of surrounding spaces) is one of this source's models."""
 
     @abstractmethod
-    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+    def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds a claimed model.
 
         Args:
             name: A name :meth:`claims` accepted.
-            weights: A local state dict or checkpoint to load instead of the pretrained weights.
-            download: Whether missing pretrained weights may be downloaded.
+            request: The weights file, whether to download or unpickle, the training size.
 
         Returns:
-            The classifier with its class names and preprocessing.
+            The classifier with its class names and preprocessing. With ``request.weights``,
+            it has as many classes as the file's classifier.
 
         Raises:
             UnknownModelError: The name is the source's, but no such model or tag exists.
             WeightsUnavailableError: The pretrained weights are neither cached nor downloadable.
             WeightsMismatchError: ``weights`` (or a cached file) is unreadable or does not fit.
+            ModelFileError: A model file or callable cannot be used.
         """
 
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
@@ -172,6 +235,11 @@ def as_triple(values: Iterable[float]) -> tuple[float, float, float]:
     """Three per-channel floats as a tuple."""
     first, second, third = (float(v) for v in values)
     return first, second, third
+
+
+def numbered_classes(count: int) -> tuple[str, ...]:
+    """``("class 0", ..., "class K-1")``: the names of classes nobody named."""
+    return tuple(f"class {index}" for index in range(count))
 
 
 def short_reason(err: BaseException) -> str:

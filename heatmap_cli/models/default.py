@@ -11,14 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
 from heatmap_cli.errors import WeightsUnavailableError
-from heatmap_cli.models.base import DEFAULT_MODEL, LoadedModel, ModelEntry, ModelSource
-from heatmap_cli.models.timm_source import timm_loaded_model
-from heatmap_cli.models.weights import load_strict, read_state_dict
+from heatmap_cli.models.base import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    LoadRequest,
+    ModelEntry,
+    ModelSource,
+)
+from heatmap_cli.models.fitting import build_for_checkpoint
+from heatmap_cli.models.timm_source import timm_builder, timm_loaded_model
+from heatmap_cli.models.weights import Checkpoint, read_checkpoint
 
 __all__ = [
     "DefaultSource",
@@ -150,13 +156,14 @@ class DefaultSource(ModelSource):
             )
         ]
 
-    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+    def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds ``tf_efficientnet_lite0`` and loads the packaged (or the given) weights.
 
         Both the lukemelas ``EfficientNet`` key format (the package's) and timm's
-        ``tf_efficientnet_lite0`` format load. Nothing is ever downloaded.
+        ``tf_efficientnet_lite0`` format load, with any number of classes. Nothing is ever
+        downloaded.
         """
-        del download
+        weights = request.weights
         if weights is None:
             path = package_weights_file()
             if path is None or not path.is_file():
@@ -168,11 +175,14 @@ class DefaultSource(ModelSource):
             source = f"{_PACKAGE} package ({path.name})"
         else:
             path, source = weights, str(weights)
-        state_dict = read_state_dict(path)
-        model = timm.create_model(_TIMM_ARCH, pretrained=False)
-        if any(key.startswith("_conv_stem.") for key in state_dict):
-            state_dict = rename_lukemelas_keys(state_dict, model)
-        load_strict(model, state_dict, path, f"{DEFAULT_MODEL} ({_TIMM_ARCH})")
+        checkpoint = read_checkpoint(path, allow_pickle=request.allow_pickle)
+        build = timm_builder(_TIMM_ARCH)
+        if any(key.startswith("_conv_stem.") for key in checkpoint.tensors):
+            with torch.device("meta"):
+                structure = build(None)
+            renamed = rename_lukemelas_keys(checkpoint.tensors, structure)
+            checkpoint = Checkpoint(path, renamed, checkpoint.location)
+        fitted = build_for_checkpoint(build, checkpoint, f"{DEFAULT_MODEL} ({_TIMM_ARCH})")
         # The packaged weights are Google's TF-Lite checkpoint, whose preprocessing is the one
         # timm records for the TF port: (x - 127) / 128 (mean = std = 0.5), bicubic, 224 x 224.
-        return timm_loaded_model(name, model, source)
+        return timm_loaded_model(name, fitted.model, source, fitted.notes)

@@ -9,12 +9,22 @@ their listings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from heatmap_cli.errors import UnknownModelError
-from heatmap_cli.models.base import DEFAULT_MODEL, LoadedModel, ModelEntry, ModelSource
+from heatmap_cli.models.base import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    LoadRequest,
+    ModelEntry,
+    ModelFile,
+    ModelSource,
+)
+from heatmap_cli.models.overrides import apply_overrides, check_input_size
 from heatmap_cli.models.suggestions import unknown_model_message
+from heatmap_cli.models.weights import file_sha256
 
 __all__ = [
     "available_models",
@@ -78,38 +88,63 @@ def get_source(name: str) -> ModelSource:
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
-    weights: Path | None = None,
+    weights: str | Path | None = None,
     download: bool = True,
+    allow_pickle: bool = False,
+    labels: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> LoadedModel:
-    """Builds a pretrained classifier by name.
+    """Builds a classifier by name, with the user's weights, class names and preprocessing.
 
     Args:
         name: ``"efficientnet_lite0"`` (offline default), a torchvision classification model
-            name such as ``"resnet50"``, ``"timm/NAME"`` for a timm model, or a name another
+            name such as ``"resnet50"``, ``"timm/NAME"`` for a timm model, a model file
+            (TorchScript, ``torch.export`` ``.pt2``), ``"path/to/file.py:callable"`` or
+            ``"package.module:callable"`` (imports and runs that code), or a name another
             registered source claims.
-        weights: A local state dict or checkpoint (``.pth``/``.pt``/``.bin`` or
-            ``.safetensors``) to load instead of the pretrained weights. It must fit the named
-            architecture exactly (strict loading). Checkpoints that wrap the state dict under
-            ``"state_dict"``, ``"model_state_dict"`` or ``"model"``, and keys prefixed with
-            ``"module."``, are accepted.
+        weights: A local state dict or checkpoint (``.pth``/``.ckpt``/``.safetensors``...) to
+            load instead of the pretrained weights, with any number of classes ``K`` (built with
+            ``num_classes=K``), strictly otherwise; training checkpoints' wrappers and key
+            prefixes are found (:mod:`~heatmap_cli.models.weights`).
         download: Whether missing pretrained weights may be downloaded. With ``False`` a missing
             file raises ``WeightsUnavailableError`` without touching the network.
+        allow_pickle: Load full-model pickles (``torch.save(model)``), as ``weights`` or as the
+            model file; unpickling runs code stored in the file.
+        labels: A labels file naming the ``K`` classes (one per line, a JSON list or a JSON
+            ``{index: name}``).
+        input_size: ``(H, W)`` the classifier was trained at (its window), over its metadata.
+        mean: Per-channel mean of RGB values in ``[0, 1]``, over its metadata.
+        std: Per-channel standard deviation, over its metadata.
 
     Returns:
-        The classifier in eval mode with its class names and preprocessing.
+        The classifier in eval mode with its class names and preprocessing; ``files`` lists the
+        files given, with their digests.
 
     Raises:
         UnknownModelError: No source knows ``name``; the message lists close matches.
         WeightsUnavailableError: The pretrained weights are not cached and cannot be downloaded;
             the message names the file and where to put it.
-        WeightsMismatchError: ``weights`` (or a cached download) is unreadable or does not fit
-            the architecture; the message names the file and the reason.
+        WeightsMismatchError: ``weights`` (or a cached download) is unreadable or fits the
+            architecture for no number of classes; the message names the file and the reason.
+        ModelFileError: A model file or callable cannot be used.
+        LabelsFileError: The labels file cannot be read or names another number of classes.
+        InvalidOptionError: A window, mean or std that is not valid.
     """
     source = get_source(name)
     key = name.strip()
-    loaded = source.load(key, weights=None if weights is None else Path(weights), download=download)
+    window = None if input_size is None else check_input_size(input_size)
+    path = None if weights is None else Path(weights)
+    request = LoadRequest(path, download, allow_pickle, window)
+    loaded = source.load(key, request)
     loaded.model.eval()
-    return loaded if loaded.name == name else replace(loaded, name=name)
+    files = loaded.files
+    if path is not None:
+        files = (*files, ModelFile("weights", path, file_sha256(path)))
+    loaded = replace(loaded, name=name, family=source.family, files=files)
+    labels = None if labels is None else Path(labels)
+    return apply_overrides(loaded, labels=labels, input_size=window, mean=mean, std=std)
 
 
 def available_models(pattern: str | None = None) -> list[ModelEntry]:

@@ -1,15 +1,17 @@
 """Any timm model as ``timm/NAME`` or ``timm/NAME.TAG``, with weights from the Hugging Face Hub.
 
 Class names, mean/std, interpolation and the input size come from the model's
-``pretrained_cfg``. Before downloading, the Hub is probed once, so an offline machine fails at
-once with a message that says which file to fetch and where to put it.
+``pretrained_cfg``. A local file may have any number of classes: the model is created with
+``num_classes=K`` (:mod:`~heatmap_cli.models.fitting`). Before downloading, the Hub is probed
+once, so an offline machine fails at once with a message that says which file to fetch and where
+to put it.
 """
 
 from __future__ import annotations
 
 import socket
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,16 +24,19 @@ from torch import nn
 from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
 from heatmap_cli.models.base import (
     LoadedModel,
+    LoadRequest,
     ModelEntry,
     ModelSource,
     as_interpolation,
     as_triple,
+    numbered_classes,
     short_reason,
 )
 from heatmap_cli.models.categories import imagenet_categories
-from heatmap_cli.models.weights import load_strict, read_state_dict, torch_hub_cache_path
+from heatmap_cli.models.fitting import build_for_checkpoint
+from heatmap_cli.models.weights import read_checkpoint, torch_hub_cache_path
 
-__all__ = ["TIMM_PREFIX", "TimmSource", "timm_loaded_model"]
+__all__ = ["TIMM_PREFIX", "TimmSource", "timm_builder", "timm_loaded_model"]
 
 TIMM_PREFIX = "timm/"
 """Prefix that selects a timm model: ``timm/NAME`` or ``timm/NAME.TAG``."""
@@ -77,14 +82,15 @@ class TimmSource(ModelSource):
             )
         return entries
 
-    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+    def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds ``timm/NAME[.TAG]`` with its pretrained weights or a local file."""
         timm_name = name[len(TIMM_PREFIX) :]
         cfg = _pretrained_cfg(timm_name)
-        if weights is not None:
-            model = timm.create_model(timm_name, pretrained=False)
-            load_strict(model, read_state_dict(weights), weights, name)
-            return timm_loaded_model(name, model, str(weights))
+        if request.weights is not None:
+            checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
+            fitted = build_for_checkpoint(timm_builder(timm_name), checkpoint, name)
+            return timm_loaded_model(name, fitted.model, str(request.weights), fitted.notes)
+        download = request.download
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise WeightsUnavailableError(
                 f"timm has no pretrained weights for {timm_name}; pass --weights FILE."
@@ -109,13 +115,26 @@ class TimmSource(ModelSource):
         return timm_loaded_model(name, model, f"timm {_weights_label(cfg)}")
 
 
-def timm_loaded_model(name: str, model: nn.Module, source: str) -> LoadedModel:
+def timm_builder(timm_name: str) -> Callable[[int | None], nn.Module]:
+    """``build(num_classes)`` for a timm model without pretrained weights (None: its default)."""
+
+    def build(num_classes: int | None) -> nn.Module:
+        classes = {} if num_classes is None else {"num_classes": num_classes}
+        return timm.create_model(timm_name, pretrained=False, **classes)
+
+    return build
+
+
+def timm_loaded_model(
+    name: str, model: nn.Module, source: str, notes: tuple[str, ...] = ()
+) -> LoadedModel:
     """Wraps a timm model with the preprocessing and class names from its ``pretrained_cfg``.
 
     Args:
         name: The model's name for the user.
         model: A timm model (it has ``pretrained_cfg`` and ``num_classes``).
         source: Where its weights came from, for the user.
+        notes: How its weights were found in a file (:class:`LoadedModel` ``notes``).
 
     Returns:
         The model with its class names, mean/std, input size and interpolation.
@@ -131,6 +150,7 @@ def timm_loaded_model(name: str, model: nn.Module, source: str) -> LoadedModel:
         input_size=(int(height), int(width)),
         interpolation=as_interpolation(cfg.get("interpolation") or "bilinear"),
         source=source,
+        notes=notes,
     )
 
 
@@ -157,7 +177,7 @@ def _categories(num_classes: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     names = cfg.get("label_descriptions") or cfg.get("label_names")
     if names is not None and len(names) == num_classes:
         return tuple(str(label) for label in names)
-    return tuple(f"class {index}" for index in range(num_classes))
+    return numbered_classes(num_classes)
 
 
 def _pretrained_cfg(timm_name: str) -> Any:

@@ -1,7 +1,10 @@
 """torchvision's ImageNet classifiers (``resnet50``, ``vgg16``...) with their ``DEFAULT`` weights.
 
 Weights are downloaded and cached by torch hub in ``<torch.hub.get_dir()>/checkpoints/``; class
-names, mean/std, interpolation and the input size come from torchvision's weights enums.
+names, mean/std, interpolation and the input size come from torchvision's weights enums. A local
+file (a classifier fine-tuned elsewhere) may have any number of classes: the architecture is
+built with ``num_classes=K`` (:mod:`~heatmap_cli.models.fitting`); its classes keep ImageNet's
+names only when ``K`` is ImageNet's 1000.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from torchvision.models import WeightsEnum
 from heatmap_cli.errors import WeightsMismatchError, WeightsUnavailableError
 from heatmap_cli.models.base import (
     LoadedModel,
+    LoadRequest,
     ModelEntry,
     ModelSource,
     as_interpolation,
     as_triple,
+    numbered_classes,
     short_reason,
 )
-from heatmap_cli.models.weights import load_strict, read_state_dict, torch_hub_cache_path
+from heatmap_cli.models.fitting import FittedModel, build_for_checkpoint
+from heatmap_cli.models.weights import Checkpoint, read_checkpoint, torch_hub_cache_path
 
 __all__ = ["TorchvisionSource"]
 
@@ -75,27 +81,32 @@ class TorchvisionSource(ModelSource):
             )
         return entries
 
-    def load(self, name: str, *, weights: Path | None, download: bool) -> LoadedModel:
+    def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds a torchvision classifier with its ``DEFAULT`` weights or a local file."""
         arch = name.lower()
         enum = torchvision.models.get_model_weights(arch).DEFAULT
-        if weights is None:
-            model = _pretrained(arch, enum, download)
+        categories = tuple(enum.meta["categories"])
+        if request.weights is None:
+            fitted = FittedModel(_pretrained(arch, enum, request.download), None, ())
             source = f"torchvision {enum}"
         else:
-            model = _from_state_dict(arch, enum, read_state_dict(weights), weights)
-            source = str(weights)
+            checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
+            fitted = _from_checkpoint(arch, enum, checkpoint)
+            source = str(request.weights)
+        if fitted.num_classes not in (None, len(categories)):
+            categories = numbered_classes(fitted.num_classes)  # type: ignore[arg-type]
         preset = enum.transforms()
         crop = tuple(preset.crop_size)
         return LoadedModel(
             name=name,
-            model=model,
-            categories=tuple(enum.meta["categories"]),
+            model=fitted.model,
+            categories=categories,
             mean=as_triple(preset.mean),
             std=as_triple(preset.std),
             input_size=(crop[0], crop[-1]),
             interpolation=as_interpolation(preset.interpolation.value),
             source=source,
+            notes=fitted.notes,
         )
 
 
@@ -140,24 +151,27 @@ def _download(arch: str, enum: WeightsEnum, cache_path: Path, allowed: bool) -> 
         ) from err
 
 
-def _from_state_dict(
-    arch: str, enum: WeightsEnum, state_dict: dict[str, torch.Tensor], path: Path
-) -> nn.Module:
-    """Builds ``arch`` without pretrained weights, configured as for ``enum``, and loads a file.
+def _from_checkpoint(arch: str, enum: WeightsEnum, checkpoint: Checkpoint) -> FittedModel:
+    """Builds ``arch`` without pretrained weights, for the file's classes, and loads the file.
 
     torchvision's builders change a few constructor arguments when they load pretrained weights;
     the same changes are made here so that a copy of the released file (the usual reason for
-    ``--weights`` on an offline machine) gives exactly the pretrained model.
+    ``--weights`` on an offline machine) gives exactly the pretrained model, and a model
+    fine-tuned from it (same architecture, its own number of classes) loads alike.
+
+    Returns:
+        The model with the file's weights and number of classes.
     """
-    kwargs: dict[str, Any] = {"num_classes": len(enum.meta["categories"])}
+    kwargs: dict[str, Any] = {}
     aux_prefixes: tuple[str, ...] = ()
+    state_dict = checkpoint.tensors
     if arch in ("googlenet", "inception_v3"):
         aux_prefixes = ("aux1.", "aux2.") if arch == "googlenet" else ("AuxLogits.",)
         # The released weights expect Google's [-1, 1] input; transform_input converts the
         # ImageNet-normalized input to it inside the model, as the builder does.
         kwargs["transform_input"] = True
         kwargs["init_weights"] = False
-        kwargs["aux_logits"] = any(key.startswith(aux_prefixes) for key in state_dict)
+        kwargs["aux_logits"] = any(aux in key for key in state_dict for aux in aux_prefixes)
     elif arch.startswith("vit_"):
         kwargs["image_size"] = enum.meta["min_size"][0]
     elif arch.startswith("maxvit"):
@@ -166,11 +180,16 @@ def _from_state_dict(
         state_dict = {
             _DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state_dict.items()
         }
-    model = torchvision.models.get_model(arch, weights=None, **kwargs)
-    load_strict(model, state_dict, path, arch)
+
+    def build(num_classes: int | None) -> nn.Module:
+        classes = {} if num_classes is None else {"num_classes": num_classes}
+        return torchvision.models.get_model(arch, weights=None, **kwargs, **classes)
+
+    renamed = Checkpoint(checkpoint.path, state_dict, checkpoint.location)
+    fitted = build_for_checkpoint(build, renamed, arch)
     if kwargs.get("aux_logits"):
         # The auxiliary heads only matter in training; drop them as the builder does.
-        model.aux_logits = False
+        fitted.model.aux_logits = False
         for prefix in aux_prefixes:
-            setattr(model, prefix.rstrip("."), None)
-    return model
+            setattr(fitted.model, prefix.rstrip("."), None)
+    return fitted
