@@ -9,6 +9,7 @@ pooling (``max`` or ``mean``) of its probability within each pass, averaged over
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -89,11 +90,23 @@ def resolve_class(spec: str, categories: Sequence[str]) -> int:
     if len(partial) == 1:
         return partial[0]
     if not partial:
-        raise UnknownClassError(f"no class named {spec!r}; use an index 0..{count - 1} or a name")
+        raise UnknownClassError(
+            f"no class named {spec!r}; {_close_names(wanted, categories)}use an index "
+            f"0..{count - 1} or a name"
+        )
     shown = ", ".join(f"{categories[i]} ({i})" for i in partial[:_MAX_CANDIDATES_SHOWN])
     more = len(partial) - _MAX_CANDIDATES_SHOWN
     suffix = f", and {more} more" if more > 0 else ""
     raise UnknownClassError(f"class name {spec!r} is ambiguous: {shown}{suffix}")
+
+
+def _close_names(wanted: str, categories: Sequence[str]) -> str:
+    """``"did you mean espresso (967)? "`` for a misspelt name, or nothing."""
+    folded = {name.casefold(): i for i, name in enumerate(categories)}
+    close = difflib.get_close_matches(wanted, list(folded), n=3, cutoff=0.75)
+    if not close:
+        return ""
+    return f"did you mean {', '.join(f'{categories[folded[c]]} ({folded[c]})' for c in close)}? "
 
 
 def resolve_classes(specs: Sequence[str], categories: Sequence[str]) -> list[int]:

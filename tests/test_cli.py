@@ -348,6 +348,10 @@ def test_class_by_name(tiny, tmp_path: Path, spec: str, index: int) -> None:
         ("6", "class index 6 is out of range 0..5"),
         ("-1", "class index -1 is out of range 0..5"),
         ("dog", "no class named 'dog'; use an index 0..5 or a name"),
+        (
+            "tigercat",
+            "no class named 'tigercat'; did you mean tiger cat (3)? use an index 0..5 or a name",
+        ),
     ],
 )
 def test_bad_class_is_a_usage_error(tiny, tmp_path: Path, spec: str, message: str) -> None:
