@@ -32,8 +32,8 @@ import torch
 from torch import fx, nn
 
 from heatmap_cli._fx import timm_layers
-from heatmap_cli.layers import BandedSameConv2d
 from heatmap_cli.surgery import ConvolutionalizedNet
+from heatmap_cli.tf_layers import BandedSameConv2d
 
 __all__ = ["LeanNet", "folded_copy", "lean_copy"]
 
