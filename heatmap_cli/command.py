@@ -27,6 +27,7 @@ import click
 from heatmap_cli.console import Console, Tally
 from heatmap_cli.errors import ImageReadError, UsageError
 from heatmap_cli.limits import MAX_TOP_K
+from heatmap_cli.stages import profile_line, record_start_up, timed
 
 if TYPE_CHECKING:
     from heatmap_cli.engine import GridEngine
@@ -131,10 +132,12 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     Raises:
         click.ClickException: A usage error found before anything was created (exit 2).
     """
-    from heatmap_cli.batch import Batch
-    from heatmap_cli.io import remove_stale_temporaries
-    from heatmap_cli.limits import check_size
-    from heatmap_cli.render import check_cmap
+    record_start_up()
+    with timed("import"):
+        from heatmap_cli.batch import Batch
+        from heatmap_cli.io import remove_stale_temporaries
+        from heatmap_cli.limits import check_size
+        from heatmap_cli.render import check_cmap
 
     check_cmap(options.cmap)
     scales = _scales(options.scales)
@@ -178,6 +181,9 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
             f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
             f"outputs in {options.out}"
         )
+    profile = profile_line()
+    if profile is not None:
+        console.say(profile)
     if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
 
@@ -261,25 +267,27 @@ def _create_folder(out: Path) -> None:
 
 def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
     """Loads the model, resolves ``--class`` and converts the model once."""
-    from heatmap_cli.engine import GridEngine, GridSettings
-    from heatmap_cli.io import DEFAULT_MAX_PIXELS
-    from heatmap_cli.models import load_model, parse_channels, parse_input_size
-    from heatmap_cli.outputs import OutputOptions
-    from heatmap_cli.ranking import resolve_classes
+    with timed("import"):
+        from heatmap_cli.engine import GridEngine, GridSettings
+        from heatmap_cli.io import DEFAULT_MAX_PIXELS
+        from heatmap_cli.models import load_model, parse_channels, parse_input_size
+        from heatmap_cli.outputs import OutputOptions
+        from heatmap_cli.ranking import resolve_classes
 
     text = options.input_size
     window = None if text is None else parse_input_size(text, "--input-size")
     mean = None if options.mean is None else parse_channels(options.mean, "--mean")
     std = None if options.std is None else parse_channels(options.std, "--std", positive=True)
-    loaded = load_model(
-        options.model,
-        weights=options.weights,
-        allow_pickle=options.allow_pickle,
-        labels=options.labels,
-        input_size=window,
-        mean=mean,
-        std=std,
-    )
+    with timed("load"):
+        loaded = load_model(
+            options.model,
+            weights=options.weights,
+            allow_pickle=options.allow_pickle,
+            labels=options.labels,
+            input_size=window,
+            mean=mean,
+            std=std,
+        )
     rendering = OutputOptions(
         classes=resolve_classes(options.class_specs, loaded.categories),
         top_k=options.top_k,
@@ -314,7 +322,8 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         max_aspect=options.max_aspect,
         activation=options.activation,
     )
-    engine = GridEngine(loaded, settings)
+    with timed("convert"):
+        engine = GridEngine(loaded, settings)
     if rendering.probabilities and not engine.probabilities:
         # --activation none on a model that returns logits: its "probs" are those logits
         rendering = dataclasses.replace(rendering, scores="logits")

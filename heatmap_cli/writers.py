@@ -42,6 +42,7 @@ from heatmap_cli.outputs import (
 )
 from heatmap_cli.ranking import rank_image
 from heatmap_cli.render import contact_sheet, render_class_overlay
+from heatmap_cli.stages import timed
 
 __all__ = [
     "WRITER_THREADS",
@@ -124,18 +125,19 @@ def write_grid(
     geometry = grid.geometry
     rows = slice(None) if class_indices is None else np.asarray(class_indices, dtype=np.int64)
     extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
-    write_npz(
-        path,
-        logits=grid.logits[rows].astype(dtype),
-        probs=grid.probs[rows].astype(dtype),
-        **extra,
-        centers=geometry.centers(),
-        window=geometry.window_in_original(),
-        window_input=np.array(geometry.window[::-1], dtype=np.int64),
-        stride=np.int64(geometry.stride),
-        input_size=np.array(geometry.input_size, dtype=np.int64),
-        classes=np.array(categories, dtype=str),
-    )
+    with timed("encode+write"):
+        write_npz(
+            path,
+            logits=grid.logits[rows].astype(dtype),
+            probs=grid.probs[rows].astype(dtype),
+            **extra,
+            centers=geometry.centers(),
+            window=geometry.window_in_original(),
+            window_input=np.array(geometry.window[::-1], dtype=np.int64),
+            stride=np.int64(geometry.stride),
+            input_size=np.array(geometry.input_size, dtype=np.int64),
+            classes=np.array(categories, dtype=str),
+        )
 
 
 def write_outputs(
@@ -221,7 +223,8 @@ def _write_pictures(
     """Draws each class's overlay and has it written, then the contact sheet; their names."""
     names, overlays = [], []
     for rendered in classes:
-        overlays.append(render_overlay(result, rendered, options))
+        with timed("render"):
+            overlays.append(render_overlay(result, rendered, options))
         names.append(str(rendered.overlay))
         jobs.submit(_write_picture, folder / names[-1], overlays[-1], result, options)
     if options.sheet and len(overlays) > 1:
@@ -240,10 +243,15 @@ def _write_sheet(
     result: ImageResult,
     options: OutputOptions,
 ) -> None:
-    _write_picture(path, contact_sheet(tiles, labels), result, options)
+    with timed("render"):
+        sheet = contact_sheet(tiles, labels)
+    _write_picture(path, sheet, result, options)
 
 
 def _write_picture(
     path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions
 ) -> None:
-    write_image(path, picture, image_format=options.image_format, icc_profile=result.icc_profile)
+    with timed("encode+write"):
+        write_image(
+            path, picture, image_format=options.image_format, icc_profile=result.icc_profile
+        )
