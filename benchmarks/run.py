@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import case_cuda
+import case_end_to_end
 import case_folder
 import case_help
 import case_lite0_384
@@ -33,6 +34,7 @@ CASES: tuple[Case, ...] = (
     case_folder.CASE,
     case_memory.CASE,
     case_help.CASE,
+    case_end_to_end.CASE,
     case_tuning.CASE,
     case_cuda.CASE,
 )

@@ -42,15 +42,14 @@ from heatmap_cli._fx import (
     is_elementwise,
     is_reshape,
     is_size_query,
-    meta_clone,
     module_of,
     node_arg,
     node_shape,
     pair,
     reduction_kind,
-    shape_pass,
     timm_layers,
 )
+from heatmap_cli._shapes import meta_clone, shape_pass
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.layers import (
     DEFAULT_MATMUL_MAX_CELLS,

@@ -7,7 +7,6 @@ here, so that a layer taught to one of them is known to all:
 
 * tracing a classifier (:func:`trace_model`), with timm's not-traced modules and functions
   taken from timm's public registry, and working without timm;
-* shape-only passes on storage-less copies (:func:`meta_clone`, :func:`shape_pass`);
 * reading nodes: argument lookup, int-or-pair parsing, shapes, descriptions for messages;
 * the op tables: which modules, functions and methods act on each element or position alone,
   which reduce a map to one value per image, which convolve, pool, move or reshape. Each
@@ -22,20 +21,19 @@ A walker that meets something it does not know raises :class:`UnsupportedGraph`.
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
-import itertools
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from heatmap_cli.errors import ConversionError, first_line
+from heatmap_cli.tf_layers import FX_LEAVES, BandedSameConv2d, BatchNormAct2d
 
 __all__ = [
     "ADAPTIVE_POOL_FUNCTIONS",
@@ -76,15 +74,12 @@ __all__ = [
     "is_reshape",
     "is_script_module",
     "is_size_query",
-    "meta_clone",
-    "meta_input",
     "module_of",
     "node_arg",
     "node_shape",
     "pair",
     "permute_order",
     "reduction_kind",
-    "shape_pass",
     "tensor_inputs",
     "timm_layers",
     "trace_model",
@@ -286,22 +281,22 @@ _SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device"})
 _SIZE_FUNCTIONS = _aten("sym_size", "sym_numel")
 
 
-@functools.cache
 def eval_identity_functions() -> frozenset[Callable[..., object]]:
     """Per-sample functions that fx records as calls and that are the identity in eval mode.
 
-    torchvision's ``stochastic_depth`` (residual dropout); empty without torchvision.
+    torchvision's ``stochastic_depth`` (residual dropout); empty while torchvision is not
+    imported (a graph can only call it once it is: importing it takes a second).
     """
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:
-        return frozenset()
-    return frozenset({stochastic_depth})
+    ops = sys.modules.get("torchvision.ops")
+    return frozenset({ops.stochastic_depth}) if ops is not None else frozenset()
 
 
 @dataclass(frozen=True)
 class TimmLayers:
-    """timm's layers that the walkers know by class; every field is empty without timm.
+    """The layers that the walkers know by class: timm's, and the package's TF ports.
+
+    The package's own ports of timm's layers (``heatmap_cli.tf_layers``, of the default model)
+    are always there; timm's are there once timm is imported, which any timm model implies.
 
     Attributes:
         same_convs: Convolutions that always pad TensorFlow-"same" (``Conv2dSame``).
@@ -323,6 +318,8 @@ class TimmLayers:
 
 
 def _classes(module_name: str, *names: str) -> tuple[type[nn.Module], ...]:
+    if not module_name:
+        return ()
     try:
         found = importlib.import_module(module_name)
     except ImportError:
@@ -332,18 +329,25 @@ def _classes(module_name: str, *names: str) -> tuple[type[nn.Module], ...]:
     )
 
 
-@functools.cache
 def timm_layers() -> TimmLayers:
-    """The timm layer classes the walkers know (looked up once; none without timm)."""
-    layers = "timm.layers"
+    """The layer classes the walkers know: the package's TF ports, and timm's once imported.
+
+    timm is not imported here (it takes seconds): a network with timm's layers was built by it.
+    """
+    return _known_layers("timm" in sys.modules)
+
+
+@functools.cache
+def _known_layers(with_timm: bool) -> TimmLayers:
+    layers, pools = ("timm.layers", "timm.layers.pool2d_same") if with_timm else ("", "")
     return TimmLayers(
-        same_convs=_classes(layers, "Conv2dSame"),
-        same_pools=_classes(f"{layers}.pool2d_same", "MaxPool2dSame", "AvgPool2dSame"),
+        same_convs=(BandedSameConv2d, *_classes(layers, "Conv2dSame")),
+        same_pools=_classes(pools, "MaxPool2dSame", "AvgPool2dSame"),
         flagged_same_convs=_classes(layers, "StdConv2dSame", "ScaledStdConv2dSame"),
         static_convs=_classes(layers, "StdConv2d", "ScaledStdConv2d"),
         channel_norms=_classes(layers, "LayerNorm2d", "FrozenBatchNormAct2d"),
-        batch_norm_acts=_classes(layers, "BatchNormAct2d"),
-        vgg_conv_mlps=_classes("timm.models.vgg", "ConvMlp"),
+        batch_norm_acts=(BatchNormAct2d, *_classes(layers, "BatchNormAct2d")),
+        vgg_conv_mlps=_classes("timm.models.vgg" if with_timm else "", "ConvMlp"),
     )
 
 
@@ -353,8 +357,11 @@ def timm_layers() -> TimmLayers:
 def _timm_not_traced() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., object], ...]]:
     """The modules and functions timm registers as not to be traced (dynamic shapes inside).
 
-    Read at every trace: timm adds to its registry as its model modules are imported.
+    Read at every trace: timm adds to its registry as its model modules are imported. None while
+    timm is not imported: then no model has its layers.
     """
+    if "timm" not in sys.modules:
+        return (), ()
     try:
         from timm.layers import get_notrace_functions, get_notrace_modules
     except ImportError:
@@ -369,11 +376,11 @@ class _ClassifierTracer(fx.Tracer):
     def __init__(self) -> None:
         leaf_modules, functions = _timm_not_traced()
         super().__init__(autowrap_functions=functions)
-        self._extra_leaves = leaf_modules
+        self._extra_leaves = (*FX_LEAVES, *leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         """Standard torch.nn modules and timm's dynamic-shape layers are not traced into."""
-        if self._extra_leaves and isinstance(m, self._extra_leaves):
+        if isinstance(m, self._extra_leaves):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -409,62 +416,6 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
 def is_script_module(model: nn.Module) -> bool:
     """Whether ``model`` is TorchScript (``torch.jit.script``/``trace``/``load``), not Python."""
     return isinstance(model, torch.jit.ScriptModule)
-
-
-# --- Shape-only passes --------------------------------------------------------------------------
-
-
-def meta_clone(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose parameters and buffers are storage-less meta tensors.
-
-    Shape-only passes run on it in milliseconds per layer, allocate nothing of weight size,
-    and never touch the caller's model.
-    """
-    memo: dict[int, object] = {}
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        meta = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = (
-            nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-        )
-    return copy.deepcopy(module, memo)
-
-
-def meta_input(module: nn.Module, size: Pair, batch: int = 1) -> torch.Tensor:
-    """A storage-less ``(batch, 3, h, w)`` image in the dtype of the module's weights."""
-    dtype = next(
-        (p.dtype for p in module.parameters() if p.is_floating_point()), torch.get_default_dtype()
-    )
-    return torch.empty(batch, 3, *size, device="meta", dtype=dtype)
-
-
-class _ShapeProp(ShapeProp):
-    """Shape propagation that passes batch norms by.
-
-    They keep the shape, and on meta tensors they are by far the slowest operation (and in
-    training mode they need a batch).
-    """
-
-    def call_module(self, target: str, args: tuple, kwargs: dict) -> object:  # type: ignore[override]
-        """Returns a batch norm's input unchanged; calls any other module."""
-        if isinstance(self.fetch_attr(target), nn.modules.batchnorm._BatchNorm) and args:
-            return args[0]
-        return super().call_module(target, args, kwargs)
-
-
-def shape_pass(meta_module: fx.GraphModule, size: Pair, batch: int = 2) -> object:
-    """Runs a meta-device graph module on a ``(batch, 3, h, w)`` image, shapes only.
-
-    Every node's ``meta["tensor_meta"]`` then describes its output (see :func:`node_shape`).
-
-    Args:
-        meta_module: A graph module from :func:`meta_clone`.
-        size: ``(h, w)`` of the input.
-        batch: Images in the batch (2: a norm in training mode needs more than one value).
-
-    Returns:
-        The module's output (meta tensors).
-    """
-    return _ShapeProp(meta_module).propagate(meta_input(meta_module, size, batch))
 
 
 # --- Reading nodes ------------------------------------------------------------------------------

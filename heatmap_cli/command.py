@@ -27,10 +27,12 @@ import click
 from heatmap_cli.console import Console, Tally
 from heatmap_cli.errors import ImageReadError, UsageError
 from heatmap_cli.limits import MAX_TOP_K
+from heatmap_cli.stages import profile_line, record_start_up, timed
 
 if TYPE_CHECKING:
     from heatmap_cli.engine import GridEngine
     from heatmap_cli.io import ImageInput
+    from heatmap_cli.models import LoadedModel
     from heatmap_cli.outputs import OutputOptions
 
 __all__ = [
@@ -131,10 +133,12 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     Raises:
         click.ClickException: A usage error found before anything was created (exit 2).
     """
-    from heatmap_cli.batch import Batch
-    from heatmap_cli.io import remove_stale_temporaries
-    from heatmap_cli.limits import check_size
-    from heatmap_cli.render import check_cmap
+    record_start_up()
+    with timed("import"):
+        from heatmap_cli.batch import Batch
+        from heatmap_cli.io import remove_stale_temporaries
+        from heatmap_cli.limits import check_size
+        from heatmap_cli.render import check_cmap
 
     check_cmap(options.cmap)
     scales = _scales(options.scales)
@@ -169,17 +173,27 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
         report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
         if not options.quiet:
             console.say(f"Report: {report}")
+    _say_summary(options, console, tally, engine, time.perf_counter() - started)
+    if tally.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _say_summary(
+    options: CommandOptions, console: Console, tally: Tally, engine: GridEngine, seconds: float
+) -> None:
+    """The one summary line (unless quiet and all went well), and the stage times if asked."""
     summary = f"{tally.done} done, {tally.failed} failed"
     if tally.skipped:
         summary += f", {tally.skipped} skipped (already done)"
     if not options.quiet or tally.failed:
         console.say(
-            f"{summary} in {time.perf_counter() - started:.1f}s ({engine.loaded.name}, "
+            f"{summary} in {seconds:.1f}s ({engine.loaded.name}, "
             f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
             f"outputs in {options.out}"
         )
-    if tally.failed:
-        sys.exit(EXIT_SOME_FAILED)
+    profile = profile_line()
+    if profile is not None:
+        console.say(profile)
 
 
 def _capped_top_k(options: CommandOptions, console: Console) -> CommandOptions:
@@ -259,19 +273,15 @@ def _create_folder(out: Path) -> None:
         raise OutputWriteError(f"cannot create {out}: {error.strerror or error}") from error
 
 
-def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
-    """Loads the model, resolves ``--class`` and converts the model once."""
-    from heatmap_cli.engine import GridEngine, GridSettings
-    from heatmap_cli.io import DEFAULT_MAX_PIXELS
+def _load(options: CommandOptions) -> LoadedModel:
+    """The model, with the window, mean, std and labels the options give."""
     from heatmap_cli.models import load_model, parse_channels, parse_input_size
-    from heatmap_cli.outputs import OutputOptions
-    from heatmap_cli.ranking import resolve_classes
 
     text = options.input_size
     window = None if text is None else parse_input_size(text, "--input-size")
     mean = None if options.mean is None else parse_channels(options.mean, "--mean")
     std = None if options.std is None else parse_channels(options.std, "--std", positive=True)
-    loaded = load_model(
+    return load_model(
         options.model,
         weights=options.weights,
         allow_pickle=options.allow_pickle,
@@ -280,6 +290,18 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         mean=mean,
         std=std,
     )
+
+
+def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
+    """Loads the model, resolves ``--class`` and converts the model once."""
+    with timed("import"):
+        from heatmap_cli.engine import GridEngine, GridSettings
+        from heatmap_cli.io import DEFAULT_MAX_PIXELS
+        from heatmap_cli.outputs import OutputOptions
+        from heatmap_cli.ranking import resolve_classes
+
+    with timed("load"):
+        loaded = _load(options)
     rendering = OutputOptions(
         classes=resolve_classes(options.class_specs, loaded.categories),
         top_k=options.top_k,
@@ -314,7 +336,8 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
         max_aspect=options.max_aspect,
         activation=options.activation,
     )
-    engine = GridEngine(loaded, settings)
+    with timed("convert"):
+        engine = GridEngine(loaded, settings)
     if rendering.probabilities and not engine.probabilities:
         # --activation none on a model that returns logits: its "probs" are those logits
         rendering = dataclasses.replace(rendering, scores="logits")

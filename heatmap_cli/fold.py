@@ -15,9 +15,9 @@ modified):
 * an eval-mode batch norm (``nn.BatchNorm2d``, timm ``BatchNormAct2d``) whose input is the
   output of a convolution used nowhere else is folded into that convolution's weights and bias;
   ``BatchNormAct2d``'s activation then runs in place on the convolution's output;
-* timm ``Conv2dSame`` (TensorFlow "same" padding) becomes ``heatmap_cli.layers.BandedSameConv2d``,
-  which pads and convolves the input in bands of rows, so no padded copy of the whole input is
-  made;
+* timm ``Conv2dSame`` (TensorFlow "same" padding) becomes
+  ``heatmap_cli.tf_layers.BandedSameConv2d``, which pads and convolves the input in bands of
+  rows, so no padded copy of the whole input is made;
 * the network input is handed over in a one-element list and dropped as soon as the first layer
   consumed it, so the caller holds no reference to it during the pass.
 
@@ -32,8 +32,8 @@ import torch
 from torch import fx, nn
 
 from heatmap_cli._fx import timm_layers
-from heatmap_cli.layers import BandedSameConv2d
 from heatmap_cli.surgery import ConvolutionalizedNet
+from heatmap_cli.tf_layers import BandedSameConv2d
 
 __all__ = ["LeanNet", "folded_copy", "lean_copy"]
 

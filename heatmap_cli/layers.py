@@ -8,11 +8,10 @@
 * The "a trous" network (``heatmap_cli.dilate``): :class:`AtrousOp` and :class:`AtrousPad` run a
   convolution, pool or pad on a map with holes; :func:`crop_to_grid` cuts the cells it computes
   beyond the grid.
-* The lean copy for tiles (``heatmap_cli.fold``): :class:`BandedSameConv2d`.
 
 TensorFlow "same" padding, whose leading part depends on the input length, is computed in one
-place, :func:`same_padding`, for the a-trous ops, the receptive-field analysis and the banded
-convolution alike.
+place, ``heatmap_cli.tf_layers.same_padding``, for the a-trous ops, the receptive-field analysis
+and the TF-"same" convolution alike.
 """
 
 from __future__ import annotations
@@ -27,16 +26,15 @@ from torch import nn
 from heatmap_cli._fx import Pair, pair
 from heatmap_cli.errors import ConversionError
 from heatmap_cli.geometry import grid_shape
+from heatmap_cli.tf_layers import ceil_div, same_padding
 
 __all__ = [
     "DEFAULT_MATMUL_MAX_CELLS",
     "AtrousOp",
     "AtrousPad",
     "AxisSpan",
-    "BandedSameConv2d",
     "LinearAsConv2d",
     "PerPositionNorm",
-    "ceil_div",
     "conv_padding",
     "crop_to_grid",
     "dense_pool",
@@ -44,7 +42,6 @@ __all__ = [
     "linear_as_conv2d",
     "linear_kernel",
     "pool_output_length",
-    "same_padding",
     "unchanged",
     "windowed_linear",
 ]
@@ -57,28 +54,6 @@ oneDNN's convolution time, at about 200 they tie, at 288 the convolution is 1.3x
 
 
 # --- Padding arithmetic -------------------------------------------------------------------------
-
-
-def ceil_div(a: int, b: int) -> int:
-    """``ceil(a / b)`` for integers."""
-    return -(-a // b)
-
-
-def same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
-    """TensorFlow "same" padding of one dimension, as timm's ``pad_same`` computes it.
-
-    Args:
-        length: Input length.
-        kernel: Kernel size.
-        stride: Stride.
-        dilation: Dilation.
-
-    Returns:
-        ``(before, after, output length)``; the output is ``ceil(length / stride)`` long.
-    """
-    out = ceil_div(length, stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - length, 0)
-    return total // 2, total - total // 2, out
 
 
 def conv_padding(padding: object, kernel: Pair, dilation: Pair) -> tuple[Pair, Pair]:
@@ -211,7 +186,8 @@ def windowed_linear(
     n, k = x.shape[0], kernel.shape[0]
     kh, kw = kernel.shape[2:]
     rows, cols = x.shape[2] - dilation[0] * (kh - 1), x.shape[3] - dilation[1] * (kw - 1)
-    if n * rows * cols > matmul_max_cells or rows <= 0 or cols <= 0:
+    # Shape passes (meta tensors) take the convolution too: same shape, no Python meta kernel.
+    if n * rows * cols > matmul_max_cells or rows <= 0 or cols <= 0 or x.is_meta:
         return F.conv2d(x, kernel, bias, dilation=dilation)
     if (kh, kw) == (1, 1):
         return F.linear(x.permute(0, 2, 3, 1), kernel.flatten(1), bias).permute(0, 3, 1, 2)
@@ -516,78 +492,3 @@ def crop_to_grid(
     if grid.shape[2] < rows or grid.shape[3] < cols:  # checked on shapes when built
         raise RuntimeError(f"the network gave {tuple(grid.shape[2:])} cells, not {rows, cols}")
     return grid[:, :, :rows, :cols]
-
-
-# --- The lean copy ------------------------------------------------------------------------------
-
-
-class BandedSameConv2d(nn.Conv2d):
-    """timm ``Conv2dSame`` without a padded copy of its whole input.
-
-    ``Conv2dSame`` pads the input (``F.pad``, a full copy) and convolves the copy. Here the
-    output is computed in bands of rows, each from a padded copy of just the input rows it
-    needs, into one preallocated output: the same numbers, with at most a band's worth of extra
-    memory. Inputs below :attr:`band_bytes` are padded whole, as ``Conv2dSame`` does.
-    """
-
-    band_bytes = 64 * 2**20
-    """Largest padded copy of the input to make at once, in bytes."""
-
-    @classmethod
-    def sharing(cls, conv: nn.Conv2d) -> BandedSameConv2d:
-        """A banded convolution with the same configuration, weight and bias (not copied)."""
-        banded = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            0,
-            conv.dilation,  # type: ignore[arg-type]
-            conv.groups,
-            conv.bias is not None,
-            device="meta",
-        )
-        banded.weight = conv.weight
-        banded.bias = conv.bias
-        return banded
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolves ``(N, C, H, W)`` with TensorFlow "same" padding, like ``Conv2dSame``."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        height, width = x.shape[-2:]
-        top, bottom, out_h = same_padding(height, kh, sh, dh)
-        left, right, _ = same_padding(width, kw, sw, dw)
-
-        def conv(t: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(t, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-        padded_bytes = x[:, :, :1].numel() * x.element_size() * (height + top + bottom)
-        bands = min(out_h, math.ceil(padded_bytes / self.band_bytes))
-        if bands <= 1:
-            return conv(F.pad(x, (left, right, top, bottom)))
-        rows = math.ceil(out_h / bands)
-        out: torch.Tensor | None = None
-        for first in range(0, out_h, rows):
-            last = min(first + rows, out_h)  # output rows [first, last)
-            begin = first * sh - top  # input rows [begin, end), outside [0, height) padding
-            end = (last - 1) * sh - top + dh * (kh - 1) + 1
-            band = x[:, :, max(begin, 0) : min(end, height)]
-            band = F.pad(band, (left, right, max(-begin, 0), max(end - height, 0)))
-            result = conv(band)
-            del band
-            if out is None:
-                out = _empty_like_rows(result, out_h)
-            out[:, :, first:last] = result
-        assert out is not None
-        return out
-
-
-def _empty_like_rows(result: torch.Tensor, rows: int) -> torch.Tensor:
-    """An empty ``(N, K, rows, W)`` tensor in the memory layout of a band's ``result``."""
-    layout = (
-        torch.channels_last
-        if result.is_contiguous(memory_format=torch.channels_last) and not result.is_contiguous()
-        else torch.contiguous_format
-    )
-    shape = (*result.shape[:2], rows, result.shape[3])
-    return torch.empty(shape, dtype=result.dtype, device=result.device, memory_format=layout)

@@ -39,6 +39,7 @@ from heatmap_cli.multiscale import (
     finish_pass,
     plan_passes,
 )
+from heatmap_cli.stages import timed
 from heatmap_cli.thread_warnings import captured_warnings
 
 __all__ = [
@@ -158,7 +159,7 @@ def prepare(
         InputTooLargeError: A pass's network input is above the engine's limits.
         MemoryExhaustedError: Resizing ran out of memory.
     """
-    with captured_warnings() as caught:
+    with captured_warnings() as caught, timed("decode"):
         image = read_image(item.path, max_pixels=engine.settings.max_pixels)
         try:
             passes = plan_passes(image, engine.plan, engine.loaded.interpolation, scales, flip)
@@ -230,7 +231,8 @@ class _Batches:
             return
         try:
             inputs = [image.prepared.passes[index].network_input() for image, index in live]
-            grids, tiling = self._engine.score_batch(np.stack(inputs))
+            with timed("network"):
+                grids, tiling = self._engine.score_batch(np.stack(inputs))
         except Exception as error:  # one failing batch must not stop the others
             failure = _memory_said(
                 error,

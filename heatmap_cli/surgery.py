@@ -34,8 +34,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import fx, nn
 
-from heatmap_cli._fx import PROBE_SPAN, describe, meta_clone, module_of, shape_pass, trace_model
+from heatmap_cli._fx import PROBE_SPAN, describe, module_of, trace_model
 from heatmap_cli._head import rewrite_head
+from heatmap_cli._shapes import meta_clone, shape_pass
 from heatmap_cli.errors import ConversionError, GeometryError, TrainingModeError, first_line
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS

@@ -19,7 +19,10 @@ settings (``heatmap_cli.resume``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +42,20 @@ from heatmap_cli.outputs import (
 )
 from heatmap_cli.ranking import rank_image
 from heatmap_cli.render import contact_sheet, render_class_overlay
+from heatmap_cli.stages import timed
 
 __all__ = [
+    "WRITER_THREADS",
     "npz_class_indices",
     "overlay_label",
     "render_overlay",
     "write_grid",
     "write_outputs",
 ]
+
+
+WRITER_THREADS = 2
+"""Threads that encode and write an image's files while the main thread draws the next overlay."""
 
 
 def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None:
@@ -116,18 +125,19 @@ def write_grid(
     geometry = grid.geometry
     rows = slice(None) if class_indices is None else np.asarray(class_indices, dtype=np.int64)
     extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
-    write_npz(
-        path,
-        logits=grid.logits[rows].astype(dtype),
-        probs=grid.probs[rows].astype(dtype),
-        **extra,
-        centers=geometry.centers(),
-        window=geometry.window_in_original(),
-        window_input=np.array(geometry.window[::-1], dtype=np.int64),
-        stride=np.int64(geometry.stride),
-        input_size=np.array(geometry.input_size, dtype=np.int64),
-        classes=np.array(categories, dtype=str),
-    )
+    with timed("encode+write"):
+        write_npz(
+            path,
+            logits=grid.logits[rows].astype(dtype),
+            probs=grid.probs[rows].astype(dtype),
+            **extra,
+            centers=geometry.centers(),
+            window=geometry.window_in_original(),
+            window_input=np.array(geometry.window[::-1], dtype=np.int64),
+            stride=np.int64(geometry.stride),
+            input_size=np.array(geometry.input_size, dtype=np.int64),
+            classes=np.array(categories, dtype=str),
+        )
 
 
 def write_outputs(
@@ -137,7 +147,9 @@ def write_outputs(
 
     The files are written into a private folder, then moved into place with the json last
     (``io.staged_files``); on any failure or interruption only that private folder is removed,
-    never a file in ``out_dir``.
+    never a file in ``out_dir``. Pictures are encoded and the npz compressed in writer threads
+    (zlib and ISA-L release the GIL) while the next overlay is drawn; every file is complete
+    before the json is written, and none is being written when this returns or raises.
 
     Args:
         result: The image's grid, display copy and colour profile.
@@ -152,20 +164,53 @@ def write_outputs(
         OutputWriteError: A file cannot be written (the json is then not written).
     """
     stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
-    with staged_files(marker.parent, stem.name) as staging:
+    with staged_files(marker.parent, stem.name) as staging, _WriterJobs() as jobs:
         classes = rendered_classes(result, engine.categories, options)
+        grid_names = []
+        if "npz" in options.outputs:
+            grid_names.append(output_path(out_dir, stem, ".npz").name)
+            indices = npz_class_indices(result, options, classes)
+            grid = (result.grid, engine.categories, indices, options.npz_dtype)
+            jobs.submit(write_grid, staging.folder / grid_names[0], *grid)
         names = []
         if "png" in options.outputs:
-            names += _write_pictures(staging.folder, result, classes, options)
-        if "npz" in options.outputs:
-            names.append(output_path(out_dir, stem, ".npz").name)
-            indices = npz_class_indices(result, options, classes)
-            grid_path = staging.folder / names[-1]
-            write_grid(grid_path, result.grid, engine.categories, indices, options.npz_dtype)
+            names += _write_pictures(staging.folder, result, classes, options, jobs)
+        names += grid_names
+        jobs.wait()
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
         record = build_record(result, engine, options, classes, files)
         write_json(staging.folder / marker.name, record.to_json())
         return staging.commit([*names, marker.name])
+
+
+class _WriterJobs:
+    """Files being written in the writer threads for one image; all finished on leaving."""
+
+    def __init__(self) -> None:
+        self._futures: list[Future[None]] = []
+
+    def __enter__(self) -> _WriterJobs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for future in self._futures:
+            future.cancel()
+        futures_wait(self._futures)  # none may write into a folder that is being removed
+
+    def submit(self, write: Callable[..., None], *args: object) -> None:
+        """Runs ``write(*args)`` in a writer thread."""
+        self._futures.append(_writer_pool().submit(write, *args))
+
+    def wait(self) -> None:
+        """Waits for every file; raises the first failure, in submission order."""
+        futures_wait(self._futures)
+        for future in self._futures:
+            future.result()
+
+
+@functools.cache
+def _writer_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="heatmap-writer")
 
 
 def _write_pictures(
@@ -173,22 +218,40 @@ def _write_pictures(
     result: ImageResult,
     classes: Sequence[RenderedClass],
     options: OutputOptions,
+    jobs: _WriterJobs,
 ) -> list[str]:
-    """Writes each class's overlay and, for several classes, the contact sheet; their names."""
+    """Draws each class's overlay and has it written, then the contact sheet; their names."""
     names, overlays = [], []
     for rendered in classes:
-        overlays.append(render_overlay(result, rendered, options))
+        with timed("render"):
+            overlays.append(render_overlay(result, rendered, options))
         names.append(str(rendered.overlay))
-        _write_picture(folder / names[-1], overlays[-1], result, options)
+        jobs.submit(_write_picture, folder / names[-1], overlays[-1], result, options)
     if options.sheet and len(overlays) > 1:
         labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
-        sheet = contact_sheet([result.display, *overlays], labels)
         names.append(f"{result.item.stem.name}_sheet.{options.image_format}")
-        _write_picture(folder / names[-1], sheet, result, options)
+        jobs.submit(
+            _write_sheet, folder / names[-1], [result.display, *overlays], labels, result, options
+        )
     return names
+
+
+def _write_sheet(
+    path: Path,
+    tiles: list[np.ndarray],
+    labels: list[str],
+    result: ImageResult,
+    options: OutputOptions,
+) -> None:
+    with timed("render"):
+        sheet = contact_sheet(tiles, labels)
+    _write_picture(path, sheet, result, options)
 
 
 def _write_picture(
     path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions
 ) -> None:
-    write_image(path, picture, image_format=options.image_format, icc_profile=result.icc_profile)
+    with timed("encode+write"):
+        write_image(
+            path, picture, image_format=options.image_format, icc_profile=result.icc_profile
+        )

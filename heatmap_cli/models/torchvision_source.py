@@ -14,12 +14,10 @@ import re
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import WeightsEnum
 
 from heatmap_cli.errors import WeightsMismatchError, WeightsUnavailableError
 from heatmap_cli.models.base import (
@@ -35,6 +33,9 @@ from heatmap_cli.models.base import (
 from heatmap_cli.models.fitting import FittedModel, build_for_checkpoint
 from heatmap_cli.models.weights import Checkpoint, read_checkpoint, torch_hub_cache_path
 
+if TYPE_CHECKING:  # torchvision is imported where used: importing it takes about a second
+    from torchvision.models import WeightsEnum
+
 __all__ = ["TorchvisionSource"]
 
 # The old DenseNet checkpoints name layers 'norm.1' where the modules are now 'norm1';
@@ -47,6 +48,8 @@ _DENSENET_OLD_KEY = re.compile(
 @cache
 def _torchvision_names() -> frozenset[str]:
     """Names of torchvision's ImageNet classification models (not detection, video, ...)."""
+    import torchvision
+
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -65,6 +68,8 @@ class TorchvisionSource(ModelSource):
 
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
         """Every model with its ``DEFAULT`` weights and whether torch hub has them cached."""
+        import torchvision
+
         del pattern
         entries = []
         for name in self.names():
@@ -83,6 +88,8 @@ class TorchvisionSource(ModelSource):
 
     def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds a torchvision classifier with its ``DEFAULT`` weights or a local file."""
+        import torchvision
+
         arch = name.lower()
         enum = torchvision.models.get_model_weights(arch).DEFAULT
         categories = tuple(enum.meta["categories"])
@@ -116,6 +123,8 @@ def _pretrained(arch: str, enum: WeightsEnum, download: bool) -> nn.Module:
     The download is done here rather than inside torchvision so that a network failure and a
     broken cached file can be told apart and reported with the file's full path.
     """
+    import torchvision
+
     cache_path = torch_hub_cache_path(enum.url)
     if not cache_path.is_file():
         _download(arch, enum, cache_path, download)
@@ -182,6 +191,8 @@ def _from_checkpoint(arch: str, enum: WeightsEnum, checkpoint: Checkpoint) -> Fi
         }
 
     def build(num_classes: int | None) -> nn.Module:
+        import torchvision
+
         classes = {} if num_classes is None else {"num_classes": num_classes}
         return torchvision.models.get_model(arch, weights=None, **kwargs, **classes)
 

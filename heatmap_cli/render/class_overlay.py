@@ -19,7 +19,6 @@ measured there. The label goes, by default, in the corner where it hides the lea
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -29,18 +28,13 @@ from heatmap_cli.render.colour import (
     AlphaMode,
     OpacityRule,
     check_rgb,
+    colormap_palette,
+    composite,
     is_diverging,
-    overlay,
 )
-from heatmap_cli.render.heat import (
-    Interpolation,
-    MarginFade,
-    cell_values_to_image,
-    margin_fade,
-    normalize_scores,
-    resolve_range,
-)
+from heatmap_cli.render.heat import Interpolation, normalize_scores, resolve_range
 from heatmap_cli.render.labels import Corner, add_colorbar, annotate, quietest_corner
+from heatmap_cli.render.layer import colour_layer
 
 __all__ = ["LabelPlace", "render_class_overlay"]
 
@@ -92,16 +86,13 @@ def render_class_overlay(
     scores = np.asarray(values, dtype=np.float64)
     low, high = resolve_range(scores, vmin, vmax)
     rule = OpacityRule(alpha, alpha_mode, _zero_heat(low, high) if is_diverging(cmap) else 0.0)
-    heat = cell_values_to_image(
-        normalize_scores(scores, vmin, vmax), centers, image.shape[:2], method=method
-    )
-    fade = margin_fade(centers, image.shape[:2]) if fade_margins else None
-    out = overlay(
-        image, heat, cmap=cmap, alpha=alpha, alpha_mode=alpha_mode, centre=rule.centre, fade=fade
-    )
+    heat = normalize_scores(scores, vmin, vmax)
+    size = image.shape[:2]
+    layer = colour_layer(heat, centers, size, rule, method=method, fade_margins=fade_margins)
+    out = composite(image, layer.index, layer.opacity, colormap_palette(cmap))
     if label:
         if label_corner == "auto":
-            label_corner = quietest_corner(image.shape[:2], label, _hidden(heat, rule, fade))
+            label_corner = quietest_corner(image.shape[:2], label, layer.hidden)
         out = annotate(out, label, corner=label_corner)
     if colorbar:
         top = high if high > low else low + 1.0  # a constant map: from its value to one more
@@ -114,17 +105,3 @@ def _zero_heat(low: float, high: float) -> float:
     if high <= low:
         return 0.0
     return min(1.0, max(0.0, -low / (high - low)))
-
-
-def _hidden(
-    heat: np.ndarray, rule: OpacityRule, fade: MarginFade | None
-) -> Callable[[slice, slice], float]:
-    """``weight(rows, cols)``: the drawn opacity summed over a box (what a label would hide)."""
-
-    def weight(rows: slice, cols: slice) -> float:
-        drawn = rule.of(heat[rows, cols])
-        if fade is not None:
-            drawn *= fade.region(rows, cols)
-        return float(drawn.sum())
-
-    return weight

@@ -20,6 +20,7 @@ from typing import Literal
 
 import matplotlib
 import numpy as np
+from PIL import Image
 
 from heatmap_cli.errors import RenderError, UnknownColormapError
 from heatmap_cli.render.heat import BAND_PIXELS, MarginFade, row_bands
@@ -30,11 +31,12 @@ __all__ = [
     "OPAQUE",
     "AlphaMode",
     "OpacityRule",
-    "blend",
     "check_cmap",
     "check_rgb",
     "colormap_lut",
-    "heat_colors",
+    "colormap_palette",
+    "composite",
+    "heat_index",
     "is_diverging",
     "overlay",
 ]
@@ -140,15 +142,44 @@ class OpacityRule:
             distance = np.sqrt(distance)
         return (np.float32(self.alpha) * distance).astype(np.float32)
 
+    def levels(self, heat: np.ndarray, fade: np.ndarray | None = None) -> np.ndarray:
+        """uint8 opacities, 0..255, of heat values in ``[0, 1]``, times ``fade`` if given."""
+        drawn = self.of(heat)
+        if fade is not None:
+            drawn *= fade
+        drawn *= np.float32(255)
+        return np.rint(drawn, out=drawn).astype(np.uint8)
+
 
 OPAQUE = OpacityRule(alpha=1.0, mode="uniform")
 """Every colour drawn fully opaque."""
 
+_BINS = 256  # colours per colormap as drawn: one per 8-bit index
 
-def heat_colors(heat: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Colours of heat values in ``[0, 1]``, binned as matplotlib's ``Colormap.__call__`` does."""
+
+@functools.lru_cache(maxsize=32)
+def colormap_palette(name: str) -> np.ndarray:
+    """The colormap as 256 uint8 RGB colours, one per bin of heat (:func:`heat_index`).
+
+    Bin ``i`` holds the colour matplotlib gives the heat at the bin's centre, rounded: for the
+    usual 256-colour maps (inferno, viridis...) exactly the colormap's own table.
+
+    Raises:
+        UnknownColormapError: Matplotlib does not know ``name``.
+    """
+    lut = colormap_lut(name)
     n = len(lut)
-    return lut[np.minimum((heat * n).astype(np.intp), n - 1)]
+    bins = np.minimum(((np.arange(_BINS) + 0.5) * n / _BINS).astype(np.intp), n - 1)
+    return np.rint(lut[bins]).astype(np.uint8)
+
+
+def heat_index(heat: np.ndarray) -> np.ndarray:
+    """uint8 bins of heat values in ``[0, 1]``: ``floor(256 * heat)``, 1 in the top bin.
+
+    The binning of matplotlib's ``Colormap.__call__`` on a 256-colour map.
+    """
+    scaled = np.asarray(heat, dtype=np.float32) * np.float32(_BINS)
+    return np.minimum(scaled, _BINS - 1).astype(np.uint8)
 
 
 def check_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -163,20 +194,30 @@ def check_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def blend(background: np.ndarray, colours: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``background * (1 - alpha) + colours * alpha``, rounded to uint8.
+def composite(
+    background: np.ndarray, index: np.ndarray, opacity: np.ndarray, palette: np.ndarray
+) -> np.ndarray:
+    """Draws colours over a picture: ``background + (palette[index] - background) * opacity``.
+
+    Integer arithmetic in Pillow's C code, rounded exactly as ``(c * o + b * (255 - o)) / 255``:
+    opacity 0 keeps the background, 255 gives the colour. A 12-megapixel picture takes about
+    0.1 s, against 0.3 s in float64 with numpy.
 
     Args:
-        background: uint8 ``(..., 3)`` pixels.
-        colours: float ``(..., 3)`` colours in ``[0, 255]``.
-        alpha: float opacities in ``[0, 1]``, shaped like the pixels without the channel axis.
+        background: uint8 ``(H, W, 3)`` pixels.
+        index: uint8 ``(H, W)`` colour bins (:func:`heat_index`).
+        opacity: uint8 ``(H, W)`` opacities, 0 (transparent) to 255 (opaque).
+        palette: uint8 ``(256, 3)`` colours (:func:`colormap_palette`).
 
     Returns:
-        uint8 ``(..., 3)``.
+        A new uint8 ``(H, W, 3)`` array.
     """
-    weight = alpha[..., None]
-    blended = background * (1 - weight) + colours * weight
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    height, width = index.shape
+    colours = Image.frombuffer("P", (width, height), np.ascontiguousarray(index), "raw", "P", 0, 1)
+    colours.putpalette(palette.tobytes())
+    drawn = Image.fromarray(np.ascontiguousarray(background)).copy()
+    drawn.paste(colours.convert("RGB"), (0, 0), Image.fromarray(np.ascontiguousarray(opacity)))
+    return np.array(drawn)
 
 
 def overlay(
@@ -224,16 +265,14 @@ def overlay(
     if fade is not None and fade.shape != heat.shape:
         raise RenderError(f"fade has shape {fade.shape}, the image is {heat.shape}")
     rule = OpacityRule(float(alpha), alpha_mode, float(centre))
-    lut = colormap_lut(cmap)
-
-    out = np.empty_like(image)
+    palette = colormap_palette(cmap)
+    index = np.empty(heat.shape, dtype=np.uint8)
+    opacity = np.empty(heat.shape, dtype=np.uint8)
     for part in row_bands(*heat.shape, band_pixels):
         h = heat[part].astype(np.float32)
         if not np.all(np.isfinite(h)) or h.min() < -1e-6 or h.max() > 1 + 1e-6:
             raise RenderError("heat must be finite and within [0, 1]; normalize scores first")
         np.clip(h, 0.0, 1.0, out=h)
-        weight = rule.of(h)
-        if fade is not None:
-            weight *= fade.region(part)
-        out[part] = blend(image[part], heat_colors(h, lut), weight)
-    return out
+        index[part] = heat_index(h)
+        opacity[part] = rule.levels(h, None if fade is None else fade.region(part))
+    return composite(image, index, opacity, palette)

@@ -22,6 +22,7 @@ __all__ = [
     "Interpolation",
     "MarginFade",
     "cell_values_to_image",
+    "lattice_axes",
     "margin_fade",
     "normalize_scores",
     "peak_location",
@@ -36,7 +37,7 @@ BAND_PIXELS = 1 << 20
 a few megabytes however big the photo is."""
 
 
-def _lattice_axes(
+def lattice_axes(
     centers: np.ndarray, grid_shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checks that ``centers`` is a rectilinear lattice and returns its x and y axes (float64)."""
@@ -172,7 +173,7 @@ def cell_values_to_image(
     height, width = (int(n) for n in image_size)
     if height <= 0 or width <= 0:
         raise RenderError(f"image_size must be positive, got {image_size}")
-    xs, ys = _lattice_axes(centers, grid.shape)
+    xs, ys = lattice_axes(centers, grid.shape)
     out = np.empty((height, width), dtype=np.float32)
     bands = row_bands(height, width, band_pixels)
     if method == "pchip":
@@ -239,7 +240,7 @@ def margin_fade(centers: np.ndarray, image_size: tuple[int, int]) -> MarginFade:
     centers = np.asarray(centers)
     if centers.ndim != 3:
         raise RenderError(f"centers must have shape (rows, cols, 2), got {centers.shape}")
-    xs, ys = _lattice_axes(centers, centers.shape[:2])
+    xs, ys = lattice_axes(centers, centers.shape[:2])
     height, width = (int(n) for n in image_size)
     if height <= 0 or width <= 0:
         raise RenderError(f"image_size must be positive, got {image_size}")

@@ -22,10 +22,10 @@ from heatmap_cli.render.colour import (
     DEFAULT_CMAP,
     OPAQUE,
     OpacityRule,
-    blend,
     check_rgb,
-    colormap_lut,
-    heat_colors,
+    colormap_palette,
+    composite,
+    heat_index,
 )
 
 __all__ = [
@@ -239,13 +239,14 @@ def _vertical_label(label: str, size: int, max_length: int) -> Image.Image:
     return strip.transpose(Image.Transpose.ROTATE_90)
 
 
-def _colour_bar(lut: np.ndarray, size: tuple[int, int], rule: OpacityRule) -> Image.Image:
+def _colour_bar(palette: np.ndarray, size: tuple[int, int], rule: OpacityRule) -> Image.Image:
     """The colormap as a ``(width, height)`` vertical bar, top colour at the top, over grey."""
     width, height = size
     fraction = 1 - (np.arange(height) + 0.5) / height
-    grey = np.full((height, 3), NEUTRAL_GREY, dtype=np.uint8)
-    column = blend(grey, heat_colors(fraction, lut), rule.of(fraction))
-    bar = np.broadcast_to(column[:, None, :], (height, width, 3))
+    grey = np.full((height, 1, 3), NEUTRAL_GREY, dtype=np.uint8)
+    levels = rule.levels(fraction)[:, None]
+    column = composite(grey, heat_index(fraction)[:, None], levels, palette)
+    bar = np.broadcast_to(column, (height, width, 3))
     return Image.fromarray(np.ascontiguousarray(bar))
 
 
@@ -282,7 +283,7 @@ def add_colorbar(
         RenderError: On a bad image or colormap, ``vmin >= vmax`` or ``ticks < 2``.
     """
     image = check_rgb(image)
-    lut = colormap_lut(cmap)
+    palette = colormap_palette(cmap)
     if not (math.isfinite(vmin) and math.isfinite(vmax) and vmin < vmax):
         raise RenderError(f"colour bar needs finite vmin < vmax, got {vmin} and {vmax}")
     if ticks < 2:
@@ -301,7 +302,7 @@ def add_colorbar(
     panel_w = text_right + (gap + strip.width if strip is not None else 0) + gap
 
     panel = Image.new("RGB", (panel_w, height), _WHITE)
-    panel.paste(_colour_bar(lut, (bar_w, bar_h), opacity), (gap, bar_top))
+    panel.paste(_colour_bar(palette, (bar_w, bar_h), opacity), (gap, bar_top))
     draw = ImageDraw.Draw(panel)
     for value, text in zip(values, texts, strict=True):
         y = bar_top + (vmax - value) / (vmax - vmin) * bar_h

@@ -36,13 +36,12 @@ from heatmap_cli._fx import (
     describe,
     eval_identity_functions,
     is_size_query,
-    meta_clone,
     node_arg,
     pair,
     permute_order,
-    shape_pass,
     timm_layers,
 )
+from heatmap_cli._shapes import meta_clone, shape_pass
 from heatmap_cli.errors import GeometryError
 from heatmap_cli.layers import (
     AtrousOp,
@@ -54,9 +53,9 @@ from heatmap_cli.layers import (
     dense_pool,
     layer_norm_over_channels,
     linear_as_conv2d,
-    same_padding,
     unchanged,
 )
+from heatmap_cli.tf_layers import same_padding
 
 __all__ = ["Span", "graph_field"]
 

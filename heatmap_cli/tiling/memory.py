@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from heatmap_cli._fx import meta_clone
+from heatmap_cli._shapes import meta_clone
 from heatmap_cli.errors import GeometryError
 from heatmap_cli.geometry import grid_shape
 from heatmap_cli.tiling.field import lattice_period, net_geometry

@@ -1,0 +1,89 @@
+"""Where a run's time goes: wall seconds per stage, said on stderr with ``HEATMAP_PROFILE=1``.
+
+The command marks its stages (:func:`timed`, :func:`record_start_up`): importing the heavy
+libraries (from the command's start to its run, and where imported later), loading the model,
+converting it, decoding and resizing each photo, the network, drawing the overlays, encoding and
+writing the files. With the environment variable ``HEATMAP_PROFILE`` set to anything but ``0``,
+it says their totals on stderr at the end of the run (:func:`profile_line`), one line; the
+benchmark ``benchmarks/case_end_to_end.py`` reads it. Decoding runs in loader threads and
+encoding in writer threads, alongside the main thread, so the stages can add up to more than the
+run's wall time. Without the variable, :func:`timed` costs one attribute read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+__all__ = ["PROFILE_ENV", "STAGES", "StageTimes", "profile_line", "record_start_up", "timed"]
+
+PROFILE_ENV = "HEATMAP_PROFILE"
+"""The environment variable that turns the stage times on."""
+
+STAGES = ("import", "load", "convert", "decode", "network", "render", "encode+write")
+"""The stages, in the order of a run (and of :func:`profile_line`)."""
+
+
+class StageTimes:
+    """Wall seconds and calls per stage, added from any thread.
+
+    Args:
+        enabled: Record anything at all.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = {}
+        self._calls: dict[str, int] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Adds one call of ``stage`` that took ``seconds``."""
+        with self._lock:
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+            self._calls[stage] = self._calls.get(stage, 0) + 1
+
+    def seconds(self) -> dict[str, float]:
+        """``{stage: total seconds}``, in :data:`STAGES` order, then any other stage."""
+        with self._lock:
+            order = [s for s in STAGES if s in self._seconds]
+            order += sorted(set(self._seconds) - set(STAGES))
+            return {stage: self._seconds[stage] for stage in order}
+
+
+_TIMES = StageTimes(os.environ.get(PROFILE_ENV, "0") not in ("", "0"))
+_LOADED = time.perf_counter()
+
+
+def record_start_up() -> None:
+    """Adds the time since this module was loaded to "import" (when profiling is on).
+
+    The command loads it with its first modules; the options it then parses import torch, the
+    engine and the renderers (choices and types), so this is the start-up's import time.
+    """
+    if _TIMES.enabled:
+        _TIMES.add("import", time.perf_counter() - _LOADED)
+
+
+@contextlib.contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Adds the wall time of the ``with`` block to ``stage`` (when profiling is on)."""
+    if not _TIMES.enabled:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _TIMES.add(stage, time.perf_counter() - start)
+
+
+def profile_line() -> str | None:
+    """``"stages (s): import 1.02, load 0.08, ..."``, or None when profiling is off."""
+    if not _TIMES.enabled:
+        return None
+    parts = [f"{stage} {seconds:.3f}" for stage, seconds in _TIMES.seconds().items()]
+    return f"stages (s): {', '.join(parts)}"
