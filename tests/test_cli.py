@@ -27,6 +27,7 @@ from torch import nn
 
 from heatmap_cli.cli import main
 from heatmap_cli.errors import ImageReadError, UnknownClassError
+from heatmap_cli.manifest import MANIFEST_NAME
 from heatmap_cli.models import LoadedModel, imagenet_categories
 from heatmap_cli.outputs import slug
 from tests.toys import as_loaded
@@ -145,8 +146,10 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def output_files(folder: Path) -> set[str]:
-    """Every file below ``folder`` (hidden ones included), as posix paths relative to it."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """Every file below ``folder`` (hidden ones included) but the run's manifest, as posix paths
+    relative to it."""
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return files - {MANIFEST_NAME}
 
 
 def complete_outputs(out: Path, stem: str) -> bool:
