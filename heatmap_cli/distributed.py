@@ -114,6 +114,7 @@ def run_on_ray(
         ClusterError: The cluster cannot be reached, or its actors kept dying.
     """
     import ray
+    import ray.data.exceptions
 
     started_here = not ray.is_initialized()
     try:
@@ -123,7 +124,7 @@ def run_on_ray(
         pool = _pool_size(settings, gpus)
         dataset = _dataset(items, build, batch, settings, pool, gpus)
         batch.report_all(_processed(dataset), len(items))
-    except (ray.exceptions.RayError, ConnectionError) as error:
+    except (ray.exceptions.RayError, ray.data.exceptions.SystemException, ConnectionError) as error:
         if batch.debug:
             raise
         raise ClusterError(f"Ray: {first_line(error)}") from error
