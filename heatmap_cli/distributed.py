@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ray.data import Dataset
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "KILL_ACTOR_ONCE",
     "MAX_RESTARTS",
     "ImageWorker",
@@ -54,6 +56,9 @@ KILL_ACTOR_ONCE = "HEATMAP_TEST_KILL_ACTOR_ONCE"
 
 MAX_RESTARTS = 3
 """How often Ray restarts a dead actor, and retries a batch whose actor died."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long a named cluster may take to accept a connection."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,11 @@ def run_on_ray(
             _connect(settings.address)
         gpus = _gpus_per_actor(settings.device)
         pool = _pool_size(settings, gpus)
+        if settings.workers is not None and pool < settings.workers:
+            batch.console.say(
+                f"Note: --workers {settings.workers}: the cluster has room for {pool} "
+                f"{'GPU' if gpus else 'CPU'} actor{'s' if pool > 1 else ''} now; using that"
+            )
         dataset = _dataset(items, build, batch, settings, pool, gpus)
         batch.report_all(_processed(dataset), len(items))
     except (ray.exceptions.RayError, ray.data.exceptions.SystemException, ConnectionError) as error:
@@ -185,15 +195,36 @@ class ImageWorker:
 
 
 def _connect(address: str | None) -> None:
-    """``ray.init``: ``address``, else ``RAY_ADDRESS``, else a new local Ray; quietly."""
+    """``ray.init``: ``address``, else ``RAY_ADDRESS``, else a new local Ray; quietly.
+
+    Raises:
+        ClusterError: The named cluster does not answer within ``CONNECT_TIMEOUT_S`` (Ray
+            itself would retry for minutes).
+    """
     import ray
 
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     ray.init(
         address=address,
         include_dashboard=False,
         log_to_driver=False,  # actors report through their rows, not their stderr
         logging_level=logging.ERROR,  # not Ray's start-up notices in the command's output
     )
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuses a ``host:port`` (or ``ray://host:port``) address that accepts no connection."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not an address of that form: Ray says what is wrong with it
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ClusterError(
+            f"Ray: cannot reach the cluster at {address}: {error.strerror or error}"
+        ) from error
 
 
 def _gpus_per_actor(device: str) -> int:

@@ -7,6 +7,7 @@ the same rows.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -144,3 +145,16 @@ def test_ray_options_need_ray_and_ray_needs_its_package(
     assert result.exit_code == 2
     assert "pip install 'heatmap-cli[ray]'" in result.stderr
     assert not out.exists()
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_not_a_wait(tiny, tmp_path: Path) -> None:
+    pytest.importorskip("ray.data")
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    photo = save_photo(tmp_path / "a.png")
+
+    result = run_tiny(photo, "--out", tmp_path / "out", "--ray", "--ray-address", address)
+
+    assert result.exit_code == 1
+    assert f"Error: Ray: cannot reach the cluster at {address}: " in result.stderr
