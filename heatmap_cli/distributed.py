@@ -129,8 +129,8 @@ def run_on_ray(
         pool = _pool_size(settings, gpus)
         if settings.workers is not None and pool < settings.workers:
             batch.console.say(
-                f"Note: --workers {settings.workers}: the cluster has room for {pool} "
-                f"{'GPU' if gpus else 'CPU'} actor{'s' if pool > 1 else ''} now; using that"
+                f"Note: --workers {settings.workers}: the cluster has room for "
+                f"{_actors(pool, gpus)} now; using that"
             )
         dataset = _dataset(items, build, batch, settings, pool, gpus)
         batch.report_all(_processed(dataset), len(items))
@@ -151,6 +151,8 @@ class ImageWorker:
         build: Makes the job (model, rendering, output folder).
         skip_existing: Leave out images whose outputs are complete for these settings.
         debug: Let an image's exception escape (Ray then carries its traceback).
+        cwd: The command's working folder: the actor works there, so that relative paths of
+            inputs, ``--out`` and model files name the same files on every node.
         kill_once: Test-only file path (:data:`KILL_ACTOR_ONCE`).
     """
 
@@ -159,8 +161,17 @@ class ImageWorker:
         build: Callable[[], ImageJob],
         skip_existing: bool,
         debug: bool,
+        cwd: str | None = None,
         kill_once: str | None = None,
     ) -> None:
+        if cwd is not None:  # relative paths of the command line mean what they meant there
+            try:
+                os.chdir(cwd)
+            except OSError as error:
+                raise ClusterError(
+                    f"{cwd} (the command's folder) is not reachable on this node: run it in "
+                    "a folder every node shares, or give absolute paths"
+                ) from error
         self.job = build()
         self.skip_existing = skip_existing
         self.debug = debug
@@ -227,6 +238,11 @@ def _check_reachable(address: str | None) -> None:
         ) from error
 
 
+def _actors(count: int, gpus: int) -> str:
+    """``"2 cpu actors"``, ``"1 gpu actor"``."""
+    return f"{count} {'gpu' if gpus else 'cpu'} actor{'s' if count > 1 else ''}"
+
+
 def _gpus_per_actor(device: str) -> int:
     """1 for CUDA actors (``--device cuda``, or ``auto`` on a cluster with GPUs), else 0."""
     import ray
@@ -273,7 +289,10 @@ def _dataset(
         return ray.data.from_items(rows).map_batches(
             ImageWorker,
             fn_constructor_args=(build, batch.skip_existing, batch.debug),
-            fn_constructor_kwargs={"kill_once": os.environ.get(KILL_ACTOR_ONCE)},
+            fn_constructor_kwargs={
+                "cwd": os.getcwd(),
+                "kill_once": os.environ.get(KILL_ACTOR_ONCE),
+            },
             batch_size=settings.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool),

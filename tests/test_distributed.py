@@ -164,11 +164,12 @@ def test_a_resumed_ray_run_rewrites_nothing(both_runs) -> None:
 def test_an_actor_killed_on_its_first_batch_is_restarted_and_its_images_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder, out = photos(tmp_path / "photos", broken=False), tmp_path / "out"
-    marker = tmp_path / "killed"
+    photos(tmp_path / "photos", broken=False)
+    out, marker = tmp_path / "out", tmp_path / "killed"
     monkeypatch.setenv(KILL_ACTOR_ONCE, str(marker))
+    monkeypatch.chdir(tmp_path)  # relative paths: the actors work in the command's folder
 
-    result = run(folder, "--out", out, *MODEL, *ON_RAY)
+    result = run("photos", "--out", "out", *MODEL, *ON_RAY)
 
     assert marker.exists()  # an actor claimed it, and killed its own process
     assert result.exit_code == 0, result.output
