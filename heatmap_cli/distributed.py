@@ -6,7 +6,8 @@ travel intact), never decoded photos. ``map_batches`` hands them, ``batch_size``
 pool of actors (:class:`ImageWorker`, ``ActorPoolStrategy``): each actor converts the model
 once, then runs the same per-image path as a plain run (``heatmap_cli.batch.ImageJob.run``:
 ``--skip-existing``'s check, read, score, render, write with the json last) on the shared
-file system, and returns one small json per image (its manifest row and its lines). The driver
+file system, working in the command's folder (so relative paths name the same files), and
+returns one small json per image (its manifest row and its lines). The driver
 reports them as they come (``Batch.report``), so the tally, the lines, the manifest and the
 exit status are the plain run's.
 
