@@ -22,6 +22,7 @@ import case_folder
 import case_help
 import case_lite0_384
 import case_memory
+import case_ray_folder
 import case_resnet50_512
 import case_tuning
 import case_vgg16_384
@@ -32,6 +33,7 @@ CASES: tuple[Case, ...] = (
     case_lite0_384.CASE,
     case_resnet50_512.CASE,
     case_folder.CASE,
+    case_ray_folder.CASE,
     case_memory.CASE,
     case_help.CASE,
     case_end_to_end.CASE,

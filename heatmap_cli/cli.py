@@ -348,6 +348,25 @@ mixed sizes.
     is_flag=True,
     help="Also write OUT/index.html: a gallery and viewer of every image in OUT (offline).",
 )
+@click.option(
+    "--ray",
+    is_flag=True,
+    help="Run on a Ray cluster (RAY_ADDRESS or --ray-address, else a local Ray): a pool of "
+    "actors, one model each; inputs and --out on a file system every worker reaches.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    help="The Ray cluster for --ray (default: RAY_ADDRESS, else a new local Ray).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    callback=positive,
+    metavar="N",
+    help="Actors in the --ray pool (default: one per GPU with --device cuda, else one per CPU "
+    "but one).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:

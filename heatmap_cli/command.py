@@ -3,9 +3,11 @@
 The checks that need no model come first (colour map, scales, sizes, inputs, the output folder),
 so a usage error exits 2 before any folder is created or any model is loaded; then the model is
 loaded and converted once, the output folder made, stale temporaries of dead runs removed, every
-image scored and written (``heatmap_cli.batch``), the report written if asked for, and one
-summary line said. Exit status: 0 when every image succeeded, 1 when some failed, 130 when
-interrupted (:func:`exit_interrupted`, the same line whenever Ctrl-C comes).
+image scored and written (``heatmap_cli.batch``; with ``--ray`` by a pool of Ray actors,
+``heatmap_cli.distributed``), the manifest written (``heatmap_cli.manifest``, also when
+interrupted), the report written if asked for, and one summary line said. Exit status: 0 when
+every image succeeded, 1 when some failed, 130 when interrupted (:func:`exit_interrupted`, the
+same line whenever Ctrl-C comes).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -25,11 +28,12 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from heatmap_cli.console import Console, Tally
-from heatmap_cli.errors import ImageReadError, UsageError
+from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
 from heatmap_cli.limits import MAX_TOP_K
 from heatmap_cli.stages import profile_line, record_start_up, timed
 
 if TYPE_CHECKING:
+    from heatmap_cli.batch import Batch, ImageJob
     from heatmap_cli.engine import GridEngine
     from heatmap_cli.io import ImageInput
     from heatmap_cli.models import LoadedModel
@@ -42,6 +46,7 @@ __all__ = [
     "CommandOptions",
     "exit_interrupted",
     "run_command",
+    "start_job",
 ]
 
 EXIT_SOME_FAILED = 1
@@ -95,6 +100,9 @@ class CommandOptions:
     pooling: str
     skip_existing: bool
     report: bool
+    ray: bool
+    ray_address: str | None
+    workers: int | None
     quiet: bool
     debug: bool
 
@@ -135,12 +143,12 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     """
     record_start_up()
     with timed("import"):
-        from heatmap_cli.batch import Batch
         from heatmap_cli.io import remove_stale_temporaries
         from heatmap_cli.limits import check_size
         from heatmap_cli.render import check_cmap
 
     check_cmap(options.cmap)
+    _check_ray_options(options)
     scales = _scales(options.scales)
     if isinstance(options.size, int):  # "native": each photo's own pixels, checked per image
         check_size(options.size, scales, options.max_input_pixels)
@@ -149,37 +157,40 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     _check_writable(options.out)
 
     started = time.perf_counter()
-    engine, rendering = _start(options)
+    # Under --ray the driver converts the model on its CPU only to check the options (exit 2
+    # before anything is created) and to say the engine's notes once; the actors make their own.
+    job = start_job(dataclasses.replace(options, device="cpu") if options.ray else options, scales)
+    engine = job.engine
     for note in engine.notes:
         console.say(f"Note: {note}")
     _create_folder(options.out)  # only now: every usage check has passed
     remove_stale_temporaries(options.out)
-    batch = Batch(
-        engine,
-        rendering,
-        options.out,
-        console,
-        tally,
-        scales=scales,
-        flip=options.flip,
-        skip_existing=options.skip_existing,
-        quiet=options.quiet,
-        debug=options.debug,
-    )
-    batch.run(batch.images_to_do(items))
+    batch = _batch(job, options, console, tally)
+    try:
+        ran_on = _run_batch(batch, items, options, scales)
+    except BaseException:  # interrupted: the rows of the images finished are kept
+        with contextlib.suppress(HeatmapError):
+            batch.manifest.write()
+        raise
+    batch.manifest.write()
     if options.report:
         from heatmap_cli.report import write_report
 
         report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
         if not options.quiet:
             console.say(f"Report: {report}")
-    _say_summary(options, console, tally, engine, time.perf_counter() - started)
+    _say_summary(options, console, tally, engine, ran_on, time.perf_counter() - started)
     if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
 def _say_summary(
-    options: CommandOptions, console: Console, tally: Tally, engine: GridEngine, seconds: float
+    options: CommandOptions,
+    console: Console,
+    tally: Tally,
+    engine: GridEngine,
+    ran_on: str,
+    seconds: float,
 ) -> None:
     """The one summary line (unless quiet and all went well), and the stage times if asked."""
     summary = f"{tally.done} done, {tally.failed} failed"
@@ -188,12 +199,49 @@ def _say_summary(
     if not options.quiet or tally.failed:
         console.say(
             f"{summary} in {seconds:.1f}s ({engine.loaded.name}, "
-            f"{engine.method}, stride {engine.stride}, {engine.device.type}); "
-            f"outputs in {options.out}"
+            f"{engine.method}, stride {engine.stride}, {ran_on}); outputs in {options.out}"
         )
     profile = profile_line()
     if profile is not None:
         console.say(profile)
+
+
+def _batch(job: ImageJob, options: CommandOptions, console: Console, tally: Tally) -> Batch:
+    """The run's batch; its manifest starts with the inputs that could not even be listed."""
+    from heatmap_cli.batch import Batch
+    from heatmap_cli.manifest import Manifest, ManifestRow
+
+    manifest = Manifest(options.out)
+    for path, reason in tally.failures:
+        manifest.add(ManifestRow.failed(path, None, reason))
+    return Batch(
+        job,
+        console,
+        tally,
+        manifest,
+        skip_existing=options.skip_existing,
+        quiet=options.quiet,
+        debug=options.debug,
+    )
+
+
+def _run_batch(
+    batch: Batch, items: list[ImageInput], options: CommandOptions, scales: tuple[float, ...]
+) -> str:
+    """Runs the batch here or on Ray; returns where it ran (``"cpu"``, ``"Ray: 2 cpu actors"``)."""
+    if not options.ray:
+        batch.run(batch.images_to_do(items))
+        return batch.job.engine.device.type
+    from heatmap_cli.distributed import RaySettings, run_on_ray
+
+    settings = RaySettings(
+        address=options.ray_address,
+        workers=options.workers,
+        device=options.device,
+        batch_size=options.batch_size,
+    )
+    build = functools.partial(start_job, options, scales)  # pickled by reference for the actors
+    return run_on_ray(batch, items, build, settings)
 
 
 def _capped_top_k(options: CommandOptions, console: Console) -> CommandOptions:
@@ -273,52 +321,41 @@ def _create_folder(out: Path) -> None:
         raise OutputWriteError(f"cannot create {out}: {error.strerror or error}") from error
 
 
-def _load(options: CommandOptions) -> LoadedModel:
-    """The model, with the window, mean, std and labels the options give."""
-    from heatmap_cli.models import load_model, parse_channels, parse_input_size
+def _check_ray_options(options: CommandOptions) -> None:
+    """Refuses Ray's options without ``--ray``, and ``--ray`` where Ray cannot run."""
+    if not options.ray:
+        for given, name in ((options.workers, "--workers"), (options.ray_address, "--ray-address")):
+            if given is not None:
+                raise click.BadParameter("only works with --ray", param_hint=name)
+        return
+    from heatmap_cli.distributed import check_ray
 
-    text = options.input_size
-    window = None if text is None else parse_input_size(text, "--input-size")
-    mean = None if options.mean is None else parse_channels(options.mean, "--mean")
-    std = None if options.std is None else parse_channels(options.std, "--std", positive=True)
-    return load_model(
-        options.model,
-        weights=options.weights,
-        allow_pickle=options.allow_pickle,
-        labels=options.labels,
-        input_size=window,
-        mean=mean,
-        std=std,
-    )
+    try:
+        check_ray(options.device)
+    except UsageError as error:
+        raise click.BadParameter(str(error), param_hint="--ray") from None
 
 
-def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
-    """Loads the model, resolves ``--class`` and converts the model once."""
+def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
+    """Loads the model, resolves ``--class`` and converts the model once: the run's job.
+
+    Also what each Ray actor calls to make its own (``heatmap_cli.distributed``).
+
+    Args:
+        options: The parsed options.
+        scales: ``--scales`` parsed (``(1.0,)``: a plain run).
+
+    Returns:
+        What scores, renders and writes every image into ``options.out``.
+    """
     with timed("import"):
+        from heatmap_cli.batch import ImageJob
         from heatmap_cli.engine import GridEngine, GridSettings
         from heatmap_cli.io import DEFAULT_MAX_PIXELS
-        from heatmap_cli.outputs import OutputOptions
-        from heatmap_cli.ranking import resolve_classes
 
     with timed("load"):
         loaded = _load(options)
-    rendering = OutputOptions(
-        classes=resolve_classes(options.class_specs, loaded.categories),
-        top_k=options.top_k,
-        scores=options.scores,
-        cmap=options.cmap,
-        alpha=options.alpha,
-        colorbar=options.colorbar,
-        pooling=options.pooling,
-        scale=options.scale,
-        vmin=options.vmin,
-        vmax=options.vmax,
-        label=options.label,
-        outputs=options.outputs,
-        image_format=options.image_format,
-        npz_classes=options.npz_classes,
-        npz_dtype=options.npz_dtype,
-    )
+    rendering = _rendering(options, loaded.categories)
     budget = options.memory_budget
     settings = GridSettings(
         size=options.size,
@@ -341,4 +378,47 @@ def _start(options: CommandOptions) -> tuple[GridEngine, OutputOptions]:
     if rendering.probabilities and not engine.probabilities:
         # --activation none on a model that returns logits: its "probs" are those logits
         rendering = dataclasses.replace(rendering, scores="logits")
-    return engine, rendering
+    return ImageJob(engine, rendering, options.out, scales=scales, flip=options.flip)
+
+
+def _load(options: CommandOptions) -> LoadedModel:
+    """The model, with the window, mean, std and labels the options give."""
+    from heatmap_cli.models import load_model, parse_channels, parse_input_size
+
+    text = options.input_size
+    window = None if text is None else parse_input_size(text, "--input-size")
+    mean = None if options.mean is None else parse_channels(options.mean, "--mean")
+    std = None if options.std is None else parse_channels(options.std, "--std", positive=True)
+    return load_model(
+        options.model,
+        weights=options.weights,
+        allow_pickle=options.allow_pickle,
+        labels=options.labels,
+        input_size=window,
+        mean=mean,
+        std=std,
+    )
+
+
+def _rendering(options: CommandOptions, categories: Sequence[str]) -> OutputOptions:
+    """What is rendered and written, from the options (``--class`` resolved in ``categories``)."""
+    from heatmap_cli.outputs import OutputOptions
+    from heatmap_cli.ranking import resolve_classes
+
+    return OutputOptions(
+        classes=resolve_classes(options.class_specs, categories),
+        top_k=options.top_k,
+        scores=options.scores,
+        cmap=options.cmap,
+        alpha=options.alpha,
+        colorbar=options.colorbar,
+        pooling=options.pooling,
+        scale=options.scale,
+        vmin=options.vmin,
+        vmax=options.vmax,
+        label=options.label,
+        outputs=options.outputs,
+        image_format=options.image_format,
+        npz_classes=options.npz_classes,
+        npz_dtype=options.npz_dtype,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "ClusterError",
     "ConversionError",
     "GeometryError",
     "HeatmapError",
@@ -124,6 +125,10 @@ class InputTooLargeError(HeatmapError):
 
 class MemoryExhaustedError(HeatmapError):
     """One image ran out of memory; the message says at which step and which option to lower."""
+
+
+class ClusterError(HeatmapError):
+    """The Ray cluster of ``--ray`` failed the run (unreachable, or its workers kept dying)."""
 
 
 def first_line(error: BaseException) -> str:

@@ -59,6 +59,7 @@ __all__ = [
     "build_record",
     "completion_marker",
     "drawn_scores",
+    "image_ranking",
     "model_settings",
     "parse_npz_classes",
     "parse_outputs",
@@ -504,6 +505,20 @@ def rendered_classes(
     return tuple(classes)
 
 
+def image_ranking(
+    result: ImageResult, categories: Sequence[str], options: OutputOptions
+) -> tuple[RankedClass, ...]:
+    """The image-level ranking the json's ``top_k`` holds: ``options.top_k`` classes, best first.
+
+    Args:
+        result: The image's passes.
+        categories: The ``K`` class names.
+        options: The ranking's length and pooling (``"max"`` or ``"mean"``).
+    """
+    ranking = rank_image(result.grid.passes, options.top_k, options.pooling)
+    return tuple(RankedClass(i, categories[i], score) for i, score in ranking)
+
+
 def build_record(
     result: ImageResult,
     engine: GridEngine,
@@ -524,7 +539,6 @@ def build_record(
         The record; :meth:`OutputRecord.to_json` is what the json holds.
     """
     passes = result.grid.passes
-    ranking = rank_image(passes, options.top_k, options.pooling)
     scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
     return OutputRecord(
         image=result.item.path,
@@ -538,7 +552,7 @@ def build_record(
         geometry=result.grid.geometry,
         scores=options.scores,
         classes=tuple(classes),
-        top_k=tuple(RankedClass(i, engine.categories[i], score) for i, score in ranking),
+        top_k=image_ranking(result, engine.categories, options),
         top_k_pooling=options.pooling,
         activation=engine.activation,
         model_output=engine.loaded.output,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from heatmap_cli.io import output_path
@@ -40,10 +40,13 @@ class Verdict:
         done: Its outputs are complete for the current settings.
         reason: Why it is not done, in a few words; None when done, or when nothing of it was
             found (an image never made is not news).
+        record: The json of a done image, as parsed (its ranking and files, for the
+            manifest); None otherwise.
     """
 
     done: bool
     reason: str | None = None
+    record: Mapping[str, object] | None = field(default=None, compare=False, repr=False)
 
 
 def check_outputs(out_dir: Path, stem: PurePath, settings: Mapping[str, object]) -> Verdict:
@@ -76,7 +79,8 @@ def check_outputs(out_dir: Path, stem: PurePath, settings: Mapping[str, object])
     changes = settings_changes(recorded, settings)
     if changes:
         return Verdict(False, f"settings changed: {'; '.join(changes)}")
-    return _check_files(marker.parent, record.get("files"))
+    verdict = _check_files(marker.parent, record.get("files"))
+    return Verdict(True, record=record) if verdict.done else verdict
 
 
 def settings_changes(recorded: Mapping[str, object], current: Mapping[str, object]) -> list[str]:

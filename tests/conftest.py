@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,27 @@ def crashing_open(monkeypatch):
         return real_open(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "open", crashing)
+
+
+@pytest.fixture
+def interrupt_on_commit(monkeypatch: pytest.MonkeyPatch):
+    """``interrupt_on_commit(name)``: Ctrl-C just before a file of that name is committed.
+
+    The writers fill a temporary file and rename it over the target with ``os.replace``; the
+    interruption comes at that rename, when the temporary is complete but not yet the output.
+    ``interrupt_on_commit(None)`` stops interrupting.
+    """
+    real_replace = os.replace
+    target: list[str | None] = [None]
+
+    def replace(source: object, destination: object) -> None:
+        if Path(str(destination)).name == target[0]:
+            raise KeyboardInterrupt
+        real_replace(source, destination)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+
+    def interrupt(name: str | None) -> None:
+        target[0] = name
+
+    return interrupt

@@ -93,3 +93,11 @@ def seeded(net_class: type[nn.Module], seed: int = 0) -> nn.Module:
 
 
 ALL_NETS = (VolumeHeadNet, PooledHeadNet, FlattenOnlyNet)
+
+
+def seeded_pooled_head() -> nn.Module:
+    """:class:`PooledHeadNet` with seeded weights, for ``--model tests/nets.py:seeded_pooled_head``.
+
+    Built by name in any process (Ray's actors import it from this file), always the same net.
+    """
+    return seeded(PooledHeadNet)

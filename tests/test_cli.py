@@ -27,6 +27,7 @@ from torch import nn
 
 from heatmap_cli.cli import main
 from heatmap_cli.errors import ImageReadError, UnknownClassError
+from heatmap_cli.manifest import MANIFEST_NAME
 from heatmap_cli.models import LoadedModel, imagenet_categories
 from heatmap_cli.outputs import slug
 from tests.toys import as_loaded
@@ -94,30 +95,6 @@ def run_tiny(*args: object) -> Result:
     return run(*args, "--model", "tiny")
 
 
-@pytest.fixture
-def interrupt_on_commit(monkeypatch: pytest.MonkeyPatch):
-    """``interrupt_on_commit(name)``: Ctrl-C just before a file of that name is committed.
-
-    The writers fill a temporary file and rename it over the target with ``os.replace``; the
-    interruption comes at that rename, when the temporary is complete but not yet the output.
-    ``interrupt_on_commit(None)`` stops interrupting.
-    """
-    real_replace = os.replace
-    target: list[str | None] = [None]
-
-    def replace(source: object, destination: object) -> None:
-        if Path(str(destination)).name == target[0]:
-            raise KeyboardInterrupt
-        real_replace(source, destination)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "replace", replace)
-
-    def interrupt(name: str | None) -> None:
-        target[0] = name
-
-    return interrupt
-
-
 def stderr_lines(result: Result) -> list[str]:
     """Non-empty stderr lines, with progress-bar redraws (carriage returns) split off."""
     return [line.strip() for line in re.split(r"[\r\n]+", result.stderr) if line.strip()]
@@ -145,8 +122,10 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def output_files(folder: Path) -> set[str]:
-    """Every file below ``folder`` (hidden ones included), as posix paths relative to it."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """Every file below ``folder`` (hidden ones included) but the run's manifest, as posix paths
+    relative to it."""
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return files - {MANIFEST_NAME}
 
 
 def complete_outputs(out: Path, stem: str) -> bool:

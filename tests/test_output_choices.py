@@ -213,12 +213,13 @@ def test_version_and_help() -> None:
     assert "--size native" in shown.stdout and "--scales" in shown.stdout
 
 
-def test_help_does_not_import_torch() -> None:
+def test_help_does_not_import_torch_or_ray() -> None:
     code = "import sys; from heatmap_cli.cli import main; sys.argv = ['heatmap', '--help']\n"
-    code += "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    code += "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    code += "print('torch' in sys.modules, 'ray' in sys.modules)"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, cwd=REPO)  # fmt: skip
-    assert shown.stdout.strip().endswith("False")
+    assert shown.stdout.strip().endswith("False False")
 
 
 # --- outputs for scale: the real model's npz at stride 8 -------------------------------------
