@@ -437,7 +437,10 @@ class GridEngine:
         tile = self.tile_for((pixels.shape[1], pixels.shape[2]))
         if tile is not None:
             scored = [self._score_tiled(image, tile) for image in pixels]
-            return torch.cat([grid for grid, _ in scored]), Tiling(tile, scored[0][1])
+            grids = [grid for grid, _ in scored]
+            # A huge image comes alone: no copy of its grid (250 MB at 8192x8192)
+            batch = grids[0] if len(grids) == 1 else torch.cat(grids)
+            return batch, Tiling(tile, scored[0][1])
         x = normalize(
             pixels, self.loaded.mean, self.loaded.std, device=self.device, dtype=self.dtype
         )

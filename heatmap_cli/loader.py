@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from heatmap_cli.engine import GridEngine
-from heatmap_cli.io import ImageInput, read_image
+from heatmap_cli.io import ImageInput, read_photo
 from heatmap_cli.limits import is_out_of_memory, out_of_memory
 from heatmap_cli.multiscale import (
     CommonGrid,
@@ -39,6 +39,7 @@ from heatmap_cli.multiscale import (
     finish_pass,
     plan_passes,
 )
+from heatmap_cli.pixels import image_array
 from heatmap_cli.thread_warnings import captured_warnings
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Outcome",
     "Prepared",
     "display_image",
+    "display_size",
     "prepare",
     "score_images",
     "small_image_note",
@@ -110,14 +112,31 @@ class Outcome(NamedTuple):
         return self.result
 
 
-def display_image(image: Image.Image, max_side: int) -> np.ndarray:
-    """The photo as uint8 ``(h, w, 3)``, shrunk so its longest side is at most ``max_side``."""
-    longest = max(image.size)
-    if longest > max_side:
-        scale = max_side / longest
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+def display_size(original_size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``(h, w)`` of a photo's display copy: its size, shrunk to a longest side of ``max_side``."""
+    height, width = original_size
+    longest = max(height, width)
+    if longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def display_image(
+    image: Image.Image, max_side: int, original_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The photo as uint8 ``(h, w, 3)``, shrunk so its longest side is at most ``max_side``.
+
+    Args:
+        image: RGB photo in displayed orientation (possibly decoded at a reduced size).
+        max_side: Longest side of the display copy.
+        original_size: ``(H, W)`` of the photo at full resolution; default ``image``'s size.
+    """
+    full = original_size or (image.height, image.width)
+    height, width = display_size(full, max_side)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return image_array(image)
 
 
 def small_image_note(original_size: tuple[int, int], window: tuple[int, int]) -> str | None:
@@ -159,16 +178,31 @@ def prepare(
         MemoryExhaustedError: Resizing ran out of memory.
     """
     with captured_warnings() as caught:
-        image = read_image(item.path, max_pixels=engine.settings.max_pixels)
+        max_side = engine.settings.max_display_side
+
+        def needed(full: tuple[int, int]) -> tuple[int, int]:
+            sizes = [engine.plan(full, scale).input_size for scale in scales]
+            sizes.append(display_size(full, max_side))
+            return max(h for h, _ in sizes), max(w for _, w in sizes)
+
+        photo = read_photo(item.path, max_pixels=engine.settings.max_pixels, needed=needed)
+        image, original_size = photo.image, photo.original_size
         try:
-            passes = plan_passes(image, engine.plan, engine.loaded.interpolation, scales, flip)
-            display = display_image(image, engine.settings.max_display_side)
+            passes = plan_passes(
+                image,
+                engine.plan,
+                engine.loaded.interpolation,
+                scales,
+                flip,
+                original_size=original_size,
+            )
+            display = display_image(image, max_side, original_size)
         except MemoryError as error:
             raise out_of_memory(
-                f"resize a {image.width}x{image.height} image for the network",
+                f"resize a {original_size[1]}x{original_size[0]} image for the network",
                 "--size, --scales or --max-input-pixels",
             ) from error
-    note = small_image_note((image.height, image.width), engine.window)
+    note = small_image_note(original_size, engine.window)
     return Prepared(
         item=item,
         passes=passes,

@@ -126,8 +126,8 @@ def write_grid(
     extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
     write_npz(
         path,
-        logits=grid.logits[rows].astype(dtype),
-        probs=grid.probs[rows].astype(dtype),
+        logits=grid.logits[rows].astype(dtype, copy=False),  # all classes: no copy
+        probs=grid.probs[rows].astype(dtype, copy=False),
         **extra,
         centers=geometry.centers(),
         window=geometry.window_in_original(),

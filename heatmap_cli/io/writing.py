@@ -22,7 +22,6 @@ characters as ``\udcxx`` escapes, which ``json.loads`` reads back to the same st
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -284,12 +283,10 @@ def write_npz(path: Path, **arrays: Any) -> None:
                 f"array {name!r} has dtype object, which needs pickle to load; "
                 "convert it to numbers or str first"
             )
-    # Compress into memory first: a slow encode then does not keep a temporary file open,
-    # and a failure in numpy cannot leave one behind.
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **converted)
+    # Compressed straight into the temporary file, not into memory first: the npz of a huge
+    # image's grid is hundreds of megabytes. A failure removes the temporary file.
     with atomic_writer(path, "wb") as file:
-        file.write(buffer.getbuffer())
+        np.savez_compressed(file, **converted)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from heatmap_cli.errors import RenderError, UnknownColormapError
+from heatmap_cli.pixels import image_array
 from heatmap_cli.render.heat import BAND_PIXELS, MarginFade, row_bands
 
 __all__ = [
@@ -217,7 +218,7 @@ def composite(
     colours.putpalette(palette.tobytes())
     drawn = Image.fromarray(np.ascontiguousarray(background)).copy()
     drawn.paste(colours.convert("RGB"), (0, 0), Image.fromarray(np.ascontiguousarray(opacity)))
-    return np.array(drawn)
+    return image_array(drawn)
 
 
 def overlay(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from heatmap_cli.pixels import image_array
 from heatmap_cli.render.colour import OpacityRule, heat_index
 from heatmap_cli.render.heat import Interpolation, cell_values_to_image, lattice_axes, margin_fade
 
@@ -101,4 +102,4 @@ def colour_layer(
 
 def _resized(layer: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     picture = Image.fromarray(layer).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(picture)
+    return image_array(picture)
