@@ -18,6 +18,7 @@ image, one line each.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,9 @@ __all__ = [
     "score_images",
     "small_image_note",
 ]
+
+
+_SCORED = np.empty((0, 0, 3), dtype=np.uint8)  # a scored pass's pixels, let go
 
 
 @dataclass(frozen=True)
@@ -213,12 +217,23 @@ def prepare(
 
 
 class _InFlight:
-    """A prepared image whose passes are being scored."""
+    """A prepared image whose passes are being scored.
+
+    A pass's pixels are let go as soon as it is scored (:meth:`scored`): at ``--size native``
+    an 8192x8192 photo's network input is 192 MB, not needed to draw or write its outputs.
+    """
 
     def __init__(self, prepared: Prepared, common: CommonGrid, activation: str) -> None:
-        self.prepared = prepared
+        self.prepared = dataclasses.replace(prepared, passes=())
+        self.passes = list(prepared.passes)
         self.average = PassAverage([p.geometry for p in prepared.passes], common, activation)
         self.failed = False
+
+    def scored(self, index: int) -> PassInput:
+        """Pass ``index``, which is no longer held here: its pixels have been scored."""
+        spec = self.passes[index]
+        self.passes[index] = dataclasses.replace(spec, pixels=_SCORED)
+        return spec
 
     def result(self) -> ImageResult:
         prepared = self.prepared
@@ -242,7 +257,7 @@ class _Batches:
 
     def add(self, image: _InFlight) -> Iterator[Outcome]:
         """Queues every pass of ``image``; scores the batches that fill up, or the oldest."""
-        for index, spec in enumerate(image.prepared.passes):
+        for index, spec in enumerate(image.passes):
             group = self._pending.setdefault(spec.geometry.input_size, [])
             group.append((image, index))
             self._held += 1
@@ -263,8 +278,7 @@ class _Batches:
         if not live:
             return
         try:
-            inputs = [image.prepared.passes[index].network_input() for image, index in live]
-            grids, tiling = self._engine.score_batch(np.stack(inputs))
+            grids, tiling = self._engine.score_batch(_stacked(live))
         except Exception as error:  # one failing batch must not stop the others
             failure = _memory_said(
                 error,
@@ -279,7 +293,7 @@ class _Batches:
             if image.failed:
                 continue
             try:
-                spec, activation = image.prepared.passes[index], self._engine.activation
+                spec, activation = image.scored(index), self._engine.activation
                 image.average.add(index, *finish_pass(spec, grid, tiling, activation=activation))
                 if image.average.complete:
                     yield Outcome(image.prepared.item, image.result())
@@ -287,6 +301,12 @@ class _Batches:
                 image.failed = True
                 step = f"average the passes' score grids of {grid.shape[1]}x{grid.shape[2]} cells"
                 yield Outcome(image.prepared.item, _memory_said(error, step, "--size or --scales"))
+
+
+def _stacked(passes: list[tuple[_InFlight, int]]) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)``: the network inputs of some passes; one alone is not copied."""
+    inputs = [image.passes[index].network_input() for image, index in passes]
+    return inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
 
 
 def _memory_said(error: Exception, step: str, lower: str) -> Exception:
@@ -343,11 +363,12 @@ def score_images(
                 break
             item, future = futures.popleft()
             try:
-                prepared = future.result()
+                in_flight = _InFlight(future.result(), common, engine.activation)
             except Exception as error:  # a bad image is reported, the others go on
                 yield Outcome(item, error)
                 continue
-            yield from batches.add(_InFlight(prepared, common, engine.activation))
+            del future  # holds the pixels too, which in_flight lets go once they are scored
+            yield from batches.add(in_flight)
         yield from batches.drain()
     finally:
         # On an early close (Ctrl-C in the caller) do not decode the images queued ahead.
