@@ -21,6 +21,7 @@ import case_folder
 import case_help
 import case_lite0_384
 import case_memory
+import case_process_memory
 import case_resnet50_512
 import case_tuning
 import case_vgg16_384
@@ -32,6 +33,7 @@ CASES: tuple[Case, ...] = (
     case_resnet50_512.CASE,
     case_folder.CASE,
     case_memory.CASE,
+    case_process_memory.CASE,
     case_help.CASE,
     case_tuning.CASE,
     case_cuda.CASE,

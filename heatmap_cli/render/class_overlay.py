@@ -86,13 +86,9 @@ def render_class_overlay(
     scores = np.asarray(values, dtype=np.float64)
     low, high = resolve_range(scores, vmin, vmax)
     rule = OpacityRule(alpha, alpha_mode, _zero_heat(low, high) if is_diverging(cmap) else 0.0)
+    heat = normalize_scores(scores, vmin, vmax)
     layer = colour_layer(
-        normalize_scores(scores, vmin, vmax),
-        centers,
-        image.shape[:2],
-        rule,
-        method=method,
-        fade_margins=fade_margins,
+        heat, centers, image.shape[:2], rule, method=method, fade_margins=fade_margins
     )
     out = composite(image, layer.index, layer.opacity, colormap_palette(cmap))
     if label:
