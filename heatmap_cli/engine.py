@@ -29,7 +29,12 @@ from heatmap_cli.fold import folded_copy
 from heatmap_cli.geometry import GridGeometry
 from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
 from heatmap_cli.io import DEFAULT_MAX_PIXELS
-from heatmap_cli.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, check_input_size
+from heatmap_cli.limits import (
+    DEFAULT_MAX_ASPECT,
+    DEFAULT_MAX_INPUT_PIXELS,
+    check_input_size,
+    release_free_memory,
+)
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.preprocess import normalize, plan_geometry
 from heatmap_cli.stitch import covered_input
@@ -522,6 +527,7 @@ class GridEngine:
 
         def count(done: int, total: int) -> None:
             tiles[0] = total
+            release_free_memory()  # what this tile's pass freed, before the next one allocates
 
         with self._autocast():
             grid = tiled_score_grid(

@@ -216,7 +216,8 @@ def composite(
     height, width = index.shape
     colours = Image.frombuffer("P", (width, height), np.ascontiguousarray(index), "raw", "P", 0, 1)
     colours.putpalette(palette.tobytes())
-    drawn = Image.fromarray(np.ascontiguousarray(background)).copy()
+    # A new image of its own (Pillow copies RGB pixels in; paste() copies a shared buffer first)
+    drawn = Image.fromarray(np.ascontiguousarray(background))
     drawn.paste(colours.convert("RGB"), (0, 0), Image.fromarray(np.ascontiguousarray(opacity)))
     return image_array(drawn)
 
