@@ -20,6 +20,7 @@ from heatmap_cli import activations
 from heatmap_cli.activations import sigmoid, softmax
 from heatmap_cli.io import write_npz
 from heatmap_cli.pixels import image_array
+from heatmap_cli.render.colour import composite
 
 MIB = 2**20
 
@@ -99,3 +100,17 @@ def test_write_npz_deflates_into_the_file_a_slice_at_a_time(tmp_path: Path) -> N
     # An npz compressed into memory holds the whole file (about the arrays' size), and
     # np.savez_compressed three copies of each array (up to 16 MiB each) on the way.
     assert peak < logits.nbytes, f"{peak / MIB:.1f} MiB"
+
+
+def test_composite_in_bands_equals_the_whole_picture() -> None:
+    rng = np.random.default_rng(4)
+    background = rng.integers(0, 256, (301, 257, 3), dtype=np.uint8)
+    index, opacity = rng.integers(0, 256, (2, 301, 257), dtype=np.uint8)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    whole = composite(background, index, opacity, palette, band_pixels=301 * 257)
+    for band_pixels in (1, 1000, 257 * 7 + 3):
+        banded = composite(background, index, opacity, palette, band_pixels=band_pixels)
+        np.testing.assert_array_equal(banded, whole)
+    weight = opacity[..., None].astype(int)
+    drawn = (palette[index] * weight + background * (255 - weight)) / 255
+    assert np.abs(whole - drawn).max() <= 0.5
