@@ -20,9 +20,12 @@ from heatmap_cli import activations
 from heatmap_cli.activations import sigmoid, softmax
 from heatmap_cli.io import write_npz
 from heatmap_cli.pixels import image_array
-from heatmap_cli.render.colour import composite
+from heatmap_cli.render.colour import OpacityRule, composite
+from heatmap_cli.render.heat import BAND_PIXELS
+from heatmap_cli.render.layer import ColourLayer, colour_layer
 
 MIB = 2**20
+Activation = Callable[[np.ndarray], np.ndarray]
 
 
 def peak_bytes(step: Callable[[], object]) -> tuple[object, int]:
@@ -54,7 +57,7 @@ def whole_sigmoid(logits: np.ndarray) -> np.ndarray:
 )
 @pytest.mark.parametrize("band_values", [1, 300 * 7, 1 << 22])
 def test_activations_in_bands_equal_the_whole_grid_bit_for_bit(
-    monkeypatch: pytest.MonkeyPatch, banded, whole, band_values: int
+    monkeypatch: pytest.MonkeyPatch, banded: Activation, whole: Activation, band_values: int
 ) -> None:
     monkeypatch.setattr(activations, "BAND_VALUES", band_values)
     logits = np.random.default_rng(0).normal(0, 6, (300, 13, 7)).astype(np.float32)
@@ -63,7 +66,7 @@ def test_activations_in_bands_equal_the_whole_grid_bit_for_bit(
 
 @pytest.mark.parametrize("activation", [softmax, sigmoid])
 def test_an_activation_holds_its_result_and_a_few_bands(
-    monkeypatch: pytest.MonkeyPatch, activation
+    monkeypatch: pytest.MonkeyPatch, activation: Activation
 ) -> None:
     band = 1 << 16
     monkeypatch.setattr(activations, "BAND_VALUES", band)
@@ -114,3 +117,18 @@ def test_composite_in_bands_equals_the_whole_picture() -> None:
     weight = opacity[..., None].astype(int)
     drawn = (palette[index] * weight + background * (255 - weight)) / 255
     assert np.abs(whole - drawn).max() <= 0.5
+
+
+def test_a_colour_layer_holds_its_heat_and_a_few_bands() -> None:
+    side, cells = 3072, 190  # centres 16 px apart: the layer is computed at full resolution
+    axis = np.linspace(24, side - 24, cells)
+    centers = np.stack(np.meshgrid(axis, axis), -1)
+    heat_cells = np.random.default_rng(5).random((cells, cells))
+    layer, peak = peak_bytes(
+        lambda: colour_layer(heat_cells, centers, (side, side), OpacityRule(0.5, "sqrt"))
+    )
+    assert isinstance(layer, ColourLayer) and layer.index.shape == (side, side)
+    heat, levels = side * side * 4, 2 * side * side  # float32 heat; uint8 bins and opacities
+    # Interpolating a band takes a few float64 arrays of it; colouring the whole picture at
+    # once took its margin fade and several float32 temporaries the picture's size on top.
+    assert peak < heat + levels + 6 * BAND_PIXELS * 8, f"{peak / MIB:.1f} MiB"
