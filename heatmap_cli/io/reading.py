@@ -2,6 +2,8 @@
 
 :func:`read_image` turns any file Pillow can decode into an RGB image in the orientation a viewer
 displays it, or raises :class:`~heatmap_cli.errors.ImageReadError` with a short reason.
+:func:`read_photo` does the same for a caller that says how much it needs: a JPEG is then
+decoded at 1/2, 1/4 or 1/8 of its size where that is enough, and the full size is returned too.
 
 Decompression-bomb guard and threads:
     Pillow's guard is the process-wide ``PIL.Image.MAX_IMAGE_PIXELS``, read by
