@@ -22,6 +22,7 @@ import case_folder
 import case_help
 import case_lite0_384
 import case_memory
+import case_process_memory
 import case_ray_folder
 import case_resnet50_512
 import case_tuning
@@ -35,6 +36,7 @@ CASES: tuple[Case, ...] = (
     case_folder.CASE,
     case_ray_folder.CASE,
     case_memory.CASE,
+    case_process_memory.CASE,
     case_help.CASE,
     case_end_to_end.CASE,
     case_tuning.CASE,

@@ -9,6 +9,7 @@ A head ending in a log-softmax returns log-probabilities, whose softmax gives it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -17,6 +18,7 @@ from heatmap_cli.errors import InvalidOptionError
 
 __all__ = [
     "ACTIVATIONS",
+    "BAND_VALUES",
     "Activation",
     "apply_activation",
     "resolve_activation",
@@ -65,26 +67,60 @@ def resolve_activation(
     return "sigmoid" if num_classes == 1 and model_output == "logits" else "softmax"
 
 
+BAND_VALUES = 1 << 22
+"""Scores computed per band of about this many values (float64 temporaries of 32 MiB), so an
+activation over a huge grid (1000 classes over 250x250 cells: 62.5 million values) needs its
+float32 result and a few small temporaries, not several float64 copies of the grid."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Per-cell softmax over classes.
+    """Per-cell softmax over classes, computed in float64 band by band.
 
     Args:
-        logits: float ``(K, rows, cols)``.
+        logits: float ``(K, ...)``, e.g. ``(K, rows, cols)``.
 
     Returns:
-        float32 ``(K, rows, cols)``, summing to 1 over ``K`` in every cell.
+        float32 array of the same shape, summing to 1 over ``K`` in every cell.
     """
-    shifted = logits.astype(np.float64) - logits.max(axis=0, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=0, keepdims=True)).astype(np.float32)
+    return _banded(logits, _softmax_band)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Per-value logistic function: float ``(K, rows, cols)`` -> float32 in ``[0, 1]``."""
+    """Per-value logistic function: float ``(K, ...)`` -> float32 in ``[0, 1]``, in bands."""
+    return _banded(logits, _sigmoid_band)
+
+
+def _softmax_band(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=0, keepdims=True)
+    exp = np.exp(shifted)
+    exp /= exp.sum(axis=0, keepdims=True)
+    return exp
+
+
+def _sigmoid_band(logits: np.ndarray) -> np.ndarray:
     wide = logits.astype(np.float64)
     # exp of a non-positive number only: no overflow for large logits of either sign
     exp = np.exp(-np.abs(wide))
-    return np.where(wide >= 0, 1 / (1 + exp), exp / (1 + exp)).astype(np.float32)
+    return np.where(wide >= 0, 1 / (1 + exp), exp / (1 + exp))
+
+
+def _banded(logits: np.ndarray, band: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``band`` applied to slices of ``logits`` along its second axis, into one float32 array.
+
+    Every value depends on its own cell only (the classes of axis 0 stay together), so the
+    result equals ``band(logits)`` bit for bit whatever the band size.
+    """
+    logits = np.asarray(logits)
+    out = np.empty(logits.shape, dtype=np.float32)
+    if logits.ndim < 2 or logits.size == 0:
+        out[...] = band(logits)
+        return out
+    per_row = max(1, logits.size // logits.shape[1])
+    rows = max(1, BAND_VALUES // per_row)
+    for top in range(0, logits.shape[1], rows):
+        part = slice(top, top + rows)
+        out[:, part] = band(logits[:, part])
+    return out
 
 
 def apply_activation(logits: np.ndarray, activation: str) -> np.ndarray:

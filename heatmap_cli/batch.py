@@ -23,7 +23,12 @@ from heatmap_cli.console import Console, Tally
 from heatmap_cli.engine import GridEngine
 from heatmap_cli.errors import HeatmapError
 from heatmap_cli.io import ImageInput
-from heatmap_cli.limits import is_out_of_memory, out_of_memory, out_of_memory_anywhere
+from heatmap_cli.limits import (
+    is_out_of_memory,
+    out_of_memory,
+    out_of_memory_anywhere,
+    release_free_memory,
+)
 from heatmap_cli.loader import ImageResult, Outcome, score_images
 from heatmap_cli.manifest import Manifest, ManifestRow
 from heatmap_cli.outputs import OutputOptions, image_ranking, run_settings
@@ -171,6 +176,8 @@ class ImageJob:
                     "render and write its outputs", "--max-overlay-side or --top-k"
                 ) from error
             raise
+        finally:
+            release_free_memory()  # its pictures' memory, before the next image is drawn
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ A refused image is one line naming the limit and the option that raises it; the 
 pass. :func:`out_of_memory` turns a ``MemoryError`` (or torch's allocator failure) into a
 :class:`~heatmap_cli.errors.MemoryExhaustedError` that says which step ran out and which option
 to lower. :data:`MAX_TOP_K` caps how many classes ``--top-k`` renders.
+:func:`release_free_memory` hands memory freed inside the C heap back to the system between the
+steps of a huge image, so that what one step freed is not still counted while the next runs.
 
 This module imports nothing heavy: the command-line layer checks options with it before torch
 is loaded.
@@ -27,7 +29,9 @@ is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import functools
+from collections.abc import Callable, Sequence
 
 from heatmap_cli.errors import InputTooLargeError, InvalidOptionError, MemoryExhaustedError
 
@@ -40,6 +44,7 @@ __all__ = [
     "is_out_of_memory",
     "out_of_memory",
     "out_of_memory_anywhere",
+    "release_free_memory",
 ]
 
 DEFAULT_MAX_INPUT_PIXELS = 8192 * 8192
@@ -140,3 +145,23 @@ def out_of_memory_anywhere() -> MemoryExhaustedError:
     return out_of_memory(
         "go on", "--size, --batch-size, --memory-budget, --max-overlay-side or --top-k"
     )
+
+
+def release_free_memory() -> None:
+    """Returns the C heap's free pages to the system (glibc's ``malloc_trim``; else nothing).
+
+    glibc keeps memory freed by small and mid-sized allocations (a network's activations of a
+    tile, numpy's temporaries) in its arenas, one per thread, and they count as resident until
+    reused: over the 144 tiles of an 8192x8192 photo this held about 0.4 GiB.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the C library this interpreter runs on
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows)
+        return None

@@ -202,6 +202,8 @@ def plan_passes(
     interpolation: str,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    *,
+    original_size: tuple[int, int] | None = None,
 ) -> tuple[PassInput, ...]:
     """Resizes a photo for every pass: each scale, unmirrored then (with ``flip``) mirrored.
 
@@ -211,6 +213,8 @@ def plan_passes(
         interpolation: Resampling filter for resizing (the model's, e.g. ``"bicubic"``).
         scales: Factors of the base size, e.g. ``(1, 1.5, 2)``.
         flip: Also evaluate the horizontal mirror at every scale.
+        original_size: ``(H, W)`` of the photo at full resolution, when ``image`` was decoded
+            smaller (``io.read_photo``); default ``image``'s size.
 
     Returns:
         The passes in evaluation order; a scale's two passes share one resized array.
@@ -219,7 +223,7 @@ def plan_passes(
         InvalidOptionError: For bad scales or an unknown interpolation.
     """
     check_scales(scales)
-    original_size = (image.height, image.width)
+    original_size = original_size or (image.height, image.width)
     flips = (False, True) if flip else (False,)
     passes: list[PassInput] = []
     for scale in map(float, scales):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.geometry import GridGeometry, snapped_input_size
+from heatmap_cli.pixels import image_array
 
 __all__ = ["normalize", "plan_geometry", "resize_for_grid"]
 
@@ -76,7 +77,7 @@ def resize_for_grid(
     height, width = input_size
     if image.size != (width, height):
         image = image.resize((width, height), resample=resample)
-    return np.asarray(image, dtype=np.uint8)
+    return image_array(image)
 
 
 def normalize(

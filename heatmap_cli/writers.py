@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from heatmap_cli.outputs import (
     rendered_classes,
 )
 from heatmap_cli.ranking import rank_image
-from heatmap_cli.render import contact_sheet, render_class_overlay
+from heatmap_cli.render import contact_sheet, render_class_overlay, sheet_tile
 from heatmap_cli.stages import timed
 
 __all__ = [
@@ -128,8 +129,8 @@ def write_grid(
     with timed("encode+write"):
         write_npz(
             path,
-            logits=grid.logits[rows].astype(dtype),
-            probs=grid.probs[rows].astype(dtype),
+            logits=grid.logits[rows].astype(dtype, copy=False),  # all classes: no copy
+            probs=grid.probs[rows].astype(dtype, copy=False),
             **extra,
             centers=geometry.centers(),
             window=geometry.window_in_original(),
@@ -184,10 +185,15 @@ def write_outputs(
 
 
 class _WriterJobs:
-    """Files being written in the writer threads for one image; all finished on leaving."""
+    """Files being written in the writer threads for one image; all finished on leaving.
+
+    At most :data:`WRITER_THREADS` jobs wait or run at once: :meth:`submit` waits for one to
+    finish before taking another, so a photo's pictures are not all held in memory at once
+    (each overlay of a 12 MP photo is 36 MB) when drawing them is faster than encoding them.
+    """
 
     def __init__(self) -> None:
-        self._futures: list[Future[None]] = []
+        self._futures: list[Future[Any]] = []
 
     def __enter__(self) -> _WriterJobs:
         return self
@@ -197,9 +203,12 @@ class _WriterJobs:
             future.cancel()
         futures_wait(self._futures)  # none may write into a folder that is being removed
 
-    def submit(self, write: Callable[..., None], *args: object) -> None:
-        """Runs ``write(*args)`` in a writer thread."""
+    def submit(self, write: Callable[..., Any], *args: object) -> Future[Any]:
+        """Runs ``write(*args)`` in a writer thread, once fewer than WRITER_THREADS are busy."""
+        while len(busy := [f for f in self._futures if not f.done()]) >= WRITER_THREADS:
+            futures_wait(busy, return_when=FIRST_COMPLETED)
         self._futures.append(_writer_pool().submit(write, *args))
+        return self._futures[-1]
 
     def wait(self) -> None:
         """Waits for every file; raises the first failure, in submission order."""
@@ -220,31 +229,47 @@ def _write_pictures(
     options: OutputOptions,
     jobs: _WriterJobs,
 ) -> list[str]:
-    """Draws each class's overlay and has it written, then the contact sheet; their names."""
-    names, overlays = [], []
+    """Draws each class's overlay and has it written, then the contact sheet; their names.
+
+    An overlay is let go once written; the sheet is laid out from their small tiles, which
+    the writer threads make (:func:`~heatmap_cli.render.sheet_tile`).
+    """
+    sheet = options.sheet and len(classes) > 1
+    names, tiles = [], []
     for rendered in classes:
-        with timed("render"):
-            overlays.append(render_overlay(result, rendered, options))
         names.append(str(rendered.overlay))
-        jobs.submit(_write_picture, folder / names[-1], overlays[-1], result, options)
-    if options.sheet and len(overlays) > 1:
+        with timed("render"):
+            overlay = render_overlay(result, rendered, options)
+        path = folder / names[-1]
+        tiles.append(jobs.submit(_write_overlay, path, overlay, result, options, sheet))
+        del overlay  # the writer thread holds it only as long as it needs it
+    if sheet:
         labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
         names.append(f"{result.item.stem.name}_sheet.{options.image_format}")
-        jobs.submit(
-            _write_sheet, folder / names[-1], [result.display, *overlays], labels, result, options
-        )
+        jobs.submit(_write_sheet, folder / names[-1], tiles, labels, result, options)
     return names
+
+
+def _write_overlay(
+    path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions, tile: bool
+) -> np.ndarray | None:
+    """Writes one overlay; returns its contact-sheet tile if ``tile``."""
+    _write_picture(path, picture, result, options)
+    return sheet_tile(picture) if tile else None
 
 
 def _write_sheet(
     path: Path,
-    tiles: list[np.ndarray],
+    tiles: list[Future[Any]],
     labels: list[str],
     result: ImageResult,
     options: OutputOptions,
 ) -> None:
+    # The overlays' jobs were submitted before this one, so they have all started: waiting on
+    # them cannot deadlock the pool.
+    pictures = [sheet_tile(result.display), *(tile.result() for tile in tiles)]
     with timed("render"):
-        sheet = contact_sheet(tiles, labels)
+        sheet = contact_sheet(pictures, labels)
     _write_picture(path, sheet, result, options)
 
 

@@ -26,6 +26,7 @@ from heatmap_cli.io import (
     is_temporary_name,
     output_path,
     read_image,
+    read_photo,
     remove_stale_temporaries,
     staged_files,
     write_json,
@@ -246,6 +247,61 @@ def test_exif_rotated_jpeg(tmp_path: Path, orientation: int, marker_at: tuple[in
     assert image.size == ((80, 40) if orientation == 3 else (40, 80))
     assert close_to(image.getpixel(marker_at), RED, tolerance=40)
     assert not close_to(image.getpixel((4, 4)), RED, tolerance=40)
+
+
+def smooth_photo(width: int, height: int) -> np.ndarray:
+    """uint8 (height, width, 3): gradients with a marker, like a photo at a modest zoom."""
+    y, x = np.mgrid[0:height, 0:width]
+    stored = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    stored[: height // 8, : width // 8] = RED  # a marker in the stored top-left corner
+    return stored.astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8, 3])
+def test_read_photo_decodes_a_jpeg_no_larger_than_needed(
+    tmp_path: Path, orientation: int
+) -> None:
+    stored = smooth_photo(1024, 640)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "big.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    full = read_image(path)
+    asked: list[tuple[int, int]] = []
+
+    def needed(size: tuple[int, int]) -> tuple[int, int]:
+        asked.append(size)
+        return size[0] // 4, size[1] // 4
+
+    photo = read_photo(path, needed=needed)
+    shown = (full.height, full.width)
+    assert asked == [shown] and photo.original_size == shown
+    assert (photo.image.height, photo.image.width) == (shown[0] // 4, shown[1] // 4)
+    # The same picture as the full decode shrunk: within a few levels of 255 on gradients.
+    shrunk = np.asarray(full.resize(photo.image.size, Image.Resampling.BOX)).astype(int)
+    assert np.abs(pixels(photo.image) - shrunk).mean() < 2
+    assert photo.image.info == {} and photo.image.mode == "RGB"
+
+
+def test_read_photo_never_decodes_below_what_is_needed(tmp_path: Path) -> None:
+    path = tmp_path / "odd.jpg"
+    Image.fromarray(smooth_photo(1001, 603)).save(path, quality=90)
+    for least in [(603, 1001), (302, 501), (301, 500), (75, 125), (1, 1)]:
+        image = read_photo(path, needed=lambda _, least=least: least).image
+        assert image.height >= least[0] and image.width >= least[1]
+        scale = round(1001 / image.width)
+        assert scale in (1, 2, 4, 8) and image.size == (-(-1001 // scale), -(-603 // scale))
+        # Not needlessly large: within twice the need on a side, unless at libjpeg's 1/8 already
+        assert scale == 8 or image.width <= 2 * least[1] or image.height <= 2 * least[0]
+
+
+def test_read_photo_decodes_other_formats_in_full(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    stored = smooth_photo(256, 128)
+    Image.fromarray(stored).save(path)
+    photo = read_photo(path, needed=lambda size: (size[0] // 8, size[1] // 8))
+    assert photo.original_size == (128, 256)
+    np.testing.assert_array_equal(np.asarray(photo.image), stored)
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".png", ".webp"])

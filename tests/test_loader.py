@@ -14,8 +14,8 @@ from PIL import Image
 
 from heatmap_cli.engine import GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import ImageReadError, MemoryExhaustedError
-from heatmap_cli.io import ImageInput, read_image
-from heatmap_cli.loader import ImageResult, score_images
+from heatmap_cli.io import DecodedPhoto, ImageInput, read_image, read_photo
+from heatmap_cli.loader import ImageResult, display_image, prepare, score_images
 from heatmap_cli.preprocess import resize_for_grid
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
@@ -162,3 +162,42 @@ def test_an_unexpected_error_preparing_one_image_fails_only_it(
     assert str(outcomes["crash.png"]) == "decoder crashed"
     assert isinstance(outcomes["a.png"], ImageResult)
     assert isinstance(outcomes["b.png"], ImageResult)
+
+
+def test_a_large_jpeg_is_decoded_reduced_on_the_full_photos_geometry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    y, x = np.mgrid[0:600, 0:900]
+    stored = np.stack([x * 255 // 900, y * 255 // 600, (x + y) * 127 // 1500], -1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned: 600 wide, 900 high
+    path = tmp_path / "big.jpg"
+    Image.fromarray(stored.astype(np.uint8)).save(path, exif=exif, quality=95)
+    loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, interpolation="bicubic")
+    used = GridEngine(loaded, GridSettings(size=60, device="cpu", max_display_side=150))
+    decoded: list[tuple[int, int]] = []
+
+    def spied(*args: object, **kwargs: object) -> DecodedPhoto:
+        photo = read_photo(*args, **kwargs)  # type: ignore[arg-type]
+        decoded.append(photo.image.size)
+        return photo
+
+    monkeypatch.setattr("heatmap_cli.loader.read_photo", spied)
+    reduced = prepare(ImageInput(path, Path("big")), used)
+
+    geometry = used.plan((900, 600))
+    (width, height), = decoded
+    assert width < 600 // 2 and height < 900 // 2  # decoded at a quarter or less
+    assert width >= 2 * geometry.input_size[1] and height >= 2 * geometry.input_size[0]
+    assert reduced.passes[0].geometry == geometry
+    full = read_image(path)
+    expected = {
+        "display": (reduced.display, display_image(full, 150)),
+        "network input": (
+            reduced.passes[0].pixels,
+            resize_for_grid(full, geometry.input_size, "bicubic"),
+        ),
+    }
+    for name, (got, want) in expected.items():
+        assert got.shape == want.shape, name
+        assert np.abs(got.astype(int) - want).mean() < 1.5, name

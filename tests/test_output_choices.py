@@ -42,11 +42,11 @@ def no_image_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Fails any image read, and records it: options must be refused before the first one."""
     reads: list[Path] = []
 
-    def read_image(path: Path, **kwargs: object) -> None:
+    def read_photo(path: Path, **kwargs: object) -> None:
         reads.append(path)
         raise AssertionError(f"{path} was read")
 
-    monkeypatch.setattr("heatmap_cli.loader.read_image", read_image)
+    monkeypatch.setattr("heatmap_cli.loader.read_photo", read_photo)
     return reads
 
 

@@ -1,7 +1,7 @@
 """Files in and out: reading photos, finding inputs, writing results atomically.
 
 * :mod:`~heatmap_cli.io.reading`: :func:`read_image` (EXIF orientation, every Pillow mode,
-  decompression bombs);
+  decompression bombs), :func:`read_photo` (JPEGs decoded no larger than needed);
 * :mod:`~heatmap_cli.io.inputs`: :func:`find_images` (files and folders to images and unique
   output stems), :func:`output_path`;
 * :mod:`~heatmap_cli.io.writing`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
@@ -19,7 +19,12 @@ from heatmap_cli.io.inputs import (
     find_images,
     output_path,
 )
-from heatmap_cli.io.reading import DEFAULT_MAX_PIXELS, read_image
+from heatmap_cli.io.reading import (
+    DEFAULT_MAX_PIXELS,
+    DecodedPhoto,
+    read_image,
+    read_photo,
+)
 from heatmap_cli.io.staging import Staging, staged_files
 from heatmap_cli.io.writing import (
     IMAGE_FORMATS,
@@ -37,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "DecodedPhoto",
     "ErrorHandler",
     "ImageInput",
     "Staging",
@@ -45,6 +51,7 @@ __all__ = [
     "is_temporary_name",
     "output_path",
     "read_image",
+    "read_photo",
     "remove_stale_temporaries",
     "staged_files",
     "temporary_name",

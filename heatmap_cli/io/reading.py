@@ -2,6 +2,8 @@
 
 :func:`read_image` turns any file Pillow can decode into an RGB image in the orientation a viewer
 displays it, or raises :class:`~heatmap_cli.errors.ImageReadError` with a short reason.
+:func:`read_photo` does the same for a caller that says how much it needs: a JPEG is then
+decoded at 1/2, 1/4 or 1/8 of its size where that is enough, and the full size is returned too.
 
 Decompression-bomb guard and threads:
     Pillow's guard is the process-wide ``PIL.Image.MAX_IMAGE_PIXELS``, read by
@@ -27,7 +29,8 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -38,7 +41,7 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 from heatmap_cli.errors import ImageReadError
 from heatmap_cli.io._oserror import os_reason
 
-__all__ = ["DEFAULT_MAX_PIXELS", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodedPhoto", "SizeNeeded", "read_image", "read_photo"]
 
 DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
 """Pillow's default ``Image.MAX_IMAGE_PIXELS`` (89,478,485: about 0.25 GiB of RGB)."""
@@ -79,6 +82,27 @@ _EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
     8: Image.Transpose.ROTATE_90,
 }
 
+_TURNS_SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+
+SizeNeeded = Callable[[tuple[int, int]], tuple[int, int]]
+"""Given a photo's full ``(H, W)`` in displayed orientation, the least ``(h, w)`` a caller needs."""
+
+
+@dataclass(frozen=True)
+class DecodedPhoto:
+    """A photo decoded for a caller that may need less than its full resolution.
+
+    Attributes:
+        image: RGB ``PIL.Image`` in displayed orientation (see :func:`read_image`); a JPEG may
+            be decoded at 1/2, 1/4 or 1/8 of its size, never below the size the caller needs.
+        original_size: ``(H, W)`` of the photo at full resolution, in displayed orientation:
+            what grid geometry refers to.
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+
+
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -118,6 +142,35 @@ def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
             says which in a few words.
         ValueError: ``max_pixels`` is not positive.
     """
+    return read_photo(path, max_pixels=max_pixels).image
+
+
+def read_photo(
+    path: Path,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    needed: SizeNeeded | None = None,
+) -> DecodedPhoto:
+    """Decode an image file as :func:`read_image` does, at a reduced size where that is enough.
+
+    A JPEG is decoded with Pillow's ``draft``: libjpeg's scaled inverse DCT gives 1/2, 1/4 or
+    1/8 of the size directly, several times faster and with that much less memory than
+    decoding every pixel and shrinking afterwards. The scale is the smallest whose result is
+    at least ``needed(original_size)`` on both sides; other formats decode in full.
+
+    Args:
+        path: The image file.
+        max_pixels: As for :func:`read_image`, checked on the full size.
+        needed: The least ``(h, w)`` the caller needs, given the full ``(H, W)``, both in
+            displayed orientation; None decodes in full.
+
+    Returns:
+        The RGB image and the photo's full size.
+
+    Raises:
+        ImageReadError: As :func:`read_image`.
+        ValueError: ``max_pixels`` is not positive.
+    """
     path = Path(path)
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
@@ -141,14 +194,15 @@ def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
             fp.seek(0)
         except OSError as exc:
             raise ImageReadError(path, os_reason(exc)) from exc
-        return _decode(path, fp, prefix, max_pixels)
+        image, pillow_limit = _open(path, fp, prefix)
+        return _decode(path, image, max_pixels, pillow_limit, needed)
 
 
-def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> Image.Image:
-    """Open, size-check, load and convert one image; see :func:`read_image`."""
+def _open(path: Path, fp: BinaryIO, prefix: bytes) -> tuple[Image.Image, int | None]:
+    """``Image.open`` (the header only) and Pillow's pixel limit; failures as ImageReadError."""
     try:
         with _pillow_guard_lifted() as pillow_limit:
-            image = Image.open(fp)
+            return Image.open(fp), pillow_limit
     except UnidentifiedImageError as exc:
         damaged = prefix.startswith(_MAGIC_PREFIXES) or (
             prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP"
@@ -160,6 +214,15 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
     except _DECODE_ERRORS as exc:
         raise ImageReadError(path, _read_reason(exc)) from exc
 
+
+def _decode(
+    path: Path,
+    image: Image.Image,
+    max_pixels: int | None,
+    pillow_limit: int | None,
+    needed: SizeNeeded | None,
+) -> DecodedPhoto:
+    """Size-check, load (reduced where ``needed`` allows) and convert one opened image."""
     with image:
         width, height = image.size
         pixels = width * height
@@ -169,6 +232,8 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
                 f"image has {width} x {height} = {pixels} pixels, above the limit of "
                 f"{max_pixels}; raise it with --max-pixels",
             )
+        if needed is not None and image.format == "JPEG":
+            _reduce_jpeg(image, needed)
         # Pillow re-checks its global limit while decoding some formats (TIFF tiles, GIF
         # frames); only images above that limit need it lifted during the decode too.
         huge = pillow_limit is not None and pixels > pillow_limit
@@ -196,7 +261,17 @@ def _decode(path: Path, fp: BinaryIO, prefix: bytes, max_pixels: int | None) -> 
     rgb.info = {}
     if isinstance(profile, bytes) and profile[16:20] == b"RGB ":
         rgb.info["icc_profile"] = profile
-    return rgb
+    sideways = orientation in _TURNS_SIDEWAYS
+    return DecodedPhoto(rgb, (width, height) if sideways else (height, width))
+
+
+def _reduce_jpeg(image: Image.Image, needed: SizeNeeded) -> None:
+    """Has a JPEG decode at the smallest DCT scale that still gives the size ``needed``."""
+    sideways = _exif_orientation(image) in _TURNS_SIDEWAYS  # JPEG: EXIF is read with the header
+    full = (image.width, image.height) if sideways else (image.height, image.width)
+    least_h, least_w = needed(full)
+    # draft() takes (width, height) in the file's orientation and never goes below it.
+    image.draft(image.mode, (least_h, least_w) if sideways else (least_w, least_h))
 
 
 def _out_of_memory(path: Path, step: str, width: int, height: int) -> ImageReadError:
@@ -234,13 +309,13 @@ def _exif_orientation(image: Image.Image) -> int:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a loaded image of any Pillow mode to a new 8-bit RGB image.
+    """Convert a loaded image of any Pillow mode to an 8-bit RGB image.
 
     Args:
         image: A loaded image.
 
     Returns:
-        A new image in mode ``"RGB"``, pixel values 0..255.
+        An image in mode ``"RGB"``, pixel values 0..255: ``image`` itself if it is RGB already.
     """
     mode = image.mode
     if mode in _HIGH_DEPTH_MODES:
@@ -257,7 +332,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    # An RGB image is kept as it is: a copy would double a huge photo's memory.
+    return image if mode == "RGB" else image.convert("RGB")
 
 
 def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:

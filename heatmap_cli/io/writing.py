@@ -22,13 +22,13 @@ characters as ``\udcxx`` escapes, which ``json.loads`` reads back to the same st
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import secrets
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import IO, Any, BinaryIO, Literal, TextIO, overload
@@ -52,6 +52,8 @@ __all__ = [
     "write_npz",
     "write_png",
 ]
+
+_NPY_SLICE = 1 << 20  # bytes of an array deflated at a time into an npz
 
 _TEMP_NAME_RE = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}\.tmp$", re.DOTALL)
 # Keeps temporary names under the usual 255-byte limit even for 4-byte UTF-8 characters.
@@ -284,12 +286,27 @@ def write_npz(path: Path, **arrays: Any) -> None:
                 f"array {name!r} has dtype object, which needs pickle to load; "
                 "convert it to numbers or str first"
             )
-    # Compress into memory first: a slow encode then does not keep a temporary file open,
-    # and a failure in numpy cannot leave one behind.
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **converted)
-    with atomic_writer(path, "wb") as file:
-        file.write(buffer.getbuffer())
+    # The npz of a huge image's grid is hundreds of megabytes: each array is deflated straight
+    # into the temporary file from its own memory, a slice at a time (np.savez_compressed holds
+    # three 16 MiB copies per slice). A failure removes the temporary file.
+    with (
+        atomic_writer(path, "wb") as file,
+        zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    ):
+        for name, array in converted.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                _write_npy(member, array)
+
+
+def _write_npy(file: IO[bytes], array: np.ndarray) -> None:
+    """``array`` in the ``.npy`` format (what ``np.save`` writes), in slices of 1 MiB."""
+    contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(
+        file, np.lib.format.header_data_from_array_1_0(contiguous)
+    )
+    data = memoryview(contiguous.reshape(-1).view(np.uint8))
+    for start in range(0, len(data), _NPY_SLICE):
+        file.write(data[start : start + _NPY_SLICE])
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -24,7 +24,13 @@ from heatmap_cli.render.heat import (
     normalize_scores,
     peak_location,
 )
-from heatmap_cli.render.labels import add_colorbar, annotate, contact_sheet
+from heatmap_cli.render.labels import (
+    SHEET_TILE_SIDE,
+    add_colorbar,
+    annotate,
+    contact_sheet,
+    sheet_tile,
+)
 from heatmap_cli.render.scale import (
     DEFAULT_SCALE,
     SCALES,
@@ -37,6 +43,7 @@ __all__ = [
     "DEFAULT_CMAP",
     "DEFAULT_SCALE",
     "SCALES",
+    "SHEET_TILE_SIDE",
     "ColourScale",
     "LabelPlace",
     "MarginFade",
@@ -55,4 +62,5 @@ __all__ = [
     "overlay",
     "peak_location",
     "render_class_overlay",
+    "sheet_tile",
 ]

@@ -195,29 +195,43 @@ def check_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def composite(
-    background: np.ndarray, index: np.ndarray, opacity: np.ndarray, palette: np.ndarray
+    background: np.ndarray,
+    index: np.ndarray,
+    opacity: np.ndarray,
+    palette: np.ndarray,
+    *,
+    band_pixels: int = BAND_PIXELS,
 ) -> np.ndarray:
     """Draws colours over a picture: ``background + (palette[index] - background) * opacity``.
 
     Integer arithmetic in Pillow's C code, rounded exactly as ``(c * o + b * (255 - o)) / 255``:
     opacity 0 keeps the background, 255 gives the colour. A 12-megapixel picture takes about
-    0.1 s, against 0.3 s in float64 with numpy.
+    0.1 s, against 0.3 s in float64 with numpy. Drawn in horizontal bands, so that Pillow's
+    4-byte-per-pixel pictures are a band each, not two more copies of the whole picture.
 
     Args:
         background: uint8 ``(H, W, 3)`` pixels.
         index: uint8 ``(H, W)`` colour bins (:func:`heat_index`).
         opacity: uint8 ``(H, W)`` opacities, 0 (transparent) to 255 (opaque).
         palette: uint8 ``(256, 3)`` colours (:func:`colormap_palette`).
+        band_pixels: Pixels drawn per band; no effect on the result.
 
     Returns:
         A new uint8 ``(H, W, 3)`` array.
     """
     height, width = index.shape
-    colours = Image.frombuffer("P", (width, height), np.ascontiguousarray(index), "raw", "P", 0, 1)
-    colours.putpalette(palette.tobytes())
-    drawn = Image.fromarray(np.ascontiguousarray(background)).copy()
-    drawn.paste(colours.convert("RGB"), (0, 0), Image.fromarray(np.ascontiguousarray(opacity)))
-    return np.array(drawn)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    colours_of = palette.tobytes()
+    for part in row_bands(height, width, band_pixels):
+        size = (width, part.stop - part.start)
+        bins = np.ascontiguousarray(index[part])
+        colours = Image.frombuffer("P", size, bins, "raw", "P", 0, 1)
+        colours.putpalette(colours_of)
+        # A new image of its own: Pillow copies RGB pixels in (paste() would copy a shared one)
+        drawn = Image.fromarray(np.ascontiguousarray(background[part]))
+        drawn.paste(colours.convert("RGB"), (0, 0), Image.fromarray(opacity[part]))
+        out[part] = np.asarray(drawn)
+    return out
 
 
 def overlay(

@@ -31,18 +31,22 @@ from heatmap_cli.render.colour import (
 __all__ = [
     "CORNERS",
     "NEUTRAL_GREY",
+    "SHEET_TILE_SIDE",
     "Corner",
     "add_colorbar",
     "annotate",
     "contact_sheet",
     "label_box",
     "quietest_corner",
+    "sheet_tile",
     "tick_labels",
 ]
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 CORNERS: tuple[Corner, ...] = get_args(Corner)
 
+SHEET_TILE_SIDE = 512
+"""Longest side of a picture's tile on a contact sheet, in pixels."""
 NEUTRAL_GREY = 128
 """The background a colour bar's colours are composited over, at the overlay's opacity."""
 
@@ -341,11 +345,27 @@ def _same_height(tiles: Sequence[np.ndarray], max_tile_side: int) -> list[Image.
     return scaled
 
 
+def sheet_tile(picture: np.ndarray, max_tile_side: int = SHEET_TILE_SIDE) -> np.ndarray:
+    """A picture as :func:`contact_sheet` scales it, made early so the picture can be freed.
+
+    Pictures of one size give the sheet the same tiles whether it is handed them or these; a
+    wider one (an overlay with a colour bar) makes the sheet scale the others once more.
+
+    Args:
+        picture: uint8 ``(H, W, 3)`` RGB image.
+        max_tile_side: Longest side of the tile, in pixels.
+
+    Returns:
+        uint8 ``(h, w, 3)``, never larger than ``picture``.
+    """
+    return np.asarray(_same_height([check_rgb(picture)], max_tile_side)[0])
+
+
 def contact_sheet(
     tiles: Sequence[np.ndarray],
     labels: Sequence[str],
     *,
-    max_tile_side: int = 512,
+    max_tile_side: int = SHEET_TILE_SIDE,
     columns: int | None = None,
 ) -> np.ndarray:
     """Lays pictures out in a grid with a caption under each, e.g. the photo and its classes.

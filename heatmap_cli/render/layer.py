@@ -19,8 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from heatmap_cli.pixels import image_array
 from heatmap_cli.render.colour import OpacityRule, heat_index
-from heatmap_cli.render.heat import Interpolation, cell_values_to_image, lattice_axes, margin_fade
+from heatmap_cli.render.heat import (
+    Interpolation,
+    cell_values_to_image,
+    lattice_axes,
+    margin_fade,
+    row_bands,
+)
 
 __all__ = ["MIN_SIDE", "SAMPLES_PER_CELL", "ColourLayer", "colour_layer", "layer_factor"]
 
@@ -92,8 +99,11 @@ def colour_layer(
     # Pillow's bilinear resize puts it back.
     scaled = np.asarray(centers, dtype=np.float64) * np.array([low[1] / width, low[0] / height])
     heat = cell_values_to_image(heat_cells, scaled, low, method=method)
-    fade = margin_fade(scaled, low).region() if fade_margins else None
-    index, opacity = heat_index(heat), rule.levels(heat, fade)
+    fade = margin_fade(scaled, low) if fade_margins else None
+    index, opacity = np.empty(low, dtype=np.uint8), np.empty(low, dtype=np.uint8)
+    for part in row_bands(*low):  # float temporaries of a band, not of the whole picture
+        index[part] = heat_index(heat[part])
+        opacity[part] = rule.levels(heat[part], None if fade is None else fade.region(part))
     if low != (height, width):
         index, opacity = _resized(index, image_size), _resized(opacity, image_size)
     return ColourLayer(index, opacity)
@@ -101,4 +111,4 @@ def colour_layer(
 
 def _resized(layer: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     picture = Image.fromarray(layer).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(picture)
+    return image_array(picture)
