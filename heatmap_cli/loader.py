@@ -45,7 +45,6 @@ from heatmap_cli.stages import timed
 from heatmap_cli.thread_warnings import captured_warnings
 
 __all__ = [
-    "NETWORK_DRAFT_MARGIN",
     "ImageResult",
     "Outcome",
     "Prepared",
@@ -56,13 +55,6 @@ __all__ = [
     "small_image_note",
 ]
 
-
-NETWORK_DRAFT_MARGIN = 2
-"""A JPEG is decoded at least this many times larger than a network input made of it
-(``io.read_photo``). libjpeg's reduced decoding filters differently from the model's resize: at
-twice the input, a 12-megapixel photo's logits at ``--size 384`` move by 0.7% of their range (a
-synthetic fine texture's by 1.5%; top-1 unchanged in every cell); at the input's own size by up
-to 4%."""
 
 _SCORED = np.empty((0, 0, 3), dtype=np.uint8)  # a scored pass's pixels, let go
 
@@ -176,8 +168,10 @@ def prepare(
 ) -> Prepared:
     """Reads, orients and resizes one image for every pass (runs in a loader thread).
 
-    A JPEG much larger than its network inputs and display copy is decoded reduced
-    (:data:`NETWORK_DRAFT_MARGIN`, ``io.read_photo``): faster, and with less memory.
+    The photo is always decoded in full, never reduced with JPEG ``draft()``: libjpeg's reduced
+    decoding filters differently from the model's resize (logits move by 0.7-4% of their range
+    when decoding at 2-1x the network input), and the scores must not depend on how large the
+    overlays are drawn.
 
     Args:
         item: The image file and its output stem.
@@ -195,14 +189,7 @@ def prepare(
     """
     with captured_warnings() as caught, timed("decode"):
         max_side = engine.settings.max_display_side
-
-        def needed(full: tuple[int, int]) -> tuple[int, int]:
-            inputs = [engine.plan(full, scale).input_size for scale in scales]
-            sizes = [(h * NETWORK_DRAFT_MARGIN, w * NETWORK_DRAFT_MARGIN) for h, w in inputs]
-            sizes.append(display_size(full, max_side))
-            return max(h for h, _ in sizes), max(w for _, w in sizes)
-
-        photo = read_photo(item.path, max_pixels=engine.settings.max_pixels, needed=needed)
+        photo = read_photo(item.path, max_pixels=engine.settings.max_pixels)
         image, original_size = photo.image, photo.original_size
         try:
             passes = plan_passes(
