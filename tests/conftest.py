@@ -1,8 +1,17 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# Figures cached on disk by a test run stay in the run's own folder, never in the user's cache;
+# set here, at import, so the command's subprocesses inherit it too.
+_CACHE = tempfile.mkdtemp(prefix="heatmap-test-cache-")
+os.environ["HEATMAP_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(autouse=True)
