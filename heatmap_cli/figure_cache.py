@@ -59,14 +59,14 @@ def network_fingerprint(net: nn.Module, *extra: str) -> str:
     Returns:
         32 hex digits.
     """
-    from heatmap_cli import __version__
+    import heatmap_cli
 
     digest = hashlib.sha256()
 
     def add(text: str) -> None:
         digest.update(text.encode("utf-8", "backslashreplace") + b"\0")
 
-    for text in (torch.__version__, __version__, *extra, repr(net)):
+    for text in (torch.__version__, heatmap_cli.__version__, *extra, repr(net)):
         add(text)
     layer_types = {type(module) for module in net.modules()}
     for module in net.modules():
