@@ -70,9 +70,9 @@ def main() -> None:
     register_source(_TestModels())
     if "HEATMAP_TEST_MEMORY_GIB" in os.environ:
         _cap_memory(float(os.environ["HEATMAP_TEST_MEMORY_GIB"]))
-    from heatmap_cli.cli import main as command
+    from heatmap_cli.cli import run
 
-    command(sys.argv[1:], prog_name="heatmap")
+    run(sys.argv[1:])
 
 
 if __name__ == "__main__":

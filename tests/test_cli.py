@@ -1101,3 +1101,44 @@ def test_a_failing_compile_falls_back_with_one_note(
     for i in range(3):
         a = np.load(tmp_path / "plain" / f"{i}.npz")["logits"]
         np.testing.assert_array_equal(a, np.load(tmp_path / "compiled" / f"{i}.npz")["logits"])
+
+
+class _Exited(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def test_the_console_script_ends_with_the_commands_status_and_flushed_streams(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import sys
+
+    from heatmap_cli.cli import run
+
+    def exited(status: int) -> None:
+        raise _Exited(status)
+
+    monkeypatch.setattr(os, "_exit", exited)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    for args, status in ((["--help"], 0), (["--no-such-option"], 2), (["missing.jpg"], 2)):
+        with pytest.raises(_Exited) as ended:
+            run(args)
+        assert ended.value.status == status, args
+    assert "Usage: heatmap" in capsys.readouterr().out
+
+
+def test_the_console_script_exits_normally_where_ray_must_shut_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import sys
+    import types
+
+    from heatmap_cli.cli import run
+
+    monkeypatch.setattr(os, "_exit", lambda status: pytest.fail("ended without Ray's handlers"))
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    with pytest.raises(SystemExit) as ended:
+        run(["--no-such-option"])
+    assert ended.value.code == 2
