@@ -358,7 +358,7 @@ def print_report(report: Report, peak: MatmulPeak, *, markdown: bool) -> None:
     if report.checks:
         cells = [[t, m, "met" if ok else "NOT MET"] for t, m, ok in report.checks]
         tables.append(
-            format_table(("target (issue 5)", "measured", "status"), cells, markdown=markdown)
+            format_table(("target", "measured", "status"), cells, markdown=markdown)
         )
     for table in tables:
         print(table)
