@@ -142,3 +142,13 @@ class GridGeometry:
         """
         sy, sx = self.scale
         return np.array([self.window[1] * sx, self.window[0] * sy], dtype=np.float32)
+
+
+def display_size(original_size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``(h, w)`` of a photo's display copy: its size, shrunk to a longest side of ``max_side``."""
+    height, width = original_size
+    longest = max(height, width)
+    if longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))

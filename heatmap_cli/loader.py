@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from heatmap_cli.engine import GridEngine
+from heatmap_cli.geometry import display_size
 from heatmap_cli.io import ImageInput, read_photo
 from heatmap_cli.limits import is_out_of_memory, out_of_memory
 from heatmap_cli.multiscale import (
@@ -49,7 +50,6 @@ __all__ = [
     "Outcome",
     "Prepared",
     "display_image",
-    "display_size",
     "prepare",
     "score_images",
     "small_image_note",
@@ -115,16 +115,6 @@ class Outcome(NamedTuple):
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
-
-
-def display_size(original_size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """``(h, w)`` of a photo's display copy: its size, shrunk to a longest side of ``max_side``."""
-    height, width = original_size
-    longest = max(height, width)
-    if longest <= max_side:
-        return height, width
-    scale = max_side / longest
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def display_image(

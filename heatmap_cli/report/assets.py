@@ -15,16 +15,17 @@ An image whose photo or ``.npz`` cannot be read still gets an entry, with notes 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-import math
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from PIL import Image
 
 from heatmap_cli.errors import ImageReadError, first_line
+from heatmap_cli.geometry import display_size
 from heatmap_cli.io import atomic_writer, read_image, read_photo
 from heatmap_cli.outputs import slug
 from heatmap_cli.report.encoding import GridDataError, encode_grid, read_score_file
@@ -140,17 +141,11 @@ def _read_photo(source: Path, notes: list[str]) -> Image.Image | None:
     try:
         # The run read this file already, with whatever limit it was given. The report shows
         # pictures, not scores, so a large JPEG may be decoded reduced (draft).
-        return read_photo(source, max_pixels=None, needed=_report_photo_size).image
+        largest_needed = functools.partial(display_size, max_side=PHOTO_SIDE)
+        return read_photo(source, max_pixels=None, needed=largest_needed).image
     except ImageReadError as error:
         notes.append(f"photo {source} not readable ({error.reason})")
         return None
-
-
-def _report_photo_size(full: tuple[int, int]) -> tuple[int, int]:
-    """The least ``(h, w)`` the report's largest picture of a ``full``-sized photo needs."""
-    height, width = full
-    scale = min(1.0, PHOTO_SIDE / max(height, width))
-    return math.ceil(height * scale), math.ceil(width * scale)
 
 
 def _read_or_none(path: Path) -> Image.Image | None:
