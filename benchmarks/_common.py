@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
-from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS
+from heatmap_cli.convert.ops import DEFAULT_MATMUL_MAX_CELLS
 
 __all__ = [
     "ROOT",

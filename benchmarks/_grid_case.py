@@ -1,10 +1,10 @@
 """Grid cases: one model at one input size, every grid method against crops, stride by stride.
 
-The methods come from the library's registry (``heatmap_cli.grid``): at the native stride those
-that run only there (``dense``), at a finer stride those that reach it (``dilate``, ``stitch``),
-each against the exact reference, ``crops``, at the same stride. A method registered later is
-timed here without a change. Every call is ``score_grid`` on a network converted once, outside
-the timings, as the library is used.
+The methods come from the library's registry (``heatmap_cli.grid.registry``): at the native stride
+those that run only there (``dense``), at a finer stride those that reach it (``dilate``,
+``stitch``), each against the exact reference, ``crops``, at the same stride. A method registered
+later is timed here without a change. Every call is ``score_grid`` on a network converted once,
+outside the timings, as the library is used.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from _harness import Options
 from _report import Report, input_label, timing_row
 
 from heatmap_cli import ConvolutionalizedNet, score_grid
-from heatmap_cli.geometry import grid_shape
 from heatmap_cli.grid import get_method, method_names
+from heatmap_cli.grid.geometry import grid_shape
 
 __all__ = ["REFERENCE", "GridCase", "compared_methods", "run_grid_case"]
 

@@ -6,9 +6,9 @@ one 4032x3024 JPEG with EXIF (a sample photo upscaled, quality 90, camera tags),
 8 or 3, its pixels stored turned). Each is run as a new ``heatmap`` process with default options
 (the folder also with ``--max-overlay-side 512``), output to a fresh folder every run; the median
 of the runs is reported, rounds interleaved. Each run sets ``HEATMAP_PROFILE=1``, so the command
-says its stage times (``heatmap_cli.stages``: import, load, convert, decode, network, render,
-encode+write) on stderr: their medians are the breakdown. Decoding and encoding run in threads
-next to the main one, so stages can add up to more than the wall time.
+says its stage times (``heatmap_cli.pipeline.profiling``: import, load, convert, decode, network,
+render, encode+write) on stderr: their medians are the breakdown. Decoding and encoding run in
+threads next to the main one, so stages can add up to more than the wall time.
 
 ``--before SCRIPT`` (or ``E2E_BEFORE=SCRIPT``) also times another checkout's ``heatmap`` console
 script in the same rounds, interleaved run for run: the figures before a change, on the same

@@ -7,8 +7,8 @@ batches of up to 8 same-size images.
 * ``sequential loop``: ``read_image`` -> ``plan_geometry`` -> ``resize_for_grid`` for every
   file, then ``normalize`` + ``score_grid`` per same-size batch (contiguous layout);
 * ``pipeline (2 loader threads)`` (the command's default) and ``(1 loader thread)``:
-  ``heatmap_cli.loader.score_images`` with the command's ``GridEngine`` (channels_last, folded
-  batch norms; loader threads read and resize while the network runs; it also keeps a display
+  ``heatmap_cli.pipeline.scoring.score_images`` with the command's ``GridEngine`` (channels_last,
+  folded batch norms; loader threads read and resize while the network runs; it also keeps a display
   copy of each photo, as the command needs).
 
 Run: .venv/bin/python benchmarks/case_folder.py [--quick] [--markdown] [--repeat N]
@@ -34,11 +34,12 @@ from _report import Report, timing_row
 from PIL import Image
 
 from heatmap_cli import ConvolutionalizedNet, score_grid
-from heatmap_cli.engine import GridEngine, GridSettings
+from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.io import find_images, read_image
-from heatmap_cli.loader import score_images
 from heatmap_cli.models import LoadedModel, load_model
-from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.scoring import score_images
 
 SHORTER_SIDE = 384
 BATCH_SIZE = 8

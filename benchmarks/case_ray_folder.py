@@ -38,10 +38,10 @@ from _harness import Case, Options, run_alone
 from _report import Report, TimingRow
 from PIL import Image
 
-from heatmap_cli.cli import main
-from heatmap_cli.command import CommandOptions
+from heatmap_cli.cli.command import CommandOptions
+from heatmap_cli.cli.manifest import MANIFEST_NAME
+from heatmap_cli.cli.options import main
 from heatmap_cli.io import find_images
-from heatmap_cli.manifest import MANIFEST_NAME
 
 PHOTO_SIZE = (4000, 3000)  # 12 MP, a phone camera's
 PHOTOS = 24
@@ -97,9 +97,9 @@ def per_image_split(paths: list[Path], out: Path) -> dict[str, float]:
     ``writers.write_outputs`` (overlays, sheet, npz, json); ``npz_json_write``: the same with
     ``--outputs npz,json`` (no pictures), what a job that only needs the numbers pays.
     """
-    from heatmap_cli.command import start_job
-    from heatmap_cli.loader import prepare, score_images
-    from heatmap_cli.writers import write_outputs
+    from heatmap_cli.cli.command import start_job
+    from heatmap_cli.cli.writers import write_outputs
+    from heatmap_cli.pipeline.scoring import prepare, score_images
 
     job = start_job(_options(out), (1.0,))
     phases: dict[str, list[float]] = {

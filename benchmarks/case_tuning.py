@@ -35,9 +35,9 @@ from _report import Report, input_label, timing_row
 from torch import nn
 
 from heatmap_cli import score_grid
-from heatmap_cli.engine import build_grid_network
 from heatmap_cli.errors import first_line
 from heatmap_cli.models import load_model
+from heatmap_cli.pipeline.engine import build_grid_network
 
 Call = Callable[[], torch.Tensor]
 

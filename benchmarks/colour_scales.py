@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.io import read_image
 from heatmap_cli.models import load_model
-from heatmap_cli.multiscale import score_multiscale
-from heatmap_cli.ranking import rank_image
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.multiscale import score_multiscale
+from heatmap_cli.pipeline.ranking import rank_image
 from heatmap_cli.render import cell_values_to_image, colour_scales, contact_sheet
 from heatmap_cli.render import render_class_overlay as draw
 

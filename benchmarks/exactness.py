@@ -17,9 +17,10 @@ import torch
 from _common import SAMPLES, convert
 
 from heatmap_cli.grid import score_grid
+from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.io import read_image
 from heatmap_cli.models import load_model
-from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
 
 
 def compare(model_name: str, photo: Path, size: int) -> str:

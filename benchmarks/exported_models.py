@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from heatmap_cli.engine import build_grid_network
+from heatmap_cli.convert.network import convolutionalize
 from heatmap_cli.grid import score_grid
 from heatmap_cli.models import load_model
-from heatmap_cli.surgery import convolutionalize
+from heatmap_cli.pipeline.engine import build_grid_network
 
 MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 WINDOW = (64, 64)

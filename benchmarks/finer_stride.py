@@ -21,8 +21,8 @@ import torch
 from _common import count_flops, machine_description, random_torchvision
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
-from heatmap_cli.dilate import DilatedNet, dilate
-from heatmap_cli.stitch import stitched_grid
+from heatmap_cli.grid.dilate import DilatedNet, dilate
+from heatmap_cli.grid.stitch import shift_and_stitch
 
 
 def rotated_rounds(
@@ -45,7 +45,7 @@ def time_stride(net: ConvolutionalizedNet, x: torch.Tensor, stride: int, reps: i
     if not isinstance(dilated, DilatedNet):
         raise SystemExit(f"the model could not be dilated for stride {stride}")
     methods: dict[str, Callable[[], torch.Tensor]] = {
-        "stitch": lambda: stitched_grid(net, x, stride, batch_size=1),
+        "stitch": lambda: shift_and_stitch(net, x, stride, batch_size=1),
         "dilate": lambda: dilated(x),
         "dense": lambda: net(x),
     }

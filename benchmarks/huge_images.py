@@ -26,11 +26,10 @@ import torch
 from _common import SAMPLES, convert, peak_rss_mib, status_mib
 from PIL import Image
 
-from heatmap_cli.geometry import grid_shape
-from heatmap_cli.models import load_model
-from heatmap_cli.preprocess import normalize
-from heatmap_cli.surgery import ConvolutionalizedNet
-from heatmap_cli.tiling import (
+from heatmap_cli.convert.network import ConvolutionalizedNet
+from heatmap_cli.grid.geometry import grid_shape
+from heatmap_cli.grid.pixels import normalize
+from heatmap_cli.grid.tiling import (
     MEMORY_SAFETY_FACTOR,
     choose_tile,
     estimate_activation_bytes,
@@ -40,6 +39,7 @@ from heatmap_cli.tiling import (
     receptive_field,
     tiled_score_grid,
 )
+from heatmap_cli.models import load_model
 
 SAMPLE = SAMPLES / "chelsea.jpg"
 GIB = 2**30

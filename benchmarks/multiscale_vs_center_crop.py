@@ -22,12 +22,12 @@ import torch
 from _common import SAMPLES
 from PIL import Image
 
-from heatmap_cli.engine import GridEngine, GridSettings
+from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.io import read_image
 from heatmap_cli.models import LoadedModel, load_model
-from heatmap_cli.multiscale import parse_scales, score_multiscale
-from heatmap_cli.preprocess import normalize
-from heatmap_cli.ranking import format_ranking, rank_by_peak, rank_image
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.multiscale import parse_scales, score_multiscale
+from heatmap_cli.pipeline.ranking import format_ranking, rank_by_peak, rank_image
 
 Ranking = list[tuple[int, float]]
 

@@ -1,7 +1,7 @@
 """Bytes per photo for each output choice: picture formats, npz classes and dtype, the json.
 
 Scores each sample photo with the default model at stride 32 and 8, writes its outputs with
-``heatmap_cli.writers.write_outputs`` under each choice, and prints the sizes: one overlay and
+``heatmap_cli.cli.writers.write_outputs`` under each choice, and prints the sizes: one overlay and
 the contact sheet per ``--format``, the npz per ``--npz-classes`` and ``--npz-dtype``, the json.
 With the default ``--top-k 3`` a photo gets three overlays and a sheet.
 
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_cli.engine import GridEngine, GridSettings
+from heatmap_cli.cli.writers import write_outputs
 from heatmap_cli.io import ImageInput, read_image
-from heatmap_cli.loader import ImageResult, display_image
 from heatmap_cli.models import load_model
-from heatmap_cli.multiscale import score_multiscale
-from heatmap_cli.outputs import OutputOptions
-from heatmap_cli.writers import write_outputs
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.multiscale import score_multiscale
+from heatmap_cli.pipeline.rendering import OutputOptions
+from heatmap_cli.pipeline.scoring import ImageResult, display_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 FORMATS = ("png", "jpg", "webp")

@@ -90,7 +90,7 @@ def cpu_name() -> str:
 def sizes() -> None:
     from click.testing import CliRunner
 
-    from heatmap_cli.cli import main
+    from heatmap_cli.cli.options import main
 
     print("| stride | grid | maps stored | data .d.js | thumbnail | photo | index entry | npz |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

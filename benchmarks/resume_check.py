@@ -6,7 +6,7 @@ to the real ones (the same bytes on disk for every image, so 10,000 images need 
 times, each a median of ``--repeat`` runs over all N images:
 
 * ``marker exists``: what ``--skip-existing`` checked before (the json is there);
-* ``size check``: ``heatmap_cli.resume.check_outputs`` (parse the json, compare its settings,
+* ``size check``: ``heatmap_cli.cli.resume.check_outputs`` (parse the json, compare its settings,
   one ``stat`` per listed file);
 * ``sha256 of every file``: what a checksum would cost, over ``--hashed`` images (page cache
   warm: a lower bound; from a cold disk it is bounded by the disk's read rate), scaled to N;
@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path, PurePath
 
+from heatmap_cli.cli.resume import check_outputs
 from heatmap_cli.io import remove_stale_temporaries
-from heatmap_cli.resume import check_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.models import load_model
-from heatmap_cli.multiscale import score_multiscale
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.multiscale import score_multiscale
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 CANVAS = (2000, 1333)

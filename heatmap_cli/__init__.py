@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "convolutionalize": "heatmap_cli.surgery",
-    "ConvolutionalizedNet": "heatmap_cli.surgery",
-    "score_grid": "heatmap_cli.grid",
-    "GridGeometry": "heatmap_cli.geometry",
+    "convolutionalize": "heatmap_cli.convert.network",
+    "ConvolutionalizedNet": "heatmap_cli.convert.network",
+    "score_grid": "heatmap_cli.grid.score",
+    "GridGeometry": "heatmap_cli.grid.geometry",
 }
 
 __all__ = [
@@ -26,9 +26,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from heatmap_cli.geometry import GridGeometry
+    from heatmap_cli.convert.network import ConvolutionalizedNet, convolutionalize
     from heatmap_cli.grid import score_grid
-    from heatmap_cli.surgery import ConvolutionalizedNet, convolutionalize
+    from heatmap_cli.grid.geometry import GridGeometry
 
 
 def __getattr__(name: str) -> Any:

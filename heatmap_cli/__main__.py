@@ -1,5 +1,5 @@
 """``python -m heatmap_cli``: the same as the ``heatmap`` command."""
 
-from heatmap_cli.cli import run
+from heatmap_cli.cli.options import run
 
 run()

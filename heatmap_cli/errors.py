@@ -7,10 +7,18 @@ class alone, without parsing messages:
 
 * ``UsageError`` and its subclasses: what the user asked for can never work (exit 2);
 * every other ``HeatmapError``: an input or an output failed (exit 1).
+
+Messages that tell the user which setting to change name it through :func:`setting`: the
+library's parameter name (``max_input_pixels``) for a Python caller, the option
+(``--max-input-pixels``) while the command runs (:func:`command_line_names`). The library never
+spells a command-line flag itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -33,7 +41,9 @@ __all__ = [
     "UsageError",
     "WeightsMismatchError",
     "WeightsUnavailableError",
+    "command_line_names",
     "first_line",
+    "setting",
 ]
 
 
@@ -142,3 +152,45 @@ def first_line(error: BaseException) -> str:
     """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__
+
+
+class _Spelling:
+    """How :func:`setting` names a setting now: None for Python names, else flag aliases."""
+
+    lock = threading.Lock()
+    flags: Mapping[str, str] | None = None
+
+
+def setting(name: str) -> str:
+    """How a message names the setting ``name`` (a library parameter, e.g. ``"max_input_pixels"``).
+
+    Returns:
+        ``name`` itself for Python callers; inside :func:`command_line_names`, the command's
+        option: ``"--max-input-pixels"``, or the alias it was given.
+    """
+    flags = _Spelling.flags
+    if flags is None:
+        return name
+    return flags.get(name, "--" + name.replace("_", "-"))
+
+
+@contextlib.contextmanager
+def command_line_names(aliases: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Within the block, :func:`setting` names settings as the command's options.
+
+    Process-wide (the loader and writer threads format messages too); the command enters it for
+    its whole run, a Ray worker for its life.
+
+    Args:
+        aliases: Options whose flag is not ``--`` plus the parameter's name with dashes,
+            e.g. ``{"max_display_side": "--max-overlay-side"}``.
+    """
+    with _Spelling.lock:
+        previous = _Spelling.flags
+        _Spelling.flags = dict(aliases or {})
+    try:
+        yield
+    finally:
+        with _Spelling.lock:
+            _Spelling.flags = previous
+

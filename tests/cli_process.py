@@ -58,7 +58,7 @@ class _TestModels(ModelSource):
 
 
 def _cap_memory(gib: float) -> None:
-    import heatmap_cli.batch  # noqa: F401  (torch and every module, counted in the base)
+    import heatmap_cli.cli.batch  # noqa: F401  (torch and every module, counted in the base)
 
     with open("/proc/self/status", encoding="ascii") as status:
         size_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
@@ -70,7 +70,7 @@ def main() -> None:
     register_source(_TestModels())
     if "HEATMAP_TEST_MEMORY_GIB" in os.environ:
         _cap_memory(float(os.environ["HEATMAP_TEST_MEMORY_GIB"]))
-    from heatmap_cli.cli import run
+    from heatmap_cli.cli.options import run
 
     run(sys.argv[1:])
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap_cli.limits import MAX_TOP_K
+from heatmap_cli.pipeline.limits import MAX_TOP_K
 from tests.test_cli import (
     TinyNet,
     run,
@@ -136,17 +136,17 @@ def test_running_out_of_memory_names_the_image_and_what_to_lower(tmp_path: Path)
 def test_running_out_of_memory_while_rendering_says_what_to_lower(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import heatmap_cli.writers
+    import heatmap_cli.cli.writers
 
     photos = three_photos(tmp_path / "photos")
-    real_render = heatmap_cli.writers.render_overlay
+    real_render = heatmap_cli.cli.writers.render_overlay
 
     def render(result, *args, **kwargs):
         if result.item.path.name == "b.png":
             raise MemoryError
         return real_render(result, *args, **kwargs)
 
-    monkeypatch.setattr(heatmap_cli.writers, "render_overlay", render)
+    monkeypatch.setattr(heatmap_cli.cli.writers, "render_overlay", render)
     result = run_tiny(photos, "--out", tmp_path / "out", "-s", "48")
 
     assert result.exit_code == 1

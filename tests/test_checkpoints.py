@@ -24,7 +24,7 @@ from heatmap_cli.models import (
     parse_channels,
     parse_input_size,
 )
-from heatmap_cli.models.labels import read_labels
+from heatmap_cli.models.label_files import read_labels
 from heatmap_cli.models.weights import file_sha256
 
 

@@ -25,11 +25,11 @@ from click.testing import CliRunner, Result
 from PIL import Image, ImageCms
 from torch import nn
 
-from heatmap_cli.cli import main
+from heatmap_cli.cli.manifest import MANIFEST_NAME
+from heatmap_cli.cli.options import main
 from heatmap_cli.errors import ImageReadError, UnknownClassError
-from heatmap_cli.manifest import MANIFEST_NAME
+from heatmap_cli.io.inputs import slug
 from heatmap_cli.models import LoadedModel, imagenet_categories
-from heatmap_cli.outputs import slug
 from tests.toys import as_loaded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1114,7 +1114,7 @@ def test_the_console_script_ends_with_the_commands_status_and_flushed_streams(
     import os
     import sys
 
-    from heatmap_cli.cli import run
+    from heatmap_cli.cli.options import run
 
     def exited(status: int) -> None:
         raise _Exited(status)
@@ -1135,7 +1135,7 @@ def test_the_console_script_exits_normally_where_ray_must_shut_down(
     import sys
     import types
 
-    from heatmap_cli.cli import run
+    from heatmap_cli.cli.options import run
 
     monkeypatch.setattr(os, "_exit", lambda status: pytest.fail("ended without Ray's handlers"))
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))

@@ -1,4 +1,4 @@
-"""Tests of the command's output channels (heatmap_cli.console) and per-thread warnings.
+"""Tests of the command's output channels (heatmap_cli.cli.console) and per-thread warnings.
 
 The command-level cases (``| head``, ``> /dev/full``, ``2>&-``) run real processes in
 test_batch.py; these pin down what a channel does with each kind of failing stream.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from heatmap_cli.console import Channel, Console, Tally
-from heatmap_cli.thread_warnings import captured_warnings
+from heatmap_cli.cli.console import Channel, Console, Tally
+from heatmap_cli.pipeline.thread_warnings import captured_warnings
 
 
 class FailingStream(io.TextIOWrapper):

@@ -12,8 +12,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from heatmap_cli import ConvolutionalizedNet, convolutionalize
+from heatmap_cli.convert.ops import DEFAULT_MATMUL_MAX_CELLS, LinearAsConv2d, windowed_linear
 from heatmap_cli.errors import ConversionError, TrainingModeError
-from heatmap_cli.layers import DEFAULT_MATMUL_MAX_CELLS, LinearAsConv2d, windowed_linear
 from tests.nets import (
     ALL_NETS,
     NATIVE_STRIDE,

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatmap_cli.batch import Batch
-from heatmap_cli.distributed import KILL_ACTOR_ONCE
-from heatmap_cli.manifest import MANIFEST_NAME
+from heatmap_cli.cli.batch import Batch
+from heatmap_cli.cli.manifest import MANIFEST_NAME
+from heatmap_cli.cli.ray_runner import KILL_ACTOR_ONCE
 from tests.test_cli import output_files, run, save_photo, stderr_lines
 
 try:

@@ -17,11 +17,12 @@ from PIL import Image
 from torch import nn
 
 from heatmap_cli import score_grid
-from heatmap_cli.dilate import DilatedNet
-from heatmap_cli.engine import GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.grid.dilate import DilatedNet
+from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.models import LoadedModel
-from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings, Tiling
+from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
 from tests.nets import ALL_NETS, NATIVE_STRIDE, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 

@@ -1,4 +1,4 @@
-"""The on-disk cache of slow, structure-only figures (``heatmap_cli.figure_cache``)."""
+"""The on-disk cache of slow, structure-only figures (``heatmap_cli.io.figure_cache``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from heatmap_cli.figure_cache import CACHE_DIR_ENV, cache_dir, cached_figures, network_fingerprint
-from heatmap_cli.surgery import convolutionalize
-from heatmap_cli.tiling import choose_tile, estimate_activation_bytes
-from heatmap_cli.tiling import memory as tiling_memory
+from heatmap_cli.convert.network import convolutionalize
+from heatmap_cli.grid.tiling import choose_tile, estimate_activation_bytes
+from heatmap_cli.grid.tiling import memory as tiling_memory
+from heatmap_cli.io.figure_cache import (
+    CACHE_DIR_ENV,
+    DISK_FIGURES,
+    cache_dir,
+    cached_figures,
+    network_fingerprint,
+)
 from tests.nets import WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 
 
@@ -78,12 +84,13 @@ def test_the_cached_tiling_figure_equals_the_measured_one(
     net = convolutionalize(seeded(VolumeHeadNet), WINDOW)
     size = (96, 160)
     budget = 3 * estimate_activation_bytes(net, size)  # beyond the quick answer
-    measured = tiling_memory._per_pixel(net, torch.float32)
+    measured = tiling_memory._per_pixel(net, torch.float32, DISK_FIGURES)
     fresh = convolutionalize(seeded(VolumeHeadNet, seed=1), WINDOW)  # not in the in-memory cache
 
     def not_again(*args: object) -> dict[str, float]:
         raise AssertionError("measured although cached on disk")
 
     monkeypatch.setattr(tiling_memory, "_measure_per_pixel", not_again)
-    assert tiling_memory._per_pixel(fresh, torch.float32) == measured
-    assert choose_tile(fresh, size, budget) == choose_tile(net, size, budget)
+    assert tiling_memory._per_pixel(fresh, torch.float32, DISK_FIGURES) == measured
+    tiles = [choose_tile(n, size, budget, figures=DISK_FIGURES) for n in (fresh, net)]
+    assert tiles[0] == tiles[1]

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from heatmap_cli import convolutionalize, score_grid
-from heatmap_cli.dilate import DilatedNet, dilate
+from heatmap_cli.convert.ops import AtrousOp
 from heatmap_cli.errors import GeometryError
-from heatmap_cli.geometry import grid_shape
-from heatmap_cli.layers import AtrousOp
-from heatmap_cli.stitch import StitchedNet
+from heatmap_cli.grid.dilate import DilatedNet, dilate
+from heatmap_cli.grid.geometry import grid_shape
+from heatmap_cli.grid.stitch import StitchedNet
 from tests.nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
 
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from heatmap_cli.activations import sigmoid
-from heatmap_cli.cli import main
+from heatmap_cli.cli.options import main
 from heatmap_cli.models.weights import file_sha256
+from heatmap_cli.pipeline.activations import sigmoid
 from tests.squares import NAMES, SQUARE_CELLS, WINDOW, squares_photo, train_square_classifier
 
 

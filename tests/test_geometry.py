@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from heatmap_cli.errors import GeometryError
-from heatmap_cli.geometry import GridGeometry, grid_shape, snap_length, snapped_input_size
-from heatmap_cli.preprocess import plan_geometry
+from heatmap_cli.grid.geometry import GridGeometry, grid_shape, snap_length, snapped_input_size
+from heatmap_cli.pipeline.preprocess import plan_geometry
 
 
 @pytest.mark.parametrize(

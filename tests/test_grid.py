@@ -9,18 +9,19 @@ import pytest
 import torch
 
 from heatmap_cli import convolutionalize, score_grid
-from heatmap_cli.engine import GridEngine, GridSettings, method_choices
 from heatmap_cli.errors import GeometryError, InvalidOptionError
 from heatmap_cli.grid import (
     GridMethod,
-    dense_grid,
     get_method,
     method_names,
     register_method,
     unregister_method,
 )
+from heatmap_cli.grid.dense import dense_grid
+from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.io import read_image
-from heatmap_cli.preprocess import normalize, plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings, method_choices
+from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
 from tests.nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
 from tests.toy_method import MIRROR, Mirrored
 from tests.toys import as_loaded

@@ -189,8 +189,8 @@ def test_an_exported_resnet_converts_like_the_model(decompose: bool, tmp_path) -
 
 
 def test_an_exported_program_dilates_and_tiles_exactly(tmp_path) -> None:
-    from heatmap_cli.preprocess import normalize
-    from heatmap_cli.tiling import tiled_score_grid
+    from heatmap_cli.grid.pixels import normalize
+    from heatmap_cli.grid.tiling import tiled_score_grid
 
     net = head_net(HEADS["BatchNorm1d and LayerNorm between Linears"])
     module = exported(net, tmp_path / "net.pt2", WINDOW, decompose=False)

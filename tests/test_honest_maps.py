@@ -18,7 +18,7 @@ from heatmap_cli.render import (
     overlay,
     render_class_overlay,
 )
-from heatmap_cli.render.labels import NEUTRAL_GREY, label_box, quietest_corner
+from heatmap_cli.render.text import NEUTRAL_GREY, label_box, quietest_corner
 
 GREY = np.full((120, 160, 3), NEUTRAL_GREY, dtype=np.uint8)
 

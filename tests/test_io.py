@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
-from heatmap_cli.errors import ImageReadError, OutputWriteError
+from heatmap_cli.errors import ImageReadError, OutputWriteError, command_line_names
 from heatmap_cli.io import (
     DEFAULT_MAX_PIXELS,
     ImageInput,
@@ -383,7 +383,7 @@ def test_decompression_bomb_fails_on_the_header(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 1.0
     assert error.reason == (
         "image has 40000 x 40000 = 1600000000 pixels, above the limit of 89478485; "
-        "raise it with --max-pixels"
+        "raise it with max_pixels"
     )
     assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
 
@@ -393,8 +393,10 @@ def test_max_pixels_is_checked_exactly(tmp_path: Path) -> None:
     Image.new("RGB", (10, 10)).save(path)
     assert read_image(path, max_pixels=100).size == (10, 10)
     assert read_error(path, max_pixels=99).reason == (
-        "image has 10 x 10 = 100 pixels, above the limit of 99; raise it with --max-pixels"
+        "image has 10 x 10 = 100 pixels, above the limit of 99; raise it with max_pixels"
     )
+    with command_line_names():  # as the command says it
+        assert read_error(path, max_pixels=99).reason.endswith("raise it with --max-pixels")
     with pytest.raises(ValueError, match="max_pixels"):
         read_image(path, max_pixels=0)
 

@@ -11,8 +11,8 @@ import torchvision
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from heatmap_cli._fx import trace_model
-from heatmap_cli._shapes import meta_clone, meta_input, shape_pass
+from heatmap_cli.convert.fx import trace_model
+from heatmap_cli.convert.shapes import meta_clone, meta_input, shape_pass
 from heatmap_cli.models import imagenet_categories
 from heatmap_cli.models.lite0 import LITE0_CONFIG, Lite0
 
@@ -94,7 +94,7 @@ def test_loading_and_converting_the_default_model_imports_no_timm_torchvision_or
     code = (
         "import sys\n"
         "from heatmap_cli.models import load_model\n"
-        "from heatmap_cli.surgery import convolutionalize\n"
+        "from heatmap_cli.convert.network import convolutionalize\n"
         "net = convolutionalize(load_model().model.eval(), input_size=(224, 224))\n"
         "heavy = ('timm', 'torchvision', 'torch._dynamo')\n"
         "print(net.stride, [name for name in heavy if name in sys.modules])\n"

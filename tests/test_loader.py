@@ -12,11 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from heatmap_cli.engine import GridEngine, GridSettings, Tiling
 from heatmap_cli.errors import ImageReadError, MemoryExhaustedError
 from heatmap_cli.io import DecodedPhoto, ImageInput, read_image, read_photo
-from heatmap_cli.loader import ImageResult, display_image, prepare, score_images
-from heatmap_cli.preprocess import resize_for_grid
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings, Tiling
+from heatmap_cli.pipeline.preprocess import resize_for_grid
+from heatmap_cli.pipeline.scoring import (
+    ImageResult,
+    PhotoReading,
+    display_image,
+    prepare,
+    score_images,
+)
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 
@@ -141,7 +147,7 @@ def test_a_forward_pass_out_of_memory_fails_only_its_images_and_says_what_to_low
         assert isinstance(outcomes[name], MemoryExhaustedError)
         assert str(outcomes[name]) == (
             f"not enough memory to score 2 network input(s) of {width}x{height} pixels at once; "
-            "lower --batch-size, or --memory-budget to score them in smaller tiles"
+            "lower batch_size or memory_budget"
         )
         assert isinstance(outcomes[name].__cause__, MemoryError | RuntimeError)
     assert isinstance(outcomes["b.png"], ImageResult)
@@ -181,11 +187,12 @@ def test_a_large_jpeg_is_decoded_in_full_whatever_the_overlay_size(
         decoded.append(photo.image.size)
         return photo
 
-    monkeypatch.setattr("heatmap_cli.loader.read_photo", spied)
+    monkeypatch.setattr("heatmap_cli.pipeline.scoring.read_photo", spied)
     full = read_image(path)
     for max_side in (150, 4096):  # a small display copy never makes the network's input coarser
-        used = GridEngine(loaded, GridSettings(size=60, device="cpu", max_display_side=max_side))
-        prepared = prepare(ImageInput(path, Path("big")), used)
+        used = GridEngine(loaded, GridSettings(size=60, device="cpu"))
+        reading = PhotoReading(max_display_side=max_side)
+        prepared = prepare(ImageInput(path, Path("big")), used, reading=reading)
         geometry = used.plan((900, 600))
         assert decoded[-1] == (600, 900)
         assert prepared.passes[0].geometry == geometry

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from heatmap_cli.manifest import MANIFEST_NAME, Manifest, ManifestRow, read_manifest
+from heatmap_cli.cli.manifest import MANIFEST_NAME, Manifest, ManifestRow, read_manifest
 from tests.test_cli import run_tiny, save_photo, stderr_lines, tiny_model
 
 

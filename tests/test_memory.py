@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from heatmap_cli import activations
-from heatmap_cli.activations import sigmoid, softmax
 from heatmap_cli.io import write_npz
-from heatmap_cli.pixels import image_array
+from heatmap_cli.io.pixels import image_array
+from heatmap_cli.pipeline import activations
+from heatmap_cli.pipeline.activations import sigmoid, softmax
 from heatmap_cli.render.colour import OpacityRule, composite
+from heatmap_cli.render.colour_layer import ColourLayer, colour_layer
 from heatmap_cli.render.heat import BAND_PIXELS
-from heatmap_cli.render.layer import ColourLayer, colour_layer
 
 MIB = 2**20
 Activation = Callable[[np.ndarray], np.ndarray]

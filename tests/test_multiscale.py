@@ -11,19 +11,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from heatmap_cli.activations import softmax
-from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.errors import GeometryError, InvalidOptionError
-from heatmap_cli.geometry import GridGeometry
-from heatmap_cli.multiscale import (
+from heatmap_cli.grid.geometry import GridGeometry
+from heatmap_cli.pipeline.activations import softmax
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
+from heatmap_cli.pipeline.multiscale import (
     PassAverage,
     multiscale_grid,
     parse_scales,
     resample_grid,
     score_multiscale,
 )
-from heatmap_cli.preprocess import plan_geometry, resize_for_grid
-from heatmap_cli.ranking import (
+from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
+from heatmap_cli.pipeline.ranking import (
     describe_ranking,
     format_ranking,
     image_scores,

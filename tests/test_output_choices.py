@@ -46,7 +46,7 @@ def no_image_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         reads.append(path)
         raise AssertionError(f"{path} was read")
 
-    monkeypatch.setattr("heatmap_cli.loader.read_photo", read_photo)
+    monkeypatch.setattr("heatmap_cli.pipeline.scoring.read_photo", read_photo)
     return reads
 
 
@@ -214,7 +214,8 @@ def test_version_and_help() -> None:
 
 
 def test_help_does_not_import_torch_or_ray() -> None:
-    code = "import sys; from heatmap_cli.cli import main; sys.argv = ['heatmap', '--help']\n"
+    code = "import sys; from heatmap_cli.cli.options import main\n"
+    code += "sys.argv = ['heatmap', '--help']\n"
     code += "try:\n    main()\nexcept SystemExit:\n    pass\n"
     code += "print('torch' in sys.modules, 'ray' in sys.modules)"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,24 +11,23 @@ import pytest
 import torch
 from PIL import Image
 
-from heatmap_cli.activations import softmax
-from heatmap_cli.engine import UNTILED, GridEngine, GridSettings, Tiling
+from heatmap_cli.cli.records import OutputFile, build_record, run_settings
+from heatmap_cli.cli.writers import write_outputs
 from heatmap_cli.errors import InvalidOptionError
-from heatmap_cli.io import ImageInput
-from heatmap_cli.loader import ImageResult
-from heatmap_cli.multiscale import MultiScaleResult, Pass, score_multiscale
-from heatmap_cli.outputs import (
-    OutputFile,
+from heatmap_cli.io import ImageInput, slug
+from heatmap_cli.pipeline.activations import softmax
+from heatmap_cli.pipeline.engine import UNTILED, GridEngine, GridSettings, Tiling
+from heatmap_cli.pipeline.multiscale import MultiScaleResult, Pass, score_multiscale
+from heatmap_cli.pipeline.ranking import pooled_scores, rank_image
+from heatmap_cli.pipeline.rendering import (
     OutputOptions,
-    build_record,
+    overlay_label,
     parse_npz_classes,
     parse_outputs,
+    render_overlay,
     rendered_classes,
-    run_settings,
-    slug,
 )
-from heatmap_cli.ranking import pooled_scores, rank_image
-from heatmap_cli.writers import overlay_label, render_overlay, write_outputs
+from heatmap_cli.pipeline.scoring import ImageResult
 from tests.nets import WINDOW, VolumeHeadNet, seeded
 from tests.toys import as_loaded
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heatmap_cli.activations import apply_activation, resolve_activation, sigmoid, softmax
 from heatmap_cli.errors import InvalidOptionError, ModelFileError, UnknownModelError
 from heatmap_cli.models import get_source, load_model
 from heatmap_cli.models.own import model_output
 from heatmap_cli.models.weights import file_sha256
+from heatmap_cli.pipeline.activations import apply_activation, resolve_activation, sigmoid, softmax
 from tests.nets import WINDOW, PooledHeadNet, padding_free_body, seeded
 
 # A module the tests write to a temporary folder; ``build`` takes num_classes, ``Fixed`` does not.

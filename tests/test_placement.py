@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from heatmap_cli.cli import main
+from heatmap_cli.cli.options import main
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.render import cell_values_to_image
 from tests.toys import as_loaded

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from heatmap_cli.errors import InvalidOptionError
-from heatmap_cli.geometry import GridGeometry
+from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.render import (
     RenderError,
     add_colorbar,
@@ -23,7 +23,7 @@ from heatmap_cli.render import (
     peak_location,
     render_class_overlay,
 )
-from heatmap_cli.render.labels import tick_labels
+from heatmap_cli.render.text import tick_labels
 
 METHODS = ["pchip", "linear"]
 

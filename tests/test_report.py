@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from heatmap_cli.cli import main
+from heatmap_cli.cli.options import main
 from heatmap_cli.errors import HeatmapError, InvalidOptionError
 from heatmap_cli.report import ASSETS_DIR_NAME, REPORT_FILE, write_report
 from heatmap_cli.report.encoding import (

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from heatmap_cli.cli import main
+from heatmap_cli.cli.options import main
 from heatmap_cli.render import cell_values_to_image, margin_fade
 from heatmap_cli.report import REPORT_FILE, write_report
 from heatmap_cli.report.encoding import DISPLAY_FLOOR, STORE_THRESHOLD

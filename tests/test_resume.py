@@ -1,4 +1,5 @@
-"""Tests of heatmap_cli.resume: when an image's outputs are complete (the --skip-existing check).
+"""Tests of heatmap_cli.cli.resume: when an image's outputs are complete (the --skip-existing
+check).
 
 The command-level cases (a truncated json, a deleted overlay, changed options) are in
 test_batch.py; these are the ones a hand-written or hostile json can make.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePath
 
-from heatmap_cli.resume import Verdict, check_outputs, settings_changes
+from heatmap_cli.cli.resume import Verdict, check_outputs, settings_changes
 
 SETTINGS = {"model": "tiny", "stride": 8, "scales": [1.0], "classes": []}
 

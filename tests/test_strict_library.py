@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 from heatmap_cli import convolutionalize, score_grid
-from heatmap_cli.engine import GridEngine, GridSettings
 from heatmap_cli.errors import GeometryError, TrainingModeError
+from heatmap_cli.pipeline.engine import GridEngine, GridSettings
 from tests.nets import ALL_NETS, WINDOW, PooledHeadNet, VolumeHeadNet, seeded
 from tests.test_convolutionalize import TokenHead
 from tests.toys import as_loaded

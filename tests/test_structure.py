@@ -7,6 +7,7 @@ offending module named, rather than being found in review.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def _imports(path: Path) -> Iterator[ast.ImportFrom]:
 
 
 def test_the_source_tree_is_found():
-    assert {"heatmap_cli", "heatmap_cli.cli", "heatmap_cli.surgery"} <= set(_modules())
+    expected = {"heatmap_cli", "heatmap_cli.cli.options", "heatmap_cli.convert.network"}
+    assert expected <= set(_modules())
 
 
 def test_no_module_imports_another_modules_private_names():
@@ -83,3 +85,85 @@ def test_modules_and_functions_stay_small():
                 if lines > MAX_FUNCTION_LINES:
                     too_long.append(f"function {name}.{node.name}: {lines} lines")
     assert too_long == []
+
+
+CORE = ("heatmap_cli.convert", "heatmap_cli.grid")
+APPLICATION = ("heatmap_cli.pipeline", "heatmap_cli.cli", "heatmap_cli.io", "heatmap_cli.report")
+LIBRARY = (*CORE, "heatmap_cli.pipeline", "heatmap_cli.io", "heatmap_cli.render")
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == package or name.startswith(package + ".") for package in packages)
+
+
+def _imported_modules(path: Path) -> Iterator[str]:
+    """Every heatmap_cli module a file imports, at any depth (lazy imports in functions too)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("heatmap_cli"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("heatmap_cli"):
+            yield node.module  # type: ignore[misc]
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_the_core_imports_nothing_from_the_application():
+    leaks = sorted(
+        f"{name} imports {imported}"
+        for name, path in _modules().items()
+        if _within(name, CORE)
+        for imported in set(_imported_modules(path))
+        if _within(imported, APPLICATION)
+    )
+    assert leaks == []
+
+
+def test_conversion_imports_no_grid_method():
+    leaks = sorted(
+        f"{name} imports {imported}"
+        for name, path in _modules().items()
+        if _within(name, ("heatmap_cli.convert",))
+        for imported in set(_imported_modules(path))
+        if _within(imported, ("heatmap_cli.grid",))
+    )
+    assert leaks == []
+
+
+def test_the_disk_cache_is_handed_to_the_tiling_estimate():
+    """grid.tiling takes a FigureStore; only the application side imports the disk cache."""
+    importers = sorted(
+        name
+        for name, path in _modules().items()
+        if "heatmap_cli.io.figure_cache" in set(_imported_modules(path))
+    )
+    assert importers and all(_within(name, APPLICATION) for name in importers), importers
+    memory = (PACKAGE / "grid" / "tiling" / "memory.py").read_text(encoding="utf-8")
+    assert "class FigureStore(Protocol)" in memory
+
+
+def _message_strings(tree: ast.AST) -> Iterator[ast.Constant]:
+    """String constants that are not docstrings."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if is_text and id(node) not in docstrings:
+            yield node
+
+
+def test_the_library_names_no_command_line_flag():
+    """Messages name settings through errors.setting(); only heatmap_cli.cli spells flags."""
+    flag = re.compile(r"(?:^|[\s(\"'])--[a-z][a-z-]+")
+    found = sorted(
+        f"{name}:{node.lineno}: {node.value.strip()[:60]}"
+        for name, path in _modules().items()
+        if _within(name, LIBRARY)
+        for node in _message_strings(ast.parse(path.read_text(encoding="utf-8")))
+        if flag.search(node.value)
+    )
+    assert found == []

@@ -1,4 +1,4 @@
-"""Exact tiled evaluation of huge images (heatmap_cli.tiling)."""
+"""Exact tiled evaluation of huge images (heatmap_cli.grid.tiling)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import torchvision
 from timm.layers import Conv2dSame
 from torch import nn
 
-from heatmap_cli.dilate import dilate
+from heatmap_cli.convert.folding import tile_network
+from heatmap_cli.convert.network import convolutionalize
+from heatmap_cli.convert.tf_same import BandedSameConv2d
 from heatmap_cli.errors import GeometryError
-from heatmap_cli.fold import lean_copy
-from heatmap_cli.geometry import grid_shape
 from heatmap_cli.grid import score_grid
-from heatmap_cli.preprocess import normalize
-from heatmap_cli.stitch import covered_input
-from heatmap_cli.surgery import convolutionalize
-from heatmap_cli.tf_layers import BandedSameConv2d
-from heatmap_cli.tiling import (
+from heatmap_cli.grid.dilate import dilate
+from heatmap_cli.grid.geometry import covered_input, grid_shape
+from heatmap_cli.grid.pixels import normalize
+from heatmap_cli.grid.tiling import (
     ReceptiveField,
     choose_tile,
     estimate_activation_bytes,
@@ -515,7 +514,7 @@ def test_lean_copy_of_the_default_architecture() -> None:
     model = randomize_batch_norm(timm.create_model("tf_efficientnet_lite0", pretrained=False))
     net = convolutionalize(model, (224, 224))
     state = {name: value.clone() for name, value in net.state_dict().items()}
-    lean = lean_copy(net)
+    lean = tile_network(net)
     assert lean is not None
     kinds = {type(module) for module in lean.modules()}
     assert BatchNormAct2d not in kinds

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.grid import GridMethod
-from heatmap_cli.stitch import covered_input
-from heatmap_cli.surgery import ConvolutionalizedNet
+from heatmap_cli.grid.geometry import covered_input
 
 
 class Mirrored(nn.Module):

@@ -4,29 +4,19 @@
   decompression bombs), :func:`read_photo` (JPEGs decoded no larger than needed);
 * :mod:`~heatmap_cli.io.inputs`: :func:`find_images` (files and folders to images and unique
   output stems), :func:`output_path`;
-* :mod:`~heatmap_cli.io.writing`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
+* :mod:`~heatmap_cli.io.atomic`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
   and json writers built on it, :func:`remove_stale_temporaries`;
+* :mod:`~heatmap_cli.io.png`: the PNG encoder (Up filter, ISA-L or zlib deflate);
+* :mod:`~heatmap_cli.io.pixels`: Pillow images to numpy arrays, band by band;
+* :mod:`~heatmap_cli.io.figure_cache`: slow structure-only figures kept on disk, handed to the
+  tiling estimate by the engine;
 * :mod:`~heatmap_cli.io.staging`: :func:`staged_files`, a private folder whose files are moved
   into place together (a run never deletes another run's files).
 """
 
 from __future__ import annotations
 
-from heatmap_cli.io.inputs import (
-    IMAGE_EXTENSIONS,
-    ErrorHandler,
-    ImageInput,
-    find_images,
-    output_path,
-)
-from heatmap_cli.io.reading import (
-    DEFAULT_MAX_PIXELS,
-    DecodedPhoto,
-    read_image,
-    read_photo,
-)
-from heatmap_cli.io.staging import Staging, staged_files
-from heatmap_cli.io.writing import (
+from heatmap_cli.io.atomic import (
     IMAGE_FORMATS,
     atomic_writer,
     is_temporary_name,
@@ -37,6 +27,22 @@ from heatmap_cli.io.writing import (
     write_npz,
     write_png,
 )
+from heatmap_cli.io.inputs import (
+    IMAGE_EXTENSIONS,
+    ErrorHandler,
+    ImageInput,
+    find_images,
+    output_path,
+    slug,
+)
+from heatmap_cli.io.reading import (
+    DEFAULT_MAX_PIXELS,
+    DecodedPhoto,
+    display_size,
+    read_image,
+    read_photo,
+)
+from heatmap_cli.io.staging import Staging, staged_files
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -47,12 +53,14 @@ __all__ = [
     "ImageInput",
     "Staging",
     "atomic_writer",
+    "display_size",
     "find_images",
     "is_temporary_name",
     "output_path",
     "read_image",
     "read_photo",
     "remove_stale_temporaries",
+    "slug",
     "staged_files",
     "temporary_name",
     "write_image",

@@ -19,7 +19,14 @@ from typing import NamedTuple
 from heatmap_cli.errors import ImageReadError
 from heatmap_cli.io._oserror import os_reason
 
-__all__ = ["IMAGE_EXTENSIONS", "ErrorHandler", "ImageInput", "find_images", "output_path"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ErrorHandler",
+    "ImageInput",
+    "find_images",
+    "output_path",
+    "slug",
+]
 
 ErrorHandler = Callable[[ImageReadError], None]
 """Called with each input or folder entry that cannot be read (see :func:`find_images`)."""
@@ -274,3 +281,10 @@ def output_path(out_dir: Path, stem: PurePath, suffix: str) -> Path:
         ``out_dir / stem.parent / (stem.name + suffix)``.
     """
     return Path(out_dir) / stem.parent / f"{stem.name}{suffix}"
+
+
+def slug(name: str, max_length: int = 40) -> str:
+    """A file-name-safe form of a class name: ``"tiger cat"`` -> ``"tiger_cat"``."""
+    kept = "".join(c if c.isalnum() else "_" for c in name.casefold())
+    collapsed = "_".join(part for part in kept.split("_") if part)
+    return collapsed[:max_length] or "class"

@@ -38,10 +38,17 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
-from heatmap_cli.errors import ImageReadError
+from heatmap_cli.errors import ImageReadError, setting
 from heatmap_cli.io._oserror import os_reason
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodedPhoto", "SizeNeeded", "read_image", "read_photo"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DecodedPhoto",
+    "SizeNeeded",
+    "display_size",
+    "read_image",
+    "read_photo",
+]
 
 DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
 """Pillow's default ``Image.MAX_IMAGE_PIXELS`` (89,478,485: about 0.25 GiB of RGB)."""
@@ -230,7 +237,7 @@ def _decode(
             raise ImageReadError(
                 path,
                 f"image has {width} x {height} = {pixels} pixels, above the limit of "
-                f"{max_pixels}; raise it with --max-pixels",
+                f"{max_pixels}; raise it with {setting('max_pixels')}",
             )
         if needed is not None and image.format == "JPEG":
             _reduce_jpeg(image, needed)
@@ -277,8 +284,8 @@ def _reduce_jpeg(image: Image.Image, needed: SizeNeeded) -> None:
 def _out_of_memory(path: Path, step: str, width: int, height: int) -> ImageReadError:
     return ImageReadError(
         path,
-        f"not enough memory to {step} {width} x {height} pixels; lower --max-pixels to refuse "
-        "images this large",
+        f"not enough memory to {step} {width} x {height} pixels; lower {setting('max_pixels')} "
+        "to refuse images this large",
     )
 
 
@@ -395,3 +402,13 @@ def _read_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return os_reason(exc)
     return "truncated or corrupt image data"
+
+
+def display_size(original_size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``(h, w)`` of a photo's display copy: its size, shrunk to a longest side of ``max_side``."""
+    height, width = original_size
+    longest = max(height, width)
+    if longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))

@@ -11,7 +11,7 @@ output folder (an accidental double start, or two workers) each keep their files
 they move them, and an interrupted run cannot delete a file another run moved into place: with
 equal settings both produce the same files, so whichever moves last, the image is complete.
 A run killed with SIGKILL leaves its private folder behind; the next run removes it at start
-(:func:`~heatmap_cli.io.writing.remove_stale_temporaries`: its pid is gone).
+(:func:`~heatmap_cli.io.atomic.remove_stale_temporaries`: its pid is gone).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from heatmap_cli.errors import OutputWriteError
 from heatmap_cli.io._oserror import os_reason
-from heatmap_cli.io.writing import make_folders, temporary_name
+from heatmap_cli.io.atomic import make_folders, temporary_name
 
 __all__ = ["Staging", "staged_files"]
 

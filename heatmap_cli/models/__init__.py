@@ -17,7 +17,7 @@ Every family of names is a *model source* in its own file, registered below:
 Class names, mean/std, interpolation and the training input size come from the libraries' own
 metadata (torchvision's weights enums, timm's ``pretrained_cfg``), never from tables typed in
 here, unless the user gives their own (:mod:`~heatmap_cli.models.overrides`,
-:mod:`~heatmap_cli.models.labels`). A local weights file (``weights=PATH``) replaces the
+:mod:`~heatmap_cli.models.label_files`). A local weights file (``weights=PATH``) replaces the
 download; it is loaded strictly into the architecture built without pretrained weights, with as
 many classes as the file's classifier (:mod:`~heatmap_cli.models.weights`,
 :mod:`~heatmap_cli.models.fitting`). Models without metadata are described by one forward pass

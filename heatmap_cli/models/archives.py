@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from heatmap_cli._fx import RESHAPE_FUNCTIONS, trace_model
+from heatmap_cli.convert.fx import RESHAPE_FUNCTIONS, trace_model
 from heatmap_cli.errors import ModelFileError, WeightsMismatchError, first_line
 from heatmap_cli.models.base import LoadedModel, LoadRequest, ModelFile, ModelSource
 from heatmap_cli.models.own import own_loaded_model

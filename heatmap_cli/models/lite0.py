@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from heatmap_cli.tf_layers import BandedSameConv2d, BatchNormAct2d
+from heatmap_cli.convert.tf_same import BandedSameConv2d, BatchNormAct2d
 
 __all__ = ["LITE0_CONFIG", "STAGES", "Lite0", "Lite0Stage"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.models.base import LoadedModel, ModelFile
-from heatmap_cli.models.labels import check_label_count, read_labels
+from heatmap_cli.models.label_files import check_label_count, read_labels
 from heatmap_cli.models.weights import file_sha256
 
 __all__ = [
@@ -95,7 +95,7 @@ def apply_overrides(
 
     Args:
         loaded: The model as its source loaded it.
-        labels: A labels file (:mod:`~heatmap_cli.models.labels`); its names must be as many as
+        labels: A labels file (:mod:`~heatmap_cli.models.label_files`); its names must be as many as
             the model's classes. It is recorded with its digest in ``files``.
         input_size: ``(H, W)`` the classifier was trained at: its window.
         mean: Per-channel mean of RGB values in ``[0, 1]``.

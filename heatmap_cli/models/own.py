@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from heatmap_cli._fx import (
+from heatmap_cli.convert.fx import (
     LOG_SOFTMAX_FUNCTIONS,
     SIGMOID_FUNCTIONS,
     SOFTMAX_FUNCTIONS,

@@ -3,12 +3,12 @@
 Everything here is a pure function of numpy arrays (in the spirit of pytorch-grad-cam's
 ``show_cam_on_image``): images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order, heat
 maps are ``float32`` arrays of shape ``(H, W)`` in ``[0, 1]``. Nothing is read from or written to
-disk; :mod:`heatmap_cli.outputs` encodes the returned arrays.
+disk; :mod:`heatmap_cli.cli.records` encodes the returned arrays.
 
 * :mod:`~heatmap_cli.render.heat`: scores to a heat image (placement between window centres);
 * :mod:`~heatmap_cli.render.colour`: colormaps, the opacity rule, blending over the photo;
 * :mod:`~heatmap_cli.render.scale`: colour scales (absolute, shared, per-class);
-* :mod:`~heatmap_cli.render.labels`: text labels, colour bars, contact sheets;
+* :mod:`~heatmap_cli.render.text`: text labels, colour bars, contact sheets;
 * :mod:`~heatmap_cli.render.class_overlay`: one class's overlay, composed from the above.
 """
 
@@ -24,19 +24,19 @@ from heatmap_cli.render.heat import (
     normalize_scores,
     peak_location,
 )
-from heatmap_cli.render.labels import (
-    SHEET_TILE_SIDE,
-    add_colorbar,
-    annotate,
-    contact_sheet,
-    sheet_tile,
-)
 from heatmap_cli.render.scale import (
     DEFAULT_SCALE,
     SCALES,
     ColourScale,
     check_scale,
     colour_scales,
+)
+from heatmap_cli.render.text import (
+    SHEET_TILE_SIDE,
+    add_colorbar,
+    annotate,
+    contact_sheet,
+    sheet_tile,
 )
 
 __all__ = [

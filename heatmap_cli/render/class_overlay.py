@@ -1,7 +1,7 @@
 """One class's map over the photo: the composition the command writes per class.
 
 A typical per-class call, with ``probs`` of shape ``(K, rows, cols)`` and ``centers`` from
-:meth:`heatmap_cli.geometry.GridGeometry.centers`::
+:meth:`heatmap_cli.grid.geometry.GridGeometry.centers`::
 
     peak, x, y = peak_location(probs[k], centers)
     picture = render_class_overlay(photo, probs[k], centers, label=f"{name}  p={peak:.2f}")
@@ -32,9 +32,9 @@ from heatmap_cli.render.colour import (
     composite,
     is_diverging,
 )
+from heatmap_cli.render.colour_layer import colour_layer
 from heatmap_cli.render.heat import Interpolation, normalize_scores, resolve_range
-from heatmap_cli.render.labels import Corner, add_colorbar, annotate, quietest_corner
-from heatmap_cli.render.layer import colour_layer
+from heatmap_cli.render.text import Corner, add_colorbar, annotate, quietest_corner
 
 __all__ = ["LabelPlace", "render_class_overlay"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.errors import InvalidOptionError, setting
 
 __all__ = [
     "DEFAULT_SCALE",
@@ -86,8 +86,8 @@ def check_scale(
         raise InvalidOptionError(f"vmin must be below vmax, got {vmin} and {vmax}")
     if scale == "absolute" and not probabilities and (vmin is None or vmax is None):
         raise InvalidOptionError(
-            "logits have no absolute range: give --vmin and --vmax with --scale absolute, "
-            "or use --scale shared or per-class"
+            f"logits have no absolute range: give {setting('vmin')} and {setting('vmax')} with "
+            f"{setting('scale')} absolute, or use {setting('scale')} shared or per-class"
         )
 
 

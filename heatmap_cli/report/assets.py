@@ -25,9 +25,9 @@ from urllib.parse import quote
 from PIL import Image
 
 from heatmap_cli.errors import ImageReadError, first_line
-from heatmap_cli.geometry import display_size
 from heatmap_cli.io import atomic_writer, read_image, read_photo
-from heatmap_cli.outputs import slug
+from heatmap_cli.io.inputs import slug
+from heatmap_cli.io.reading import display_size
 from heatmap_cli.report.encoding import GridDataError, encode_grid, read_score_file
 from heatmap_cli.report.records import ASSETS_DIR_NAME, ImageRecord
 

@@ -1,0 +1,278 @@
+"""One batch of the command: the images to do, each scored, written, counted once and reported.
+
+:class:`ImageJob` is the per-image path that every run goes through, plain or on Ray workers
+(``heatmap_cli.cli.ray_runner``): :meth:`ImageJob.sort_out` leaves out, with ``--skip-existing``,
+the images whose outputs are complete for the current settings (``heatmap_cli.cli.resume``);
+:meth:`ImageJob.process` reads, scores, renders and writes the others and yields what became of
+each (:class:`Processed`: its manifest row and its lines). One image's failure, whatever it is,
+is its own row and the batch goes on; running out of memory says what to lower.
+
+:class:`Batch` is the command's side: it counts each image in the
+:class:`~heatmap_cli.cli.console.Tally` (done, failed or skipped, once), records its manifest row,
+and only then reports it: a line that cannot be written is lost, the image is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from heatmap_cli.cli.console import Console, Tally
+from heatmap_cli.cli.manifest import Manifest, ManifestRow
+from heatmap_cli.cli.records import run_settings
+from heatmap_cli.cli.resume import check_outputs
+from heatmap_cli.cli.writers import write_outputs
+from heatmap_cli.errors import HeatmapError
+from heatmap_cli.io import ImageInput
+from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.limits import (
+    is_out_of_memory,
+    out_of_memory,
+    out_of_memory_anywhere,
+    release_free_memory,
+)
+from heatmap_cli.pipeline.ranking import describe_ranking
+from heatmap_cli.pipeline.rendering import OutputOptions, image_ranking
+from heatmap_cli.pipeline.scoring import (
+    DEFAULT_READING,
+    ImageResult,
+    Outcome,
+    PhotoReading,
+    score_images,
+)
+from heatmap_cli.pipeline.thread_warnings import show_library_warnings_every_time
+
+__all__ = ["Batch", "ImageJob", "Processed", "describe_failure"]
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What became of one image: its manifest row, and what the command says about it.
+
+    Attributes:
+        row: Its manifest row (path, stem, status, error, ranking, files).
+        table: Its ranking as stdout shows it (done images); None otherwise.
+        warnings: Warnings about the image (read, upscaled...), one line each.
+        notes: Notes of the engine that appeared while it was scored (``--compile`` failing).
+        redo: Why an image that had a json was made again (``--skip-existing``); None if not.
+    """
+
+    row: ManifestRow
+    table: str | None = None
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    redo: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """A json form, to cross process boundaries (``heatmap_cli.cli.ray_runner``)."""
+        return {**dataclasses.asdict(self), "row": self.row.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Processed:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            row=ManifestRow.from_json(data["row"]),  # type: ignore[arg-type]
+            table=data.get("table"),  # type: ignore[arg-type]
+            warnings=tuple(data.get("warnings") or ()),  # type: ignore[arg-type]
+            notes=tuple(data.get("notes") or ()),  # type: ignore[arg-type]
+            redo=data.get("redo"),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """What every image of a run is scored, rendered and written with.
+
+    Attributes:
+        engine: The converted model.
+        rendering: What is rendered and how.
+        out: The output folder.
+        scales: Factors of ``--size``, one pass each (``(1.0,)``: a plain run).
+        flip: Also average each scale's mirror image.
+        reading: The decoding limit and the overlays' largest side.
+    """
+
+    engine: GridEngine
+    rendering: OutputOptions
+    out: Path
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    reading: PhotoReading = DEFAULT_READING
+
+    def sort_out(
+        self, items: Iterable[ImageInput]
+    ) -> tuple[list[ImageInput], list[Processed], dict[ImageInput, str]]:
+        """Splits images into those to do and those complete for these settings.
+
+        Returns:
+            The images to do; a ``"skipped"`` :class:`Processed` for every complete one (its
+            ranking and files from its json); why each image to do that has a json is redone
+            ("settings changed: stride 32 -> 16", "x.npz is missing"...).
+        """
+        settings = run_settings(self.engine, self.rendering, self.scales, self.flip, self.reading)
+        todo, skipped, redone = [], [], {}
+        for item in items:
+            verdict = check_outputs(self.out, item.stem, settings)
+            if verdict.done and verdict.record is not None:
+                row = ManifestRow.skipped(item.path, item.stem, verdict.record)
+                skipped.append(Processed(row))
+                continue
+            if verdict.reason:
+                redone[item] = verdict.reason
+            todo.append(item)
+        return todo, skipped, redone
+
+    def process(self, items: Iterable[ImageInput], *, debug: bool = False) -> Iterator[Processed]:
+        """Reads, scores, renders and writes every image; yields what became of each, once.
+
+        Args:
+            items: The images.
+            debug: Let an image's exception escape (for its traceback) instead of failing it.
+
+        Yields:
+            Every image's :class:`Processed`, in the order the loader finishes them.
+        """
+        engine = self.engine
+        show_library_warnings_every_time()  # each damaged photo gets its own warning line
+        notes_shown = len(engine.notes)  # said already; --compile may add one later
+        outcomes = score_images(
+            items, engine, scales=self.scales, flip=self.flip, reading=self.reading
+        )
+        try:
+            for outcome in outcomes:
+                processed = self._finish(outcome, debug)
+                notes = tuple(engine.notes[notes_shown:])
+                notes_shown = len(engine.notes)
+                yield dataclasses.replace(processed, notes=notes) if notes else processed
+        finally:
+            outcomes.close()  # stops the loader threads now, not when garbage-collected
+
+    def run(
+        self, items: Sequence[ImageInput], *, skip_existing: bool = False, debug: bool = False
+    ) -> Iterator[Processed]:
+        """:meth:`sort_out` (with ``skip_existing``), then :meth:`process`: every image once."""
+        todo, skipped, redone = self.sort_out(items) if skip_existing else (items, [], {})
+        yield from skipped
+        reasons = {str(item.stem): reason for item, reason in redone.items()}
+        for processed in self.process(todo, debug=debug):
+            reason = reasons.get(processed.row.key)
+            yield dataclasses.replace(processed, redo=reason) if reason else processed
+
+    def _finish(self, outcome: Outcome, debug: bool) -> Processed:
+        """Writes one image's outputs; its row says done, or failed and why."""
+        path, stem = outcome.item
+        try:
+            result = outcome.unwrap()
+            written = self._write(result)
+        except Exception as error:  # one image's failure never stops the batch
+            if debug:
+                raise
+            return Processed(ManifestRow.failed(path, stem, describe_failure(path, error)))
+        rendering, categories = self.rendering, self.engine.categories
+        ranking = [dataclasses.asdict(r) for r in image_ranking(result, categories, rendering)]
+        files = [written_path.relative_to(self.out) for written_path in written]
+        table = describe_ranking(result.grid.passes, categories, rendering.top_k, rendering.pooling)
+        row = ManifestRow.finished(path, stem, "done", ranking, files)
+        return Processed(row, table=table, warnings=result.notes)
+
+    def _write(self, result: ImageResult) -> list[Path]:
+        """``write_outputs``, with running out of memory said as what to lower."""
+        try:
+            return write_outputs(result, self.engine, self.rendering, self.out, self.reading)
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise out_of_memory(
+                    "render and write its outputs", "max_display_side", "top_k"
+                ) from error
+            raise
+        finally:
+            release_free_memory()  # its pictures' memory, before the next image is drawn
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of the command: what does its images, and where it says what happened.
+
+    Attributes:
+        job: What scores, renders and writes every image.
+        console: Where lines go.
+        tally: Where images are counted.
+        manifest: Where each image's row goes.
+        skip_existing: Leave out the images whose outputs are complete for these settings.
+        quiet: No progress bar, no per-image lines (errors are still said).
+        debug: Let an image's exception escape, for its traceback.
+    """
+
+    job: ImageJob
+    console: Console
+    tally: Tally
+    manifest: Manifest
+    skip_existing: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    def images_to_do(self, items: list[ImageInput]) -> list[ImageInput]:
+        """The images to process: with ``skip_existing``, those not complete for these settings.
+
+        Every image left out is counted as skipped; every image redone although it has a json
+        is said, with the reason ("settings changed: stride 32 -> 16", "x.npz is missing"...).
+        """
+        if not self.skip_existing:
+            return items
+        todo, skipped, redone = self.job.sort_out(items)
+        for processed in skipped:
+            self.report(processed)
+        if not self.quiet:
+            for item, reason in redone.items():
+                self.console.say(f"Redoing {item.path}: {reason}")
+        return todo
+
+    def run(self, items: list[ImageInput]) -> None:
+        """Scores and writes every image, counting and reporting each once."""
+        self.report_all(self.job.process(items, debug=self.debug), len(items))
+
+    def report_all(self, processed: Iterable[Processed], total: int) -> None:
+        """Reports images as they finish, under a progress bar of ``total`` images."""
+        progress = self.console.progress(total, shown=not self.quiet and total > 1)
+        with progress:
+            for one in processed:
+                self.report(one)
+                progress.update(1)
+
+    def report(self, processed: Processed) -> None:
+        """Counts one image and records its row, then says it (a line can fail, not it)."""
+        row, say = processed.row, self.console.say
+        path = Path(row.path)
+        self.manifest.add(row)
+        if row.status == "skipped":
+            self.tally.skipped += 1
+            self.tally.todo -= 1
+            return
+        if row.status == "failed":
+            self.tally.failures.append((path, row.error or "failed"))
+        else:
+            self.tally.done += 1
+        for note in processed.notes:
+            say(f"Note: {note}")
+        if processed.redo and not self.quiet:
+            say(f"Redoing {path}: {processed.redo}")
+        if row.status == "failed":
+            say(f"Error: {row.error}")
+        elif not self.quiet:
+            table = processed.table or ""
+            separator = "\n" if "\n" in table else " "
+            self.console.result(f"{path}:{separator}{table}")
+            for warning in processed.warnings:
+                say(f"Warning: {path}: {warning}")
+
+
+def describe_failure(path: Path, error: Exception) -> str:
+    """One line for a failed image: its path and the reason (what it was, if not foreseen)."""
+    text = str(error)
+    if is_out_of_memory(error):  # not said where: say what lowers memory anywhere
+        text = str(out_of_memory_anywhere())
+    elif not isinstance(error, HeatmapError):  # not a foreseen failure: say what it was
+        text = f"unexpected {type(error).__name__}: {text} (--debug shows the traceback)"
+    return text if str(path) in text else f"{path}: {text}"

@@ -1,0 +1,339 @@
+"""The output record: everything an image's json says, assembled in one place.
+
+One truth for every file of an image (:mod:`heatmap_cli.cli.writers` writes them): the classes drawn
+without ``OutputOptions.classes`` are the image-level ranking's top ``top_k`` (the json's
+``top_k`` and the stdout table), and each drawn class's peak, its location, its label and its map
+come from the scores that are drawn (probabilities or logits, averaged over the passes), on the
+colour scale (:mod:`heatmap_cli.render.scale`) that its label and the json name.
+
+Everything the json says is one :class:`OutputRecord`, built in one place (:func:`build_record`):
+the run (model, weights, method), the passes that went in (scales, flips) and how each was
+evaluated (whole or in tiles), the grid's geometry, the rendered classes, the image-level
+ranking, which activation made ``probs`` of the logits and what the model itself returns,
+every option that changes a number or a file (the model's own, :func:`model_settings`, among
+them) (:func:`run_settings`, resolved: what
+``--skip-existing`` compares), the versions of the software (:func:`software_versions`), the
+device and the dtype, and ``files``: the name and size in bytes of every other file written for
+the image (what ``heatmap_cli.cli.resume`` checks before it calls an image done).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import NamedTuple
+
+from heatmap_cli.grid.geometry import GridGeometry
+from heatmap_cli.io import output_path
+from heatmap_cli.pipeline.engine import GridEngine, Tiling
+from heatmap_cli.pipeline.multiscale import Pass
+from heatmap_cli.pipeline.rendering import (
+    OutputOptions,
+    RankedClass,
+    RenderedClass,
+    image_ranking,
+)
+from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
+
+__all__ = [
+    "OutputFile",
+    "OutputRecord",
+    "build_record",
+    "completion_marker",
+    "model_settings",
+    "run_settings",
+    "software_versions",
+]
+
+class OutputFile(NamedTuple):
+    """One file written for an image, as its json lists it (``{"name", "bytes"}``).
+
+    Attributes:
+        name: File name, in the json's folder.
+        size: Its size in bytes.
+    """
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """Everything the json says about one image.
+
+    Attributes:
+        image: The input file.
+        model: The model name as given.
+        weights: Where the weights came from.
+        method: The grid method used.
+        native_stride: The converted network's own stride (None when it cannot be converted).
+        size: ``--size``, the shorter side before snapping (or ``"native"``).
+        passes: Every pass that went in, in evaluation order (one for a plain run).
+        common_grid: Which pass's grid the passes were averaged on.
+        geometry: The grid of the npz.
+        scores: What the overlays show: ``"probs"`` or ``"logits"``.
+        classes: The rendered classes.
+        top_k: The image-level ranking, best first.
+        top_k_pooling: How it pools each class map: ``"max"`` or ``"mean"``.
+        activation: What made ``probs`` of the logits: ``"softmax"``, ``"sigmoid"`` or
+            ``"none"`` (the npz's ``probs`` are its output).
+        model_output: What the model returns: ``"logits"``, or a head's ``"softmax"``,
+            ``"sigmoid"`` (probabilities already) or ``"log_softmax"``.
+        settings: Every option that changes a number or a file (:func:`run_settings`).
+        versions: The software that computed it (:func:`software_versions`).
+        device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
+        dtype: The dtype it computed in (``"float32"``, ``"bfloat16"`` under CUDA autocast...).
+        files: Every other file written for the image, with its size.
+    """
+
+    image: Path
+    model: str
+    weights: str
+    method: str
+    native_stride: int | None
+    size: int | str
+    passes: tuple[Pass, ...]
+    common_grid: str
+    geometry: GridGeometry
+    scores: str
+    classes: tuple[RenderedClass, ...]
+    top_k: tuple[RankedClass, ...]
+    top_k_pooling: str
+    activation: str
+    model_output: str
+    settings: dict[str, object]
+    versions: dict[str, str | None]
+    device: str
+    dtype: str
+    files: tuple[OutputFile, ...] = ()
+
+    @property
+    def tiling(self) -> Tiling:
+        """All passes together: the largest tile side used (None: none tiled), tiles summed."""
+        sides = [p.tiling.tile for p in self.passes if p.tiling.tile is not None]
+        return Tiling(max(sides) if sides else None, sum(p.tiling.tiles for p in self.passes))
+
+    def to_json(self) -> dict[str, object]:
+        """The json document, keys in the order they are written."""
+        rows, cols = self.geometry.shape
+        window_width, window_height = self.geometry.window_in_original().tolist()
+        return {
+            "image": str(self.image),
+            "model": self.model,
+            "weights": self.weights,
+            "method": self.method,
+            "native_stride": self.native_stride,
+            "size": self.size,
+            "multiscale": {
+                "scales": list(dict.fromkeys(p.scale for p in self.passes)),
+                "flip": any(p.flip for p in self.passes),
+                "passes": [_pass_json(p) for p in self.passes],
+                "common_grid": self.common_grid,
+                "averaged": "logits",
+            },
+            "tiling": _tiling_json(self.tiling),
+            "original_size": _size_json(self.geometry.original_size),
+            "input_size": _size_json(self.geometry.input_size),
+            # In original pixels, as the npz's window and centres; window_input as the network
+            # saw it, in the input pixels of input_size and stride.
+            "window": {
+                "width": round(window_width, 3),
+                "height": round(window_height, 3),
+                "units": "original pixels",
+            },
+            "window_input": {**_size_json(self.geometry.window), "units": "input pixels"},
+            "stride": self.geometry.stride,
+            "grid": {"rows": rows, "cols": cols},
+            "scores": self.scores,
+            "activation": self.activation,
+            "model_output": self.model_output,
+            "classes": [asdict(c) for c in self.classes],
+            "top_k": [asdict(r) for r in self.top_k],
+            "top_k_pooling": self.top_k_pooling,
+            "settings": self.settings,
+            "versions": self.versions,
+            "device": self.device,
+            "dtype": self.dtype,
+            "files": [{"name": f.name, "bytes": f.size} for f in self.files],
+        }
+
+
+def _size_json(size: tuple[int, int]) -> dict[str, int]:
+    return {"width": size[1], "height": size[0]}
+
+
+def _tiling_json(tiling: Tiling) -> dict[str, object]:
+    return {"tiled": tiling.tiled, "tile": tiling.tile, "tiles": tiling.tiles}
+
+
+def _pass_json(p: Pass) -> dict[str, object]:
+    rows, cols = p.geometry.shape
+    return {
+        "scale": p.scale,
+        "flip": p.flip,
+        "input_size": _size_json(p.geometry.input_size),
+        "grid": {"rows": rows, "cols": cols},
+        "tiling": _tiling_json(p.tiling),
+    }
+
+
+def completion_marker(out_dir: Path, stem: Path) -> Path:
+    """The file whose presence means an image's outputs are complete."""
+    return output_path(out_dir, stem, ".json")
+
+
+@functools.lru_cache(maxsize=1)
+def software_versions() -> dict[str, str | None]:
+    """The versions of heatmap-cli, Python and the libraries that compute and draw the maps.
+
+    Returns:
+        ``{"heatmap-cli", "torch", "torchvision", "timm", "numpy", "pillow", "python"}``; None
+        for a library that is not installed.
+    """
+    found: dict[str, str | None] = {}
+    for name, distribution in (
+        ("heatmap-cli", "heatmap-cli"),
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("timm", "timm"),
+        ("numpy", "numpy"),
+        ("pillow", "Pillow"),
+    ):
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def run_settings(
+    engine: GridEngine,
+    options: OutputOptions,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    reading: PhotoReading = DEFAULT_READING,
+) -> dict[str, object]:
+    """Every option that changes a number or a file of an image's outputs: the json's settings.
+
+    This is what ``--skip-existing`` compares (``heatmap_cli.cli.resume``). Values are as they take
+    effect: the method and stride resolved, classes as indices, the floating type the network
+    computes in. Options that only change how the same numbers are computed, equal to float
+    rounding, are left out, so that resuming with another batch size, tile side or memory
+    budget, or with ``--compile``, does not redo finished images.
+
+    Args:
+        engine: The converted model and its settings.
+        options: What is drawn and written, and how.
+        scales: The factors of ``--size`` the passes use, in order.
+        flip: Whether each scale's mirror image is averaged in.
+        reading: How the photos were decoded (the overlays' largest side).
+
+    Returns:
+        A JSON-ready dict.
+    """
+    grid = engine.settings
+    return {
+        **model_settings(engine),
+        "weights": engine.loaded.source,
+        "size": grid.size,
+        "stride": engine.stride,
+        "method": engine.method,
+        "scales": [float(scale) for scale in scales],
+        "flip": flip,
+        "precision": engine.precision,
+        "max_overlay_side": reading.max_display_side,
+        "classes": [int(index) for index in options.classes],
+        "top_k": options.top_k,
+        "pooling": options.pooling,
+        "scores": options.scores,
+        "scale": options.scale,
+        "vmin": options.vmin,
+        "vmax": options.vmax,
+        "cmap": options.cmap,
+        "alpha": options.alpha,
+        "colorbar": options.colorbar,
+        "label": options.label,
+        "sheet": options.sheet,
+        "outputs": list(options.outputs),
+        "format": options.image_format,
+        "npz_classes": options.npz_classes,
+        "npz_dtype": options.npz_dtype,
+    }
+
+
+def model_settings(engine: GridEngine) -> dict[str, object]:
+    """The model's part of the json's ``settings``: what was loaded, and how it reads photos.
+
+    Args:
+        engine: The engine that scored the images (its model and settings).
+
+    Returns:
+        ``model`` and ``model_source`` (the source that loaded it), ``model_files`` (role ->
+        ``{path, sha256}``: the model file or code, ``--weights``, ``--labels``),
+        ``num_classes``, ``input_size`` (the window), ``mean``, ``std``, ``interpolation`` and
+        ``activation`` (as asked for: ``"auto"``...).
+    """
+    loaded = engine.loaded
+    return {
+        "model": loaded.name,
+        "model_source": loaded.family,
+        "model_files": {f.role: {"path": str(f.path), "sha256": f.sha256} for f in loaded.files},
+        "num_classes": loaded.num_classes,
+        "input_size": _size_json(loaded.input_size),
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "interpolation": loaded.interpolation,
+        "activation": engine.settings.activation,
+    }
+
+
+def build_record(
+    result: ImageResult,
+    engine: GridEngine,
+    options: OutputOptions,
+    classes: Sequence[RenderedClass],
+    files: Sequence[OutputFile] = (),
+    reading: PhotoReading = DEFAULT_READING,
+) -> OutputRecord:
+    """The one place an image's json record is assembled.
+
+    Args:
+        result: The image's grid and passes.
+        engine: The engine that scored it (model, weights, method, size, device, dtype).
+        options: The ranking's length and pooling, and what is drawn and written.
+        classes: The rendered classes (:func:`rendered_classes`).
+        files: The other files written for the image, with their sizes.
+        reading: How the photo was decoded (the overlays' largest side, in the settings).
+
+    Returns:
+        The record; :meth:`OutputRecord.to_json` is what the json holds.
+    """
+    passes = result.grid.passes
+    scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
+    return OutputRecord(
+        image=result.item.path,
+        model=engine.loaded.name,
+        weights=engine.loaded.source,
+        method=engine.method,
+        native_stride=engine.native_stride,
+        size=engine.settings.size,
+        passes=result.grid.passes,
+        common_grid=result.grid.common,
+        geometry=result.grid.geometry,
+        scores=options.scores,
+        classes=tuple(classes),
+        top_k=image_ranking(result, engine.categories, options),
+        top_k_pooling=options.pooling,
+        activation=engine.activation,
+        model_output=engine.loaded.output,
+        settings=run_settings(engine, options, scales, any(p.flip for p in passes), reading),
+        versions=software_versions(),
+        device=str(engine.device),
+        dtype=engine.precision,
+        files=tuple(files),
+    )

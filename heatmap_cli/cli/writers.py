@@ -1,0 +1,253 @@
+"""Writing one image's files from its output record: overlays, a contact sheet, npz, json.
+
+File names (``stem`` mirrors the input's place under its folder, see ``io.find_images``):
+
+* ``<stem>_<index>_<name>.png``: one overlay per rendered class, at the photo's resolution
+  (``.jpg`` or ``.webp`` with ``OutputOptions.image_format``);
+* ``<stem>_sheet.png``: the photo and the overlays side by side, when several classes are shown;
+* ``<stem>.npz``: the grid (compressed; all classes or some, float32 or float16);
+* ``<stem>.json``: the :class:`~heatmap_cli.cli.records.OutputRecord`.
+
+``OutputOptions.outputs`` chooses among the pictures (``png``), the npz and the json; the json is
+always written, and lists every other file with its size. An image's files are written into a
+private folder and then moved into place together, the json last (``io.staged_files``): a run
+never deletes a file it did not create, so concurrent runs on one output folder cannot delete
+each other's work, and an interrupted run leaves the earlier outputs as they were. The image is
+done when its json lists files that all exist with the sizes it records, made with the current
+settings (``heatmap_cli.cli.resume``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heatmap_cli.cli.records import OutputFile, build_record, completion_marker
+from heatmap_cli.io import output_path, staged_files, write_image, write_json, write_npz
+from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.multiscale import MultiScaleResult
+from heatmap_cli.pipeline.profiling import timed
+from heatmap_cli.pipeline.ranking import rank_image
+from heatmap_cli.pipeline.rendering import (
+    OutputOptions,
+    RenderedClass,
+    render_overlay,
+    rendered_classes,
+)
+from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
+from heatmap_cli.render import contact_sheet, sheet_tile
+
+__all__ = [
+    "WRITER_THREADS",
+    "npz_class_indices",
+    "write_grid",
+    "write_outputs",
+]
+
+
+WRITER_THREADS = 2
+"""Threads that encode and write an image's files while the main thread draws the next overlay."""
+
+
+def npz_class_indices(
+    result: ImageResult, options: OutputOptions, classes: Sequence[RenderedClass]
+) -> list[int] | None:
+    """The classes the npz keeps, by ``npz_classes``; None for all of them.
+
+    ``"rendered"``: the drawn classes; ``"topK"``: the image-level ranking's first ``K``, the
+    ranking of the json's ``top_k``.
+    """
+    count = result.grid.logits.shape[0]
+    if options.npz_classes == "rendered":
+        return [c.index for c in classes]
+    if options.npz_classes.startswith("top"):
+        wanted = int(options.npz_classes.removeprefix("top"))
+        if wanted < count:
+            ranking = rank_image(result.grid.passes, wanted, options.pooling)
+            return [index for index, _ in ranking]
+    return None
+
+
+def write_grid(
+    path: Path,
+    grid: MultiScaleResult,
+    categories: Sequence[str],
+    class_indices: Sequence[int] | None = None,
+    dtype: str = "float32",
+) -> None:
+    """Writes the compressed ``.npz`` of DESIGN.md, all classes or some, float32 or float16.
+
+    Holds ``logits`` and ``probs`` ``(k, rows, cols)`` (``probs``: the softmax over all ``K``
+    classes, kept for the ``k`` stored), ``class_indices`` ``(k,)`` when not all are kept,
+    ``centers`` ``(rows, cols, 2)`` and ``window`` ``(2,)`` (width, height) in original pixels,
+    ``window_input`` ``(2,)`` and ``stride`` in input pixels, ``input_size`` ``(H, W)`` and
+    ``classes``, the names of all ``K`` classes.
+    """
+    geometry = grid.geometry
+    rows = slice(None) if class_indices is None else np.asarray(class_indices, dtype=np.int64)
+    extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
+    with timed("encode+write"):
+        write_npz(
+            path,
+            logits=grid.logits[rows].astype(dtype, copy=False),  # all classes: no copy
+            probs=grid.probs[rows].astype(dtype, copy=False),
+            **extra,
+            centers=geometry.centers(),
+            window=geometry.window_in_original(),
+            window_input=np.array(geometry.window[::-1], dtype=np.int64),
+            stride=np.int64(geometry.stride),
+            input_size=np.array(geometry.input_size, dtype=np.int64),
+            classes=np.array(categories, dtype=str),
+        )
+
+
+def write_outputs(
+    result: ImageResult,
+    engine: GridEngine,
+    options: OutputOptions,
+    out_dir: Path,
+    reading: PhotoReading = DEFAULT_READING,
+) -> list[Path]:
+    """Renders and writes every output of one image: pictures, npz, and the json last.
+
+    The files are written into a private folder, then moved into place with the json last
+    (``io.staged_files``); on any failure or interruption only that private folder is removed,
+    never a file in ``out_dir``. Pictures are encoded and the npz compressed in writer threads
+    (zlib and ISA-L release the GIL) while the next overlay is drawn; every file is complete
+    before the json is written, and none is being written when this returns or raises.
+
+    Args:
+        result: The image's grid, display copy and colour profile.
+        engine: The engine that scored it (class names and what the json says of the run).
+        options: What to render and write, and how.
+        out_dir: The output folder.
+        reading: How the photo was decoded (recorded in the json's settings).
+
+    Returns:
+        The paths written, the json last.
+
+    Raises:
+        OutputWriteError: A file cannot be written (the json is then not written).
+    """
+    stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
+    with staged_files(marker.parent, stem.name) as staging, _WriterJobs() as jobs:
+        classes = rendered_classes(result, engine.categories, options)
+        grid_names = []
+        if "npz" in options.outputs:
+            grid_names.append(output_path(out_dir, stem, ".npz").name)
+            indices = npz_class_indices(result, options, classes)
+            grid = (result.grid, engine.categories, indices, options.npz_dtype)
+            jobs.submit(write_grid, staging.folder / grid_names[0], *grid)
+        names = []
+        if "png" in options.outputs:
+            names += _write_pictures(staging.folder, result, classes, options, jobs)
+        names += grid_names
+        jobs.wait()
+        files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
+        record = build_record(result, engine, options, classes, files, reading)
+        write_json(staging.folder / marker.name, record.to_json())
+        return staging.commit([*names, marker.name])
+
+
+class _WriterJobs:
+    """Files being written in the writer threads for one image; all finished on leaving.
+
+    At most :data:`WRITER_THREADS` jobs wait or run at once: :meth:`submit` waits for one to
+    finish before taking another, so a photo's pictures are not all held in memory at once
+    (each overlay of a 12 MP photo is 36 MB) when drawing them is faster than encoding them.
+    """
+
+    def __init__(self) -> None:
+        self._futures: list[Future[Any]] = []
+
+    def __enter__(self) -> _WriterJobs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for future in self._futures:
+            future.cancel()
+        futures_wait(self._futures)  # none may write into a folder that is being removed
+
+    def submit(self, write: Callable[..., Any], *args: object) -> Future[Any]:
+        """Runs ``write(*args)`` in a writer thread, once fewer than WRITER_THREADS are busy."""
+        while len(busy := [f for f in self._futures if not f.done()]) >= WRITER_THREADS:
+            futures_wait(busy, return_when=FIRST_COMPLETED)
+        self._futures.append(_writer_pool().submit(write, *args))
+        return self._futures[-1]
+
+    def wait(self) -> None:
+        """Waits for every file; raises the first failure, in submission order."""
+        futures_wait(self._futures)
+        for future in self._futures:
+            future.result()
+
+
+@functools.cache
+def _writer_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="heatmap-writer")
+
+
+def _write_pictures(
+    folder: Path,
+    result: ImageResult,
+    classes: Sequence[RenderedClass],
+    options: OutputOptions,
+    jobs: _WriterJobs,
+) -> list[str]:
+    """Draws each class's overlay and has it written, then the contact sheet; their names.
+
+    An overlay is let go once written; the sheet is laid out from their small tiles, which
+    the writer threads make (:func:`~heatmap_cli.render.sheet_tile`).
+    """
+    sheet = options.sheet and len(classes) > 1
+    names, tiles = [], []
+    for rendered in classes:
+        names.append(str(rendered.overlay))
+        with timed("render"):
+            overlay = render_overlay(result, rendered, options)
+        path = folder / names[-1]
+        tiles.append(jobs.submit(_write_overlay, path, overlay, result, options, sheet))
+        del overlay  # the writer thread holds it only as long as it needs it
+    if sheet:
+        labels = ["photo", *(f"{c.name} {c.peak:.2f}" for c in classes)]
+        names.append(f"{result.item.stem.name}_sheet.{options.image_format}")
+        jobs.submit(_write_sheet, folder / names[-1], tiles, labels, result, options)
+    return names
+
+
+def _write_overlay(
+    path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions, tile: bool
+) -> np.ndarray | None:
+    """Writes one overlay; returns its contact-sheet tile if ``tile``."""
+    _write_picture(path, picture, result, options)
+    return sheet_tile(picture) if tile else None
+
+
+def _write_sheet(
+    path: Path,
+    tiles: list[Future[Any]],
+    labels: list[str],
+    result: ImageResult,
+    options: OutputOptions,
+) -> None:
+    # The overlays' jobs were submitted before this one, so they have all started: waiting on
+    # them cannot deadlock the pool.
+    pictures = [sheet_tile(result.display), *(tile.result() for tile in tiles)]
+    with timed("render"):
+        sheet = contact_sheet(pictures, labels)
+    _write_picture(path, sheet, result, options)
+
+
+def _write_picture(
+    path: Path, picture: np.ndarray, result: ImageResult, options: OutputOptions
+) -> None:
+    with timed("encode+write"):
+        write_image(
+            path, picture, image_format=options.image_format, icc_profile=result.icc_profile
+        )

@@ -1,0 +1,280 @@
+"""What an image's overlays show: the classes drawn, their peaks and scales, each overlay drawn.
+
+One truth for every file of an image: the classes drawn without ``OutputOptions.classes`` are the
+image-level ranking's top ``top_k`` (the json's ``top_k`` and the stdout table), and each drawn
+class's peak, its location, its label and its map come from the scores that are drawn
+(probabilities or logits, averaged over the passes), on the colour scale
+(:mod:`heatmap_cli.render.scale`) that its label and the json name. The command's writers
+(:mod:`heatmap_cli.cli.writers`) and the notebook API draw overlays with :func:`render_overlay`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.io import IMAGE_FORMATS, slug
+from heatmap_cli.pipeline.multiscale import MultiScaleResult
+from heatmap_cli.pipeline.ranking import rank_image
+from heatmap_cli.pipeline.scoring import ImageResult
+from heatmap_cli.render import (
+    DEFAULT_SCALE,
+    ColourScale,
+    check_cmap,
+    check_scale,
+    colour_scales,
+    is_diverging,
+    peak_location,
+    render_class_overlay,
+)
+
+__all__ = [
+    "LABELS",
+    "NPZ_DTYPES",
+    "OUTPUTS",
+    "OutputOptions",
+    "RankedClass",
+    "RenderedClass",
+    "drawn_scores",
+    "image_ranking",
+    "overlay_label",
+    "parse_npz_classes",
+    "parse_outputs",
+    "render_overlay",
+    "rendered_classes",
+]
+
+OUTPUTS: tuple[str, ...] = ("png", "npz", "json")
+"""What an image's outputs can hold: the pictures (in ``image_format``), the npz, the json."""
+LABELS: tuple[str, ...] = ("auto", "corner", "none")
+"""Where an overlay's label goes: the corner hiding the least of the map, top-left, nowhere."""
+NPZ_DTYPES: tuple[str, ...] = ("float32", "float16")
+_NPZ_CLASSES_RE = re.compile(r"all|rendered|top([1-9][0-9]*)")
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """Parses ``--outputs``: a comma-separated subset of :data:`OUTPUTS`; the json is added.
+
+    Args:
+        text: E.g. ``"png,npz"`` or ``"json"``.
+
+    Returns:
+        The outputs in :data:`OUTPUTS` order, always including ``"json"`` (the completion
+        marker that ``--skip-existing`` checks).
+
+    Raises:
+        InvalidOptionError: An empty list or an unknown name.
+    """
+    names = [name.strip().lower() for name in text.split(",")]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown or not text.strip():
+        raise InvalidOptionError(
+            f"outputs must be a comma-separated subset of {','.join(OUTPUTS)}, got {text!r}"
+        )
+    return tuple(name for name in OUTPUTS if name in names or name == "json")
+
+
+def parse_npz_classes(text: str) -> str:
+    """Checks ``--npz-classes``: ``all``, ``rendered`` or ``topK`` (``top20``: the ranking's 20).
+
+    Returns:
+        The value, lower-cased.
+
+    Raises:
+        InvalidOptionError: Anything else.
+    """
+    value = text.strip().lower()
+    if not _NPZ_CLASSES_RE.fullmatch(value):
+        raise InvalidOptionError(
+            f"npz classes must be all, rendered or topK (e.g. top20), got {text!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How results are rendered and which files are written.
+
+    Attributes:
+        classes: Class indices to render; empty means the image-level ranking's ``top_k``.
+        top_k: How many classes to render without ``classes``, and how many to rank in the json.
+        scores: ``"probs"`` (per-cell softmax) or ``"logits"``: what the maps, labels and the
+            json's class peaks show.
+        cmap: Matplotlib colormap name; a diverging one is centred on the score 0.
+        alpha: Opacity of the heat map at full score, 0..1.
+        colorbar: Append a colour bar to each overlay.
+        sheet: Write a contact sheet when several classes are rendered.
+        pooling: How the json's image-level ``top_k`` pools each class map: ``"max"``/``"mean"``.
+        scale: ``"shared"``, ``"absolute"`` or ``"per-class"`` (``render.scale``).
+        vmin: Fixed score at the colormap's bottom, or None for the scale's.
+        vmax: Fixed score at the colormap's top, or None for the scale's.
+        label: ``"auto"``, ``"corner"`` (top-left) or ``"none"`` (:data:`LABELS`).
+        outputs: Which of :data:`OUTPUTS` to write (the json always is).
+        image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
+        npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
+        npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
+
+    Raises:
+        InvalidOptionError: For any value that cannot work (checked when constructed).
+    """
+
+    classes: Sequence[int] = ()
+    top_k: int = 3
+    scores: str = "probs"
+    cmap: str = "inferno"
+    alpha: float = 0.5
+    colorbar: bool = False
+    sheet: bool = True
+    pooling: str = "max"
+    scale: str = DEFAULT_SCALE
+    vmin: float | None = None
+    vmax: float | None = None
+    label: str = "auto"
+    outputs: tuple[str, ...] = OUTPUTS
+    image_format: str = "png"
+    npz_classes: str = "all"
+    npz_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.scores not in ("probs", "logits"):
+            raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
+        check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)
+        check_cmap(self.cmap)
+        choices = {
+            "label": (self.label, LABELS),
+            "format": (self.image_format, tuple(IMAGE_FORMATS)),
+            "npz dtype": (self.npz_dtype, NPZ_DTYPES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InvalidOptionError(
+                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        parse_outputs(",".join(self.outputs))
+        parse_npz_classes(self.npz_classes)
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the maps show probabilities (else logits)."""
+        return self.scores == "probs"
+
+
+@dataclass(frozen=True)
+class RenderedClass:
+    """One class drawn for an image: where its drawn map peaks, and its overlay's file name.
+
+    Attributes:
+        index: Class index.
+        name: Class name.
+        peak: The highest cell of the drawn scores (a probability or a logit, as ``scores``).
+        x: Centre of that cell's window, in original-image pixels.
+        y: Likewise, vertically.
+        overlay: File name of its overlay picture, next to the json; None when not written.
+        scale: The colour scale its map is drawn on.
+    """
+
+    index: int
+    name: str
+    peak: float
+    x: float
+    y: float
+    overlay: str | None
+    scale: ColourScale
+
+
+@dataclass(frozen=True)
+class RankedClass:
+    """One entry of the image-level ranking: a class and its pooled score in ``[0, 1]``."""
+
+    index: int
+    name: str
+    score: float
+
+
+def drawn_scores(grid: MultiScaleResult, options: OutputOptions) -> np.ndarray:
+    """float32 ``(K, rows, cols)``: what the maps show, probabilities or logits."""
+    return grid.probs if options.probabilities else grid.logits
+
+
+def rendered_classes(
+    result: ImageResult, categories: Sequence[str], options: OutputOptions
+) -> tuple[RenderedClass, ...]:
+    """The classes to draw for an image, where each drawn map peaks, and its colour scale.
+
+    Args:
+        result: The image's grid.
+        categories: The ``K`` class names.
+        options: ``classes``, or else the image-level ranking's ``top_k``; what is drawn.
+
+    Returns:
+        One entry per class, in drawing order.
+    """
+    values, centers = drawn_scores(result.grid, options), result.grid.geometry.centers()
+    chosen = list(options.classes) or [
+        index for index, _ in rank_image(result.grid.passes, options.top_k, options.pooling)
+    ]
+    scales = colour_scales(
+        [values[index] for index in chosen],
+        scale=options.scale,
+        probabilities=options.probabilities,
+        diverging=is_diverging(options.cmap),
+        vmin=options.vmin,
+        vmax=options.vmax,
+    )
+    suffix = f".{options.image_format}"
+    classes = []
+    for index, scale in zip(chosen, scales, strict=True):
+        name = categories[index]
+        peak, x, y = peak_location(values[index], centers)
+        picture = f"{result.item.stem.name}_{index}_{slug(name)}{suffix}"
+        overlay = picture if "png" in options.outputs else None
+        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale))
+    return tuple(classes)
+
+
+def image_ranking(
+    result: ImageResult, categories: Sequence[str], options: OutputOptions
+) -> tuple[RankedClass, ...]:
+    """The image-level ranking the json's ``top_k`` holds: ``options.top_k`` classes, best first.
+
+    Args:
+        result: The image's passes.
+        categories: The ``K`` class names.
+        options: The ranking's length and pooling (``"max"`` or ``"mean"``).
+    """
+    ranking = rank_image(result.grid.passes, options.top_k, options.pooling)
+    return tuple(RankedClass(i, categories[i], score) for i, score in ranking)
+
+
+def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None:
+    """An overlay's label: the class, its drawn peak and the colour scale; None for none."""
+    if options.label == "none":
+        return None
+    value = f"p={rendered.peak:.2f}" if options.probabilities else f"logit={rendered.peak:.2f}"
+    return f"{rendered.name}  {value}  [{rendered.scale.describe()}]"
+
+
+def render_overlay(
+    result: ImageResult, rendered: RenderedClass, options: OutputOptions
+) -> np.ndarray:
+    """One class's overlay on the image's display copy: uint8 ``(h, w[+bar], 3)``."""
+    grid, display = result.grid, result.display
+    height, width = grid.geometry.original_size
+    to_display = np.array([display.shape[1] / width, display.shape[0] / height], np.float32)
+    return render_class_overlay(
+        display,
+        drawn_scores(grid, options)[rendered.index],
+        grid.geometry.centers() * to_display,
+        label=overlay_label(rendered, options),
+        label_corner="top-left" if options.label == "corner" else "auto",
+        cmap=options.cmap,
+        alpha=options.alpha,
+        vmin=rendered.scale.low,
+        vmax=rendered.scale.high,
+        colorbar=options.colorbar,
+        colorbar_label="probability" if options.probabilities else "logit",
+    )
