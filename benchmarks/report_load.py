@@ -36,9 +36,9 @@ from _common import ROOT, SAMPLES, cpu_model
 
 from heatmap_cli.report import ASSETS_DIR_NAME, REPORT_FILE, write_report
 
-sys.path.insert(0, str(ROOT))  # tests.browser: the shared headless-Chromium helper
+sys.path.insert(0, str(ROOT))  # tests.helpers.browser: the shared headless-Chromium helper
 
-from tests.browser import headless_chromium
+from tests.helpers.browser import headless_chromium
 
 CLASSES = 1000
 GRID = (6, 12)

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "example"
 SHOT = ROOT / "docs" / "report.png"
-sys.path.insert(0, str(ROOT))  # tests.browser: the shared headless-Chromium helper
+sys.path.insert(0, str(ROOT))  # tests.helpers.browser: the shared headless-Chromium helper
 
-from tests.browser import headless_chromium  # noqa: E402
+from tests.helpers.browser import headless_chromium  # noqa: E402
 
 
 def main() -> None:

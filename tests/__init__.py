@@ -1,1 +1,1 @@
-"""The test suite; a package so that shared helpers import as ``tests.nets``."""
+"""The test suite; a package so that shared helpers import as ``tests.helpers.nets``."""

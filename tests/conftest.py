@@ -112,3 +112,15 @@ def interrupt_on_commit(monkeypatch: pytest.MonkeyPatch):
         target[0] = name
 
     return interrupt
+
+
+@pytest.fixture
+def tiny(serve_model) -> list[tuple[str, Path | None]]:
+    """Serves the tiny padding-free network as the model ``tiny`` (``tests.helpers.cli.run_tiny``).
+
+    Returns the list of loads, which grows on every load.
+    """
+    from tests.helpers.cli import tiny_model
+
+    return serve_model("tiny", tiny_model)
+

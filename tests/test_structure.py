@@ -167,3 +167,17 @@ def test_the_library_names_no_command_line_flag():
         if flag.search(node.value)
     )
     assert found == []
+
+
+def test_no_test_file_imports_another_test_file():
+    """Shared helpers live in tests/helpers/; test modules only import from there."""
+    tests = Path(__file__).resolve().parent
+    crossings = sorted(
+        f"{path.relative_to(tests)} imports {node.module}"
+        for path in tests.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("tests.")
+        and not (node.module or "").startswith("tests.helpers")
+    )
+    assert crossings == []

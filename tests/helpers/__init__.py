@@ -1,0 +1,1 @@
+"""Shared test helpers: small networks, served models, the command in and out of process."""
