@@ -42,7 +42,7 @@ from heatmap_cli.models.base import (
     ModelOutput,
     ModelSource,
 )
-from heatmap_cli.models.categories import imagenet_categories
+from heatmap_cli.models.catalog import imagenet_categories
 from heatmap_cli.models.default import DefaultSource
 from heatmap_cli.models.overrides import parse_channels, parse_input_size
 from heatmap_cli.models.own_code import OwnCodeSource

@@ -15,17 +15,16 @@ The kind is told by the archive's contents, not its name. Files without a record
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import fx, nn
-
-from heatmap_cli.convert.fx import RESHAPE_FUNCTIONS, trace_model
 from heatmap_cli.errors import ModelFileError, WeightsMismatchError, first_line
 from heatmap_cli.models.base import LoadedModel, LoadRequest, ModelFile, ModelSource
-from heatmap_cli.models.own import own_loaded_model
-from heatmap_cli.models.weights import PICKLE_REFUSAL, file_sha256, read_file
+from heatmap_cli.models.files import file_sha256
+
+if TYPE_CHECKING:  # torch is imported by load(): naming a model file needs none
+    import torch
+    from torch import fx, nn
 
 __all__ = ["ArchiveSource", "archive_kind", "exported_module"]
 
@@ -46,6 +45,8 @@ class ArchiveSource(ModelSource):
 
     def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Loads the archive and describes it by one forward pass at its window."""
+        from heatmap_cli.models.own import own_loaded_model
+
         path = Path(name)
         if not path.is_file():
             raise ModelFileError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
@@ -72,6 +73,8 @@ def archive_kind(path: Path) -> str:
     Raises:
         ModelFileError: It is none of them (not a zip archive of PyTorch's, or a corrupt one).
     """
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             names = {name.partition("/")[2] for name in archive.namelist()}
@@ -93,6 +96,8 @@ def archive_kind(path: Path) -> str:
 
 
 def _load_torchscript(path: Path) -> nn.Module:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
@@ -104,6 +109,10 @@ def _load_torchscript(path: Path) -> nn.Module:
 
 def _load_pickled_module(path: Path, allow_pickle: bool) -> nn.Module:
     """The module in a ``torch.save(model)`` file (or a checkpoint holding one)."""
+    from torch import nn
+
+    from heatmap_cli.models.weights import PICKLE_REFUSAL, read_file
+
     if not allow_pickle:
         try:
             read_file(path)
@@ -145,6 +154,10 @@ def exported_module(path: Path) -> tuple[fx.GraphModule, tuple[int, int] | None]
     Raises:
         ModelFileError: The archive cannot be read.
     """
+    import torch
+
+    from heatmap_cli.convert.fx import trace_model
+
     try:
         program = torch.export.load(str(path))
         try:
@@ -179,6 +192,8 @@ def _user_input_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] 
 
 def _free_batch_dimension(graph_module: fx.GraphModule, batch: int) -> None:
     """``view(x, [batch, ...])`` -> ``view(x, [-1, ...])`` wherever the rest is spelled out."""
+    from heatmap_cli.convert.fx import RESHAPE_FUNCTIONS
+
     for node in graph_module.graph.nodes:
         if node.op != "call_function" or node.target not in RESHAPE_FUNCTIONS:
             continue

@@ -9,16 +9,16 @@ A *model source* is one family of names (``efficientnet_lite0``, torchvision's `
 
 from __future__ import annotations
 
-import urllib.error
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
-
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 from heatmap_cli.errors import first_line
+
+if TYPE_CHECKING:  # importing torch takes a second; listing and naming models need none
+    from torch import nn
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -244,6 +244,8 @@ def numbered_classes(count: int) -> tuple[str, ...]:
 
 def short_reason(err: BaseException) -> str:
     """The first sentence of an exception's message, prefixed by its type name."""
+    import urllib.error  # with the error: its import pulls in the HTTP client
+
     if isinstance(err, urllib.error.URLError):
         text = str(err.reason)
     else:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from heatmap_cli.errors import WeightsUnavailableError
 from heatmap_cli.models.base import (
@@ -24,10 +22,10 @@ from heatmap_cli.models.base import (
     ModelEntry,
     ModelSource,
 )
-from heatmap_cli.models.fitting import build_for_checkpoint
-from heatmap_cli.models.lite0 import Lite0
-from heatmap_cli.models.timm_source import timm_loaded_model
-from heatmap_cli.models.weights import Checkpoint, read_checkpoint
+
+if TYPE_CHECKING:  # torch is imported by load(): naming and listing the model need none
+    import torch
+    from torch import nn
 
 __all__ = [
     "DefaultSource",
@@ -135,6 +133,8 @@ def package_weights_file() -> Path | None:
 
 def _build_lite0(num_classes: int | None) -> nn.Module:
     """``tf_efficientnet_lite0`` with ``num_classes`` outputs (None: ImageNet's 1000)."""
+    from heatmap_cli.models.lite0 import Lite0
+
     return Lite0(1000 if num_classes is None else num_classes)
 
 
@@ -172,6 +172,12 @@ class DefaultSource(ModelSource):
         ``tf_efficientnet_lite0`` format load, with any number of classes. Nothing is ever
         downloaded.
         """
+        import torch
+
+        from heatmap_cli.models.fitting import build_for_checkpoint
+        from heatmap_cli.models.timm_source import timm_loaded_model
+        from heatmap_cli.models.weights import Checkpoint, read_checkpoint
+
         weights = request.weights
         if weights is None:
             path = package_weights_file()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.models.base import LoadedModel, ModelFile
+from heatmap_cli.models.files import file_sha256
 from heatmap_cli.models.label_files import check_label_count, read_labels
-from heatmap_cli.models.weights import file_sha256
 
 __all__ = [
     "apply_overrides",

@@ -19,15 +19,14 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
-
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from heatmap_cli.errors import ModelFileError, first_line
 from heatmap_cli.models.base import LoadedModel, LoadRequest, ModelFile, ModelSource
-from heatmap_cli.models.fitting import build_for_checkpoint
-from heatmap_cli.models.own import own_loaded_model
-from heatmap_cli.models.weights import file_sha256, read_checkpoint
+from heatmap_cli.models.files import file_sha256
+
+if TYPE_CHECKING:  # torch is imported by load(): naming a callable needs none
+    from torch import nn
 
 __all__ = ["OwnCodeSource"]
 
@@ -49,6 +48,10 @@ class OwnCodeSource(ModelSource):
 
     def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Imports the callable, calls it, and loads ``request.weights`` into what it returns."""
+        from heatmap_cli.models.fitting import build_for_checkpoint
+        from heatmap_cli.models.own import own_loaded_model
+        from heatmap_cli.models.weights import read_checkpoint
+
         module_name, attribute = name.rsplit(":", 1)
         path = Path(module_name) if module_name.endswith(".py") else None
         with _importable_from(path.parent if path is not None else Path.cwd()):
@@ -138,6 +141,8 @@ def _call(
     factory: Callable[..., object], name: str, parameter: ClassesParameter, num_classes: int | None
 ) -> nn.Module:
     """``factory()`` or ``factory(num_classes=K)``; what it returns must be a module."""
+    from torch import nn
+
     if num_classes is None and parameter == "required":
         num_classes = 1  # a reference build only: its head's shape is read, then rebuilt
     if num_classes is not None and parameter == "none":

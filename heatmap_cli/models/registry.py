@@ -22,9 +22,9 @@ from heatmap_cli.models.base import (
     ModelFile,
     ModelSource,
 )
+from heatmap_cli.models.files import file_sha256
 from heatmap_cli.models.overrides import apply_overrides, check_input_size
 from heatmap_cli.models.suggestions import unknown_model_message
-from heatmap_cli.models.weights import file_sha256
 
 __all__ = [
     "available_models",

@@ -5,19 +5,15 @@ Class names, mean/std, interpolation and the input size come from the model's
 ``num_classes=K`` (:mod:`~heatmap_cli.models.fitting`). Before downloading, the Hub is probed
 once, so an offline machine fails at once with a message that says which file to fetch and where
 to put it. timm is imported where it is first needed (importing it takes seconds), not with
-this module.
+this module; its architecture names come from :mod:`~heatmap_cli.models.catalog`.
 """
 
 from __future__ import annotations
 
-import socket
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-from torch import nn
 
 from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
 from heatmap_cli.models.base import (
@@ -30,9 +26,11 @@ from heatmap_cli.models.base import (
     numbered_classes,
     short_reason,
 )
-from heatmap_cli.models.categories import imagenet_categories
-from heatmap_cli.models.fitting import build_for_checkpoint
-from heatmap_cli.models.weights import read_checkpoint, torch_hub_cache_path
+from heatmap_cli.models.catalog import imagenet_categories, timm_architectures
+from heatmap_cli.models.files import torch_hub_cache_path
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["TIMM_PREFIX", "TimmSource", "timm_builder", "timm_loaded_model"]
 
@@ -49,32 +47,25 @@ class TimmSource(ModelSource):
 
     def claims(self, name: str) -> bool:
         """Whether ``name`` is ``timm/NAME[.TAG]`` for an architecture timm knows."""
-        if not name.startswith(TIMM_PREFIX):
-            return False
-        import timm
-
-        return timm.is_model(_arch(name))
+        return name.startswith(TIMM_PREFIX) and _arch(name) in timm_architectures(deprecated=True)
 
     def names(self) -> Iterable[str]:
         """Every timm architecture, prefixed."""
-        import timm
-
-        return [TIMM_PREFIX + name for name in timm.list_models()]
+        return [TIMM_PREFIX + name for name in sorted(timm_architectures())]
 
     def aliases(self, name: str) -> list[str]:
         """``timm/NAME`` for a bare ``NAME`` that timm knows."""
-        import timm
-
-        if name.startswith(TIMM_PREFIX) or not timm.is_model(name.partition(".")[0]):
+        arch = name.partition(".")[0]
+        if name.startswith(TIMM_PREFIX) or arch not in timm_architectures(deprecated=True):
             return []
         return [TIMM_PREFIX + name]
 
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
         """The pretrained timm models matching ``pattern`` (none without one)."""
-        import timm.models
-
         if pattern is None:
             return []
+        import timm.models
+
         entries = []
         for timm_name in timm.list_models(pattern, pretrained=True):
             cfg = timm.models.get_pretrained_cfg(timm_name)
@@ -97,6 +88,9 @@ class TimmSource(ModelSource):
         timm_name = name[len(TIMM_PREFIX) :]
         cfg = _pretrained_cfg(timm_name)
         if request.weights is not None:
+            from heatmap_cli.models.fitting import build_for_checkpoint
+            from heatmap_cli.models.weights import read_checkpoint
+
             checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
             fitted = build_for_checkpoint(timm_builder(timm_name), checkpoint, name)
             return timm_loaded_model(name, fitted.model, str(request.weights), fitted.notes)
@@ -275,6 +269,9 @@ def _hub_unreachable_reason() -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    import socket
+    import urllib.request
+
     if urllib.request.getproxies():
         return None  # only the proxy knows whether the Hub is reachable
     endpoint = urlparse(constants.ENDPOINT)

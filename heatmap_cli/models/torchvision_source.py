@@ -1,7 +1,9 @@
 """torchvision's ImageNet classifiers (``resnet50``, ``vgg16``...) with their ``DEFAULT`` weights.
 
 Weights are downloaded and cached by torch hub in ``<torch.hub.get_dir()>/checkpoints/``; class
-names, mean/std, interpolation and the input size come from torchvision's weights enums. A local
+names, mean/std, interpolation and the input size come from torchvision's weights enums. The
+names and the weights they load are known without importing torchvision
+(:mod:`~heatmap_cli.models.catalog`), so listing them and checking a name are instant. A local
 file (a classifier fine-tuned elsewhere) may have any number of classes: the architecture is
 built with ``num_classes=K`` (:mod:`~heatmap_cli.models.fitting`); its classes keep ImageNet's
 names only when ``K`` is ImageNet's 1000.
@@ -9,15 +11,10 @@ names only when ``K`` is ImageNet's 1000.
 
 from __future__ import annotations
 
-import http.client
 import re
 from collections.abc import Iterable
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
-from torch import nn
 
 from heatmap_cli.errors import WeightsMismatchError, WeightsUnavailableError
 from heatmap_cli.models.base import (
@@ -30,11 +27,15 @@ from heatmap_cli.models.base import (
     numbered_classes,
     short_reason,
 )
-from heatmap_cli.models.fitting import FittedModel, build_for_checkpoint
-from heatmap_cli.models.weights import Checkpoint, read_checkpoint, torch_hub_cache_path
+from heatmap_cli.models.catalog import torchvision_models
+from heatmap_cli.models.files import torch_hub_cache_path
 
-if TYPE_CHECKING:  # torchvision is imported where used: importing it takes about a second
+if TYPE_CHECKING:  # torch and torchvision are imported where used: it takes seconds
+    from torch import nn
     from torchvision.models import WeightsEnum
+
+    from heatmap_cli.models.fitting import FittedModel
+    from heatmap_cli.models.weights import Checkpoint
 
 __all__ = ["TorchvisionSource"]
 
@@ -45,14 +46,6 @@ _DENSENET_OLD_KEY = re.compile(
 )
 
 
-@cache
-def _torchvision_names() -> frozenset[str]:
-    """Names of torchvision's ImageNet classification models (not detection, video, ...)."""
-    import torchvision
-
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
-
-
 class TorchvisionSource(ModelSource):
     """Every model of ``torchvision.models.list_models(module=torchvision.models)``."""
 
@@ -60,26 +53,23 @@ class TorchvisionSource(ModelSource):
 
     def claims(self, name: str) -> bool:
         """Whether ``name`` (any case) is a torchvision classification model."""
-        return name.lower() in _torchvision_names()
+        return name.lower() in torchvision_models()
 
     def names(self) -> Iterable[str]:
         """Every torchvision classification model, in name order."""
-        return sorted(_torchvision_names())
+        return sorted(torchvision_models())
 
     def entries(self, pattern: str | None = None) -> list[ModelEntry]:
         """Every model with its ``DEFAULT`` weights and whether torch hub has them cached."""
-        import torchvision
-
         del pattern
         entries = []
-        for name in self.names():
-            enum = torchvision.models.get_model_weights(name).DEFAULT
-            path = torch_hub_cache_path(enum.url)
+        for name, model in torchvision_models().items():
+            path = torch_hub_cache_path(model["url"])
             entries.append(
                 ModelEntry(
                     name=name,
                     family=self.family,
-                    weights=str(enum),
+                    weights=model["weights"],
                     cached=path.is_file(),
                     location=path,
                 )
@@ -89,6 +79,9 @@ class TorchvisionSource(ModelSource):
     def load(self, name: str, request: LoadRequest) -> LoadedModel:
         """Builds a torchvision classifier with its ``DEFAULT`` weights or a local file."""
         import torchvision
+
+        from heatmap_cli.models.fitting import FittedModel
+        from heatmap_cli.models.weights import read_checkpoint
 
         arch = name.lower()
         enum = torchvision.models.get_model_weights(arch).DEFAULT
@@ -144,6 +137,10 @@ def _download(arch: str, enum: WeightsEnum, cache_path: Path, allowed: bool) -> 
         f"download {enum.url} on a connected machine and put it at {cache_path} "
         "(set TORCH_HOME to use another folder), or pass --weights FILE"
     )
+    import http.client
+
+    import torch
+
     missing = f"Weights {enum} for {arch} are not cached ({cache_path} is missing)"
     if not allowed:
         raise WeightsUnavailableError(f"{missing}; {fix}.")
@@ -171,6 +168,9 @@ def _from_checkpoint(arch: str, enum: WeightsEnum, checkpoint: Checkpoint) -> Fi
     Returns:
         The model with the file's weights and number of classes.
     """
+    from heatmap_cli.models.fitting import build_for_checkpoint
+    from heatmap_cli.models.weights import Checkpoint
+
     kwargs: dict[str, Any] = {}
     aux_prefixes: tuple[str, ...] = ()
     state_dict = checkpoint.tensors

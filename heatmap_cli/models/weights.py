@@ -12,13 +12,12 @@ a mismatch is explained the same way whatever the architecture:
   ``module.``, torch.compile's ``_orig_mod.``, a Lightning module's attribute (``model.``,
   ``net.``...), and any combination of them.
 
-:func:`torch_hub_cache_path` says where torch hub keeps a downloaded file; :func:`file_sha256`
-identifies a file by its content.
+:func:`torch_hub_cache_path` (where torch hub keeps a downloaded file) and :func:`file_sha256` (a
+file's digest) are :mod:`~heatmap_cli.models.files`', kept here under their old names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import warnings
@@ -28,13 +27,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from heatmap_cli.errors import WeightsMismatchError
 from heatmap_cli.models.base import short_reason
+from heatmap_cli.models.files import file_sha256, torch_hub_cache_path
 
 __all__ = [
     "PICKLE_REFUSAL",
@@ -107,20 +106,6 @@ class KeyMatch:
         if self.ignored:
             parts.append(f"ignored {len(self.ignored)} other keys ({_first(self.ignored)})")
         return f"{checkpoint.path}: {', '.join(parts)}" if parts else None
-
-
-def torch_hub_cache_path(url: str) -> Path:
-    """Where ``torch.hub.load_state_dict_from_url`` keeps (or would keep) ``url``'s file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 digest of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_file(path: Path, *, allow_pickle: bool = False) -> Any:
