@@ -17,6 +17,17 @@ methods; the grid methods build on it.
 
 from __future__ import annotations
 
-from heatmap_cli.convert.network import ConvolutionalizedNet, convolutionalize
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from heatmap_cli.convert.network import ConvolutionalizedNet, convolutionalize
 
 __all__ = ["ConvolutionalizedNet", "convolutionalize"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the network module (and torch) on first use: ``windows`` and errors need none."""
+    if name in __all__:
+        return getattr(importlib.import_module("heatmap_cli.convert.network"), name)
+    raise AttributeError(f"module 'heatmap_cli.convert' has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 Every method returns ``(N, K, rows, cols)`` logits where cell ``(i, j)`` is the window whose
 top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
-:class:`~heatmap_cli.grid.registry.GridMethod` in its own module, registered in the order below:
+:class:`~heatmap_cli.grid.registry.GridMethod` in its own module, declared without torch in
+:mod:`~heatmap_cli.grid.methods` and registered in the order below:
 
 * :mod:`~heatmap_cli.grid.dense`: one pass of the converted network, at its native stride;
 * :mod:`~heatmap_cli.grid.stitch`: a finer stride ``s/f`` from ``f*f`` shifted passes;
@@ -11,12 +12,19 @@ top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
 
 :func:`~heatmap_cli.grid.score.score_grid` runs any of them; :mod:`~heatmap_cli.grid.geometry`
 maps cells to pixels; :mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles.
-Nothing here imports the application (``pipeline``, ``cli``, ``io``, ``report``).
+Nothing here imports the application (``pipeline``, ``cli``, ``io``, ``report``). Importing the
+package imports no torch: the registry and the methods' declarations are plain Python, and
+:func:`score_grid` is imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from heatmap_cli.grid.methods import CROPS, DENSE, DILATE, STITCH
 from heatmap_cli.grid.registry import (
+    DeferredFunction,
     GridFunction,
     GridMethod,
     NetworkBuilder,
@@ -27,18 +35,17 @@ from heatmap_cli.grid.registry import (
     unregister_method,
 )
 
-# The built-in methods register themselves on import, in this order (``--method``'s listing).
-from heatmap_cli.grid.dense import DENSE  # isort: skip
-from heatmap_cli.grid.stitch import STITCH  # isort: skip
-from heatmap_cli.grid.dilate import DILATE  # isort: skip
-from heatmap_cli.grid.crops import CROPS  # isort: skip
-from heatmap_cli.grid.score import as_convolutional, score_grid  # isort: skip
+if TYPE_CHECKING:
+    from heatmap_cli.grid.score import as_convolutional, score_grid
+
+_DEFERRED = {"as_convolutional": "heatmap_cli.grid.score", "score_grid": "heatmap_cli.grid.score"}
 
 __all__ = [
     "CROPS",
     "DENSE",
     "DILATE",
     "STITCH",
+    "DeferredFunction",
     "GridFunction",
     "GridMethod",
     "NetworkBuilder",
@@ -50,3 +57,10 @@ __all__ = [
     "score_grid",
     "unregister_method",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports :func:`score_grid` and :func:`as_convolutional` (and torch) on first use."""
+    if name in _DEFERRED:
+        return getattr(importlib.import_module(_DEFERRED[name]), name)
+    raise AttributeError(f"module 'heatmap_cli.grid' has no attribute {name!r}")

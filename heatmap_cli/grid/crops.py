@@ -11,7 +11,7 @@ from torch import nn
 
 from heatmap_cli.convert.network import source_model
 from heatmap_cli.grid.geometry import grid_shape
-from heatmap_cli.grid.registry import GridMethod, register_method
+from heatmap_cli.grid.methods import CROPS
 
 __all__ = ["CROPS", "crops_grid"]
 
@@ -47,14 +47,3 @@ def crops_grid(
             scores.append(logits.reshape(x.shape[0], len(chunk), -1))
     grid = torch.cat(scores, dim=1)  # (N, rows*cols, K), cells in row-major order
     return grid.permute(0, 2, 1).reshape(x.shape[0], -1, rows, cols)
-
-
-CROPS = register_method(
-    GridMethod(
-        "crops",
-        "the unmodified model on every window: the exact reference, slow",
-        crops_grid,
-        strides="any",
-        needs_converted=False,
-    )
-)

@@ -7,7 +7,7 @@ from torch import nn
 
 from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.grid.geometry import covered_input
-from heatmap_cli.grid.registry import GridMethod, register_method
+from heatmap_cli.grid.methods import DENSE
 
 __all__ = ["DENSE", "dense_grid", "dense_network"]
 
@@ -25,16 +25,3 @@ def dense_network(net: ConvolutionalizedNet, stride: int, batch_size: int) -> nn
     """The engine's network for ``method="dense"``: the converted network itself."""
     del stride, batch_size  # checked to be the native stride; one pass
     return net
-
-
-DENSE = register_method(
-    GridMethod(
-        "dense",
-        "one pass of the converted network, at its native stride",
-        dense_grid,
-        dense_network,
-        strides="native",
-        tileable=True,
-        folds_norms=True,
-    )
-)

@@ -53,7 +53,7 @@ from heatmap_cli.convert.atrous import atrous_graph_module
 from heatmap_cli.convert.fx import UnsupportedGraph
 from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.grid.geometry import check_stride, covered_input
-from heatmap_cli.grid.registry import GridMethod, register_method
+from heatmap_cli.grid.methods import DILATE
 from heatmap_cli.grid.stitch import StitchedNet, native_network, shift_and_stitch
 
 __all__ = ["DILATE", "DilatedNet", "dilate", "dilate_grid", "dilate_network"]
@@ -171,15 +171,3 @@ def dilate_network(
     """The engine's network for ``method="dilate"``: :func:`dilate` (cached on ``net``)."""
     del batch_size  # one pass; a fallback to stitching keeps dilate's own
     return dilate(net, stride)
-
-
-DILATE = register_method(
-    GridMethod(
-        "dilate",
-        "a finer stride in one pass of the 'a trous' network (stitches where it cannot)",
-        dilate_grid,
-        dilate_network,
-        tileable=True,
-        folds_norms=True,
-    )
-)

@@ -19,6 +19,7 @@ import torch
 
 from heatmap_cli.convert.windows import grid_shape
 from heatmap_cli.errors import GeometryError
+from heatmap_cli.grid.strides import check_stride, valid_strides
 
 __all__ = [
     "GridGeometry",
@@ -130,21 +131,6 @@ class GridGeometry:
         """
         sy, sx = self.scale
         return np.array([self.window[1] * sx, self.window[0] * sy], dtype=np.float32)
-
-
-def valid_strides(native_stride: int) -> list[int]:
-    """Output strides reachable from a native stride: its divisors, largest first."""
-    return [d for d in range(native_stride, 0, -1) if native_stride % d == 0]
-
-
-def check_stride(stride: int, native_stride: int) -> None:
-    """Raises ``GeometryError`` unless ``stride`` divides the native stride."""
-    if stride <= 0 or native_stride % stride:
-        choices = ", ".join(str(s) for s in valid_strides(native_stride))
-        raise GeometryError(
-            f"stride {stride} does not divide the network's native stride {native_stride}; "
-            f"valid strides: {choices}"
-        )
 
 
 def covered_input(x: torch.Tensor, window: tuple[int, int], stride: int) -> torch.Tensor:

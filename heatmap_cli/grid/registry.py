@@ -3,7 +3,9 @@
 Every method returns the same thing: ``(N, K, rows, cols)`` logits where cell ``(i, j)`` is the
 classifier's answer on the window whose top-left corner is ``(i * stride, j * stride)`` in the
 input. They differ in how they get there; each is a :class:`GridMethod` in its own module
-(``heatmap_cli.grid.dense``, ``.stitch``, ``.dilate``, ``.crops``) that registers itself here.
+(``heatmap_cli.grid.dense``, ``.stitch``, ``.dilate``, ``.crops``), the built-in ones declared in
+``heatmap_cli.grid.methods`` with their functions imported on first call
+(:class:`DeferredFunction`), so that this registry is read without importing torch.
 
 On a network without zero padding all four agree to float precision. With padding, ``"dilate"``
 equals ``"dense"`` on the cells of the native grid and differs from ``"stitch"`` near the
@@ -16,18 +18,22 @@ command's engine) plus one :func:`register_method` line; ``score_grid`` and ``--
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
-
-from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.errors import GeometryError, InvalidOptionError
-from heatmap_cli.grid.geometry import check_stride
+from heatmap_cli.grid.strides import check_stride
+
+if TYPE_CHECKING:  # the registry is read before torch is imported (the command's option checks)
+    import torch
+    from torch import nn
+
+    from heatmap_cli.convert.network import ConvolutionalizedNet
 
 __all__ = [
+    "DeferredFunction",
     "GridFunction",
     "GridMethod",
     "NetworkBuilder",
@@ -38,12 +44,12 @@ __all__ = [
     "unregister_method",
 ]
 
-GridFunction = Callable[[nn.Module, torch.Tensor, int, tuple[int, int], int], torch.Tensor]
+GridFunction = Callable[["nn.Module", "torch.Tensor", int, tuple[int, int], int], "torch.Tensor"]
 """``grid(net, x, stride, window, batch_size) -> (N, K, rows, cols)`` logits. ``net`` is the
 converted network (or a finer-stride one made from it) for methods that need one, else the
 model as given; ``stride`` is already checked against :attr:`GridMethod.strides`."""
 
-NetworkBuilder = Callable[[ConvolutionalizedNet, int, int], nn.Module]
+NetworkBuilder = Callable[["ConvolutionalizedNet", int, int], "nn.Module"]
 """``build(native_net, stride, batch_size) -> network``: the one module the command's engine
 runs, ``(N, 3, H, W) -> (N, K, rows, cols)`` with ``.stride`` and ``.window``."""
 
@@ -122,6 +128,28 @@ class GridMethod:
                 f"use {finer}"
             )
         return stride
+
+
+class DeferredFunction:
+    """A function named by its module and name, imported on its first call.
+
+    The built-in methods are declared with these (``heatmap_cli.grid.methods``), so that their
+    names and stride rules can be read, and options checked, without importing torch.
+
+    Args:
+        module: The module that defines it, e.g. ``"heatmap_cli.grid.dense"``.
+        name: Its name in that module.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the function (imported now if this is the first call)."""
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.module}.{self.name}>"
 
 
 _METHODS: dict[str, GridMethod] = {}

@@ -18,7 +18,7 @@ from torch import nn
 
 from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.grid.geometry import check_stride, covered_input, grid_shape
-from heatmap_cli.grid.registry import GridMethod, register_method
+from heatmap_cli.grid.methods import STITCH
 
 __all__ = [
     "STITCH",
@@ -157,15 +157,3 @@ def stitch_grid(
 def stitch_network(net: ConvolutionalizedNet, stride: int, batch_size: int) -> StitchedNet:
     """The engine's network for ``method="stitch"``: ``net`` stitched at ``stride``."""
     return StitchedNet(net, factor=net.stride // stride, batch_size=batch_size)
-
-
-STITCH = register_method(
-    GridMethod(
-        "stitch",
-        "a finer stride from f*f passes over the input shifted by the stride, interleaved",
-        stitch_grid,
-        stitch_network,
-        tileable=True,
-        folds_norms=True,
-    )
-)

@@ -40,6 +40,7 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from heatmap_cli.errors import ImageReadError, setting
 from heatmap_cli.io._oserror import os_reason
+from heatmap_cli.io.formats import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -50,8 +51,6 @@ __all__ = [
     "read_photo",
 ]
 
-DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
-"""Pillow's default ``Image.MAX_IMAGE_PIXELS`` (89,478,485: about 0.25 GiB of RGB)."""
 
 # Exceptions Pillow's decoders raise on malformed input. Broad on purpose: a file that
 # makes a plugin fail in any of these ways is a bad input, not a bug in this program.

@@ -18,14 +18,13 @@ the shipped files against the installed libraries.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from heatmap_cli.versions import installed_version
 
 __all__ = [
     "CATALOG_FILE",
@@ -33,7 +32,6 @@ __all__ = [
     "build_catalog",
     "default_card",
     "imagenet_categories",
-    "installed_version",
     "timm_architectures",
     "torchvision_models",
 ]
@@ -43,43 +41,6 @@ CATALOG_FILE = _DATA / "catalog.json"
 """The shipped catalog of torchvision and timm models and the default model's card."""
 CATEGORIES_FILE = _DATA / "imagenet_categories.txt"
 """The 1000 ImageNet-1k class names, one per line, in index order."""
-
-_VERSION_FILES = ("version.py", "_version.py")
-_VERSION = re.compile(r"^(?:__version__|version)\s*(?::\s*str\s*)?=\s*['\"]([^'\"]+)['\"]", re.M)
-
-
-@cache
-def installed_version(package: str) -> str | None:
-    """The installed version of an importable package, without importing it.
-
-    Read from the package's ``version.py`` (torch, torchvision, timm) or ``_version.py``
-    (matplotlib); else from its distribution's metadata. None when it is not installed.
-
-    Args:
-        package: The import name, e.g. ``"torchvision"``.
-    """
-    if package in sys.modules:
-        version = getattr(sys.modules[package], "__version__", None)
-        if isinstance(version, str):
-            return version
-    spec = importlib.util.find_spec(package)  # finds a top-level package without importing it
-    if spec is None:
-        return None
-    for folder in spec.submodule_search_locations or ():
-        for name in _VERSION_FILES:
-            try:
-                found = _VERSION.search((Path(folder) / name).read_text(encoding="utf-8"))
-            except OSError:
-                continue
-            if found:
-                return found.group(1)
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 @cache
 def imagenet_categories() -> tuple[str, ...]:

@@ -10,11 +10,11 @@ A head ending in a log-softmax returns log-probabilities, whose softmax gives it
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 
-from heatmap_cli.errors import InvalidOptionError, setting
+from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.pipeline.settings import ACTIVATIONS, Activation, resolve_activation
 
 __all__ = [
     "ACTIVATIONS",
@@ -25,48 +25,6 @@ __all__ = [
     "sigmoid",
     "softmax",
 ]
-
-Activation = Literal["softmax", "sigmoid", "none"]
-ACTIVATIONS: tuple[str, ...] = ("auto", "softmax", "sigmoid", "none")
-"""``--activation`` values; ``auto`` resolves to one of the others (:func:`resolve_activation`)."""
-
-_PROBABILITIES = ("softmax", "sigmoid")
-
-
-def resolve_activation(
-    requested: str, num_classes: int, model_output: str = "logits"
-) -> Activation:
-    """The activation that turns a model's outputs into the grid's scores.
-
-    Args:
-        requested: ``"auto"``, ``"softmax"``, ``"sigmoid"`` or ``"none"``.
-        num_classes: The model's number of outputs ``K``.
-        model_output: What the model returns (``heatmap_cli.models.ModelOutput``): ``"logits"``,
-            ``"log_softmax"``, or probabilities from a ``"softmax"`` or ``"sigmoid"``.
-
-    Returns:
-        ``"softmax"``, ``"sigmoid"`` or ``"none"``.
-
-    Raises:
-        InvalidOptionError: An unknown activation, or one asked for on top of the
-            probabilities a model returns already.
-    """
-    if requested not in ACTIVATIONS:
-        raise InvalidOptionError(
-            f"activation must be one of {', '.join(ACTIVATIONS)}, got {requested!r}"
-        )
-    if model_output in _PROBABILITIES:
-        if requested in ("auto", "none"):
-            return "none"
-        raise InvalidOptionError(
-            f"the model returns probabilities already (its head ends in a {model_output}); "
-            f"{setting('activation')} {requested} would apply a second activation to them: "
-            "use auto or none"
-        )
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    return "sigmoid" if num_classes == 1 and model_output == "logits" else "softmax"
-
 
 BAND_VALUES = 1 << 22
 """Scores computed per band of about this many values (float64 temporaries of 32 MiB), so an

@@ -32,7 +32,7 @@ from heatmap_cli.errors import (
     first_line,
     setting,
 )
-from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
+from heatmap_cli.grid import GridMethod, get_method, score_grid
 from heatmap_cli.grid.geometry import GridGeometry, covered_input
 from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.grid.tiling import (
@@ -47,12 +47,17 @@ from heatmap_cli.io.figure_cache import DISK_FIGURES
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.pipeline.activations import resolve_activation
 from heatmap_cli.pipeline.limits import (
-    DEFAULT_MAX_ASPECT,
-    DEFAULT_MAX_INPUT_PIXELS,
     check_input_size,
     release_free_memory,
 )
 from heatmap_cli.pipeline.preprocess import plan_geometry
+from heatmap_cli.pipeline.settings import (
+    NATIVE_SIZE,
+    GridSettings,
+    check_size_fits,
+    method_choices,
+    parse_size,
+)
 
 __all__ = [
     "NATIVE_SIZE",
@@ -68,80 +73,8 @@ __all__ = [
 ]
 
 
-def method_choices() -> tuple[str, ...]:
-    """``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every method.
-
-    ``heatmap_cli.grid.registry.register_method`` adds one.
-    """
-    return ("auto", *method_names())
-
-
 # Models that cannot be converted have no derived stride; crops then step by this default.
 _CROPS_FALLBACK_STRIDE = 32
-
-NATIVE_SIZE = "native"
-"""``size`` for scoring each photo at its own resolution (its shorter side, snapped)."""
-
-
-def parse_size(text: str) -> int | str:
-    """Parses ``--size``: a positive number of pixels, or ``native``.
-
-    Raises:
-        InvalidOptionError: Anything else (the message reads after the option's name).
-    """
-    value = str(text).strip().lower()
-    if value == NATIVE_SIZE:
-        return NATIVE_SIZE
-    try:
-        pixels = int(value)
-    except ValueError:
-        raise InvalidOptionError(f"must be a number of pixels or 'native', got {text!r}") from None
-    if pixels <= 0:
-        raise InvalidOptionError(f"must be positive, got {pixels}")
-    return pixels
-
-
-@dataclass(frozen=True)
-class GridSettings:
-    """How images are turned into grids.
-
-    Attributes:
-        size: Shorter side of the resized image in pixels, before snapping, at least the
-            window's shorter side; or :data:`NATIVE_SIZE` for the photo's own shorter side
-            (for objects about as large, in pixels, as the window).
-        stride: Output stride in resized pixels; None for the native stride.
-        method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
-        fp32: Keep float32 on accelerators (otherwise CUDA runs under autocast).
-        batch_size: Images per forward pass (and windows per pass for crops).
-        tile: Evaluate in tiles of at most this many pixels per side (exact); None tiles only
-            when the untiled pass would not fit ``memory_budget``.
-        memory_budget: Activation memory allowed for one pass, in bytes; None picks a default
-            for the device (``tiling.default_memory_budget``).
-        compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
-            constants): compiling costs seconds once per input size, each later pass is faster.
-            Falls back to the plain network, with a note, if compiling fails.
-        max_input_pixels: Largest network input of one pass (``H * W``); :meth:`GridEngine.plan`
-            refuses larger ones before anything is allocated (``heatmap_cli.pipeline.limits``).
-        max_aspect: Largest ratio of a network input's longer side to its shorter one.
-        activation: What makes scores of the logits: ``"auto"`` (sigmoid for one output,
-            softmax for several, nothing for a model that returns probabilities),
-            ``"softmax"``, ``"sigmoid"`` or ``"none"``.
-    """
-
-    size: int | str = 384
-    stride: int | None = None
-    method: str = "auto"
-    device: str = "auto"
-    fp32: bool = False
-    batch_size: int = 8
-    tile: int | None = None
-    memory_budget: int | None = None
-    compile: bool = False
-    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
-    max_aspect: float = DEFAULT_MAX_ASPECT
-    activation: str = "auto"
-
 
 @dataclass(frozen=True)
 class Tiling:
@@ -394,17 +327,7 @@ class GridEngine:
         Raises:
             GeometryError: For such a scale (not for :data:`NATIVE_SIZE`: each photo's own).
         """
-        size, smallest = self.settings.size, min(self.window)
-        if size == NATIVE_SIZE:
-            return
-        for scale in scales:
-            if round(int(size) * scale) < smallest:
-                at = f"size {size}" if scale == 1 else f"scale {scale:g} of size {size}"
-                raise GeometryError(
-                    f"{at} is below the model's {smallest}-pixel window: every pass is at "
-                    f"least one window, so it would be stretched back up; use a size of at least "
-                    f"{math.ceil(smallest / scale)} (or size 'native' for the photo's own pixels)"
-                )
+        check_size_fits(self.settings.size, scales, self.window)
 
     @property
     def probabilities(self) -> bool:

@@ -10,22 +10,25 @@ class's peak, its location, its label and its map come from the scores that are 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from heatmap_cli.errors import InvalidOptionError
-from heatmap_cli.io import IMAGE_FORMATS, slug
+from heatmap_cli.io import slug
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.ranking import rank_image
 from heatmap_cli.pipeline.scoring import ImageResult
+from heatmap_cli.pipeline.settings import (
+    LABELS,
+    NPZ_DTYPES,
+    OUTPUTS,
+    OutputOptions,
+    parse_npz_classes,
+    parse_outputs,
+)
 from heatmap_cli.render import (
-    DEFAULT_SCALE,
     ColourScale,
-    check_cmap,
-    check_scale,
     colour_scales,
     is_diverging,
     peak_location,
@@ -47,121 +50,6 @@ __all__ = [
     "render_overlay",
     "rendered_classes",
 ]
-
-OUTPUTS: tuple[str, ...] = ("png", "npz", "json")
-"""What an image's outputs can hold: the pictures (in ``image_format``), the npz, the json."""
-LABELS: tuple[str, ...] = ("auto", "corner", "none")
-"""Where an overlay's label goes: the corner hiding the least of the map, top-left, nowhere."""
-NPZ_DTYPES: tuple[str, ...] = ("float32", "float16")
-_NPZ_CLASSES_RE = re.compile(r"all|rendered|top([1-9][0-9]*)")
-
-
-def parse_outputs(text: str) -> tuple[str, ...]:
-    """Parses ``--outputs``: a comma-separated subset of :data:`OUTPUTS`; the json is added.
-
-    Args:
-        text: E.g. ``"png,npz"`` or ``"json"``.
-
-    Returns:
-        The outputs in :data:`OUTPUTS` order, always including ``"json"`` (the completion
-        marker that ``--skip-existing`` checks).
-
-    Raises:
-        InvalidOptionError: An empty list or an unknown name.
-    """
-    names = [name.strip().lower() for name in text.split(",")]
-    unknown = [name for name in names if name not in OUTPUTS]
-    if unknown or not text.strip():
-        raise InvalidOptionError(
-            f"outputs must be a comma-separated subset of {','.join(OUTPUTS)}, got {text!r}"
-        )
-    return tuple(name for name in OUTPUTS if name in names or name == "json")
-
-
-def parse_npz_classes(text: str) -> str:
-    """Checks ``--npz-classes``: ``all``, ``rendered`` or ``topK`` (``top20``: the ranking's 20).
-
-    Returns:
-        The value, lower-cased.
-
-    Raises:
-        InvalidOptionError: Anything else.
-    """
-    value = text.strip().lower()
-    if not _NPZ_CLASSES_RE.fullmatch(value):
-        raise InvalidOptionError(
-            f"npz classes must be all, rendered or topK (e.g. top20), got {text!r}"
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """How results are rendered and which files are written.
-
-    Attributes:
-        classes: Class indices to render; empty means the image-level ranking's ``top_k``.
-        top_k: How many classes to render without ``classes``, and how many to rank in the json.
-        scores: ``"probs"`` (per-cell softmax) or ``"logits"``: what the maps, labels and the
-            json's class peaks show.
-        cmap: Matplotlib colormap name; a diverging one is centred on the score 0.
-        alpha: Opacity of the heat map at full score, 0..1.
-        colorbar: Append a colour bar to each overlay.
-        sheet: Write a contact sheet when several classes are rendered.
-        pooling: How the json's image-level ``top_k`` pools each class map: ``"max"``/``"mean"``.
-        scale: ``"shared"``, ``"absolute"`` or ``"per-class"`` (``render.scale``).
-        vmin: Fixed score at the colormap's bottom, or None for the scale's.
-        vmax: Fixed score at the colormap's top, or None for the scale's.
-        label: ``"auto"``, ``"corner"`` (top-left) or ``"none"`` (:data:`LABELS`).
-        outputs: Which of :data:`OUTPUTS` to write (the json always is).
-        image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
-        npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
-        npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
-
-    Raises:
-        InvalidOptionError: For any value that cannot work (checked when constructed).
-    """
-
-    classes: Sequence[int] = ()
-    top_k: int = 3
-    scores: str = "probs"
-    cmap: str = "inferno"
-    alpha: float = 0.5
-    colorbar: bool = False
-    sheet: bool = True
-    pooling: str = "max"
-    scale: str = DEFAULT_SCALE
-    vmin: float | None = None
-    vmax: float | None = None
-    label: str = "auto"
-    outputs: tuple[str, ...] = OUTPUTS
-    image_format: str = "png"
-    npz_classes: str = "all"
-    npz_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.scores not in ("probs", "logits"):
-            raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
-        check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)
-        check_cmap(self.cmap)
-        choices = {
-            "label": (self.label, LABELS),
-            "format": (self.image_format, tuple(IMAGE_FORMATS)),
-            "npz dtype": (self.npz_dtype, NPZ_DTYPES),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise InvalidOptionError(
-                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
-                )
-        parse_outputs(",".join(self.outputs))
-        parse_npz_classes(self.npz_classes)
-
-    @property
-    def probabilities(self) -> bool:
-        """Whether the maps show probabilities (else logits)."""
-        return self.scores == "probs"
-
 
 @dataclass(frozen=True)
 class RenderedClass:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.io import DEFAULT_MAX_PIXELS, ImageInput, read_photo
+from heatmap_cli.io import ImageInput, read_photo
 from heatmap_cli.io.pixels import image_array
 from heatmap_cli.io.reading import display_size
 from heatmap_cli.pipeline.engine import GridEngine
@@ -43,6 +43,7 @@ from heatmap_cli.pipeline.multiscale import (
     plan_passes,
 )
 from heatmap_cli.pipeline.profiling import timed
+from heatmap_cli.pipeline.settings import DEFAULT_READING, PhotoReading
 from heatmap_cli.pipeline.thread_warnings import captured_warnings
 
 __all__ = [
@@ -59,23 +60,6 @@ __all__ = [
 
 
 _SCORED = np.empty((0, 0, 3), dtype=np.uint8)  # a scored pass's pixels, let go
-
-
-@dataclass(frozen=True)
-class PhotoReading:
-    """How photos are decoded, apart from the network's settings.
-
-    Attributes:
-        max_pixels: Decompression-bomb limit for decoded images; None disables it.
-        max_display_side: Longest side of the photo kept for overlays.
-    """
-
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    max_display_side: int = 4096
-
-
-DEFAULT_READING = PhotoReading()
-"""Pillow-like decoding limit, overlays up to 4096 pixels on their longest side."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ ends are drawn and the centre is transparent.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -22,7 +21,8 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.errors import RenderError, UnknownColormapError
+from heatmap_cli.errors import RenderError
+from heatmap_cli.render.colormaps import DEFAULT_CMAP, check_cmap, is_diverging
 from heatmap_cli.render.heat import BAND_PIXELS, MarginFade, row_bands
 
 __all__ = [
@@ -41,24 +41,10 @@ __all__ = [
     "overlay",
 ]
 
-DEFAULT_CMAP = "inferno"
-"""Perceptually uniform, lightness rises monotonically (reads correctly in greyscale and for
-colour-blind viewers) and its bright yellow end reads as "hot" at a glance."""
-
 AlphaMode = Literal["sqrt", "linear", "uniform"]
 ALPHA_MODES: tuple[str, ...] = ("sqrt", "linear", "uniform")
 """How opacity follows the heat: ``alpha * sqrt(heat)`` (default), ``alpha * heat``, or
 ``alpha`` everywhere."""
-
-_PERCEPTUAL_CMAPS = ("inferno", "magma", "viridis", "plasma", "cividis")
-
-# matplotlib's diverging colormaps (its "Diverging" gallery); it has no flag for them.
-_DIVERGING_CMAPS = frozenset(
-    (
-        "PiYG", "PRGn", "BrBG", "PuOr", "RdGy", "RdBu", "RdYlBu", "RdYlGn", "Spectral",
-        "coolwarm", "bwr", "seismic", "berlin", "managua", "vanimo",
-    )
-)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=32)
@@ -69,36 +55,10 @@ def colormap_lut(name: str) -> np.ndarray:
         UnknownColormapError: Matplotlib does not know ``name`` (a ``RenderError`` and an
             ``InvalidOptionError``); the message lists close names and perceptual choices.
     """
-    if not isinstance(name, str) or name not in matplotlib.colormaps:
-        known = list(matplotlib.colormaps)
-        close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
-        close += [c for c in known if c.lower() == str(name).lower() and c not in close]
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UnknownColormapError(
-            f"unknown colormap {name!r}; {hint}"
-            f"perceptually uniform choices: {', '.join(_PERCEPTUAL_CMAPS)}"
-        )
+    check_cmap(name)
     cmap = matplotlib.colormaps[name]
     # Integer input indexes the table directly, so this is exactly what cmap(x) would give.
     return (cmap(np.arange(cmap.N))[:, :3] * 255).astype(np.float32)
-
-
-def check_cmap(name: str) -> None:
-    """Checks a colormap name up front (e.g. before a long batch), as :func:`overlay` would.
-
-    Args:
-        name: Name of a matplotlib colormap.
-
-    Raises:
-        UnknownColormapError: If matplotlib does not know the name; the message lists close
-            names and the perceptually uniform choices.
-    """
-    colormap_lut(name)
-
-
-def is_diverging(name: str) -> bool:
-    """Whether a colormap is diverging (``RdBu_r``, ``coolwarm``...): two hues about a centre."""
-    return name.removesuffix("_r") in _DIVERGING_CMAPS
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from heatmap_cli.errors import InvalidOptionError, setting
+
+if TYPE_CHECKING:  # the scale is checked with the options, before numpy is imported
+    import numpy as np
 
 __all__ = [
     "DEFAULT_SCALE",
@@ -140,8 +142,8 @@ def _data_range(
     """The range the maps' own values call for."""
     if not maps:
         return (0.0, 1.0)
-    low = min(float(np.min(values)) for values in maps)
-    high = max(float(np.max(values)) for values in maps)
+    low = min(float(values.min()) for values in maps)
+    high = max(float(values.max()) for values in maps)
     if probabilities:
         low, high = 0.0, max(high, PROBABILITY_FLOOR)
     if diverging:

@@ -1,0 +1,334 @@
+"""The pipeline's settings: every option value parsed and checked, without torch or numpy.
+
+What a run will do is decided here, from plain values, before anything heavy is imported: the
+command checks every option (and answers a run with nothing to compute) in a fraction of a
+second, and the modules that compute (``engine``, ``rendering``, ``ranking``, ``activations``,
+``scoring``) take these settings and re-export them under their old names.
+
+* :class:`GridSettings`, :func:`parse_size`, :func:`method_choices`: how images become grids;
+* :class:`OutputOptions`, :func:`parse_outputs`, :func:`parse_npz_classes`: what is drawn and
+  written;
+* :data:`POOLINGS`, :data:`ACTIVATIONS` and :func:`resolve_activation`: rankings and scores;
+* :class:`PhotoReading`: how photos are decoded;
+* :func:`check_size_fits`: a size against a model's window.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from heatmap_cli.errors import GeometryError, InvalidOptionError, setting
+from heatmap_cli.grid.registry import method_names
+from heatmap_cli.io.formats import DEFAULT_MAX_PIXELS, IMAGE_FORMATS
+from heatmap_cli.pipeline.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS
+from heatmap_cli.render.colormaps import check_cmap
+from heatmap_cli.render.scale import DEFAULT_SCALE, check_scale
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_READING",
+    "LABELS",
+    "NATIVE_SIZE",
+    "NPZ_DTYPES",
+    "OUTPUTS",
+    "POOLINGS",
+    "Activation",
+    "GridSettings",
+    "OutputOptions",
+    "PhotoReading",
+    "Pooling",
+    "check_pooling",
+    "check_size_fits",
+    "method_choices",
+    "parse_npz_classes",
+    "parse_outputs",
+    "parse_size",
+    "resolve_activation",
+]
+
+NATIVE_SIZE = "native"
+"""``size`` for scoring each photo at its own resolution (its shorter side, snapped)."""
+
+
+def parse_size(text: str) -> int | str:
+    """Parses ``--size``: a positive number of pixels, or ``native``.
+
+    Raises:
+        InvalidOptionError: Anything else (the message reads after the option's name).
+    """
+    value = str(text).strip().lower()
+    if value == NATIVE_SIZE:
+        return NATIVE_SIZE
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise InvalidOptionError(f"must be a number of pixels or 'native', got {text!r}") from None
+    if pixels <= 0:
+        raise InvalidOptionError(f"must be positive, got {pixels}")
+    return pixels
+
+
+def method_choices() -> tuple[str, ...]:
+    """``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every method.
+
+    ``heatmap_cli.grid.registry.register_method`` adds one.
+    """
+    return ("auto", *method_names())
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How images are turned into grids.
+
+    Attributes:
+        size: Shorter side of the resized image in pixels, before snapping, at least the
+            window's shorter side; or :data:`NATIVE_SIZE` for the photo's own shorter side
+            (for objects about as large, in pixels, as the window).
+        stride: Output stride in resized pixels; None for the native stride.
+        method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
+        fp32: Keep float32 on accelerators (otherwise CUDA runs under autocast).
+        batch_size: Images per forward pass (and windows per pass for crops).
+        tile: Evaluate in tiles of at most this many pixels per side (exact); None tiles only
+            when the untiled pass would not fit ``memory_budget``.
+        memory_budget: Activation memory allowed for one pass, in bytes; None picks a default
+            for the device (``tiling.default_memory_budget``).
+        compile: Run untiled passes through ``torch.compile`` (inductor, weights frozen as
+            constants): compiling costs seconds once per input size, each later pass is faster.
+            Falls back to the plain network, with a note, if compiling fails.
+        max_input_pixels: Largest network input of one pass (``H * W``); :meth:`GridEngine.plan`
+            refuses larger ones before anything is allocated (``heatmap_cli.pipeline.limits``).
+        max_aspect: Largest ratio of a network input's longer side to its shorter one.
+        activation: What makes scores of the logits: ``"auto"`` (sigmoid for one output,
+            softmax for several, nothing for a model that returns probabilities),
+            ``"softmax"``, ``"sigmoid"`` or ``"none"``.
+    """
+
+    size: int | str = 384
+    stride: int | None = None
+    method: str = "auto"
+    device: str = "auto"
+    fp32: bool = False
+    batch_size: int = 8
+    tile: int | None = None
+    memory_budget: int | None = None
+    compile: bool = False
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    activation: str = "auto"
+
+
+def check_size_fits(size: int | str, scales: Sequence[float], window: tuple[int, int]) -> None:
+    """Refuses a size (or a scale of it) whose resized shorter side would fall below the window.
+
+    A pass resized below the window would be stretched back up to it, so it would not be the
+    scale asked for (``--size 100`` would squeeze a photo into one window).
+
+    Args:
+        size: Pixels of the resized shorter side, or :data:`NATIVE_SIZE` (each photo's own:
+            never refused).
+        scales: Factors of ``size``.
+        window: ``(h, w)`` of the model's window.
+
+    Raises:
+        GeometryError: For such a scale.
+    """
+    smallest = min(window)
+    if size == NATIVE_SIZE:
+        return
+    for scale in scales:
+        if round(int(size) * scale) < smallest:
+            at = f"size {size}" if scale == 1 else f"scale {scale:g} of size {size}"
+            raise GeometryError(
+                f"{at} is below the model's {smallest}-pixel window: every pass is at "
+                f"least one window, so it would be stretched back up; use a size of at least "
+                f"{math.ceil(smallest / scale)} (or size 'native' for the photo's own pixels)"
+            )
+
+
+OUTPUTS: tuple[str, ...] = ("png", "npz", "json")
+"""What an image's outputs can hold: the pictures (in ``image_format``), the npz, the json."""
+LABELS: tuple[str, ...] = ("auto", "corner", "none")
+"""Where an overlay's label goes: the corner hiding the least of the map, top-left, nowhere."""
+NPZ_DTYPES: tuple[str, ...] = ("float32", "float16")
+_NPZ_CLASSES_RE = re.compile(r"all|rendered|top([1-9][0-9]*)")
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """Parses ``--outputs``: a comma-separated subset of :data:`OUTPUTS`; the json is added.
+
+    Args:
+        text: E.g. ``"png,npz"`` or ``"json"``.
+
+    Returns:
+        The outputs in :data:`OUTPUTS` order, always including ``"json"`` (the completion
+        marker that ``--skip-existing`` checks).
+
+    Raises:
+        InvalidOptionError: An empty list or an unknown name.
+    """
+    names = [name.strip().lower() for name in text.split(",")]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown or not text.strip():
+        raise InvalidOptionError(
+            f"outputs must be a comma-separated subset of {','.join(OUTPUTS)}, got {text!r}"
+        )
+    return tuple(name for name in OUTPUTS if name in names or name == "json")
+
+
+def parse_npz_classes(text: str) -> str:
+    """Checks ``--npz-classes``: ``all``, ``rendered`` or ``topK`` (``top20``: the ranking's 20).
+
+    Returns:
+        The value, lower-cased.
+
+    Raises:
+        InvalidOptionError: Anything else.
+    """
+    value = text.strip().lower()
+    if not _NPZ_CLASSES_RE.fullmatch(value):
+        raise InvalidOptionError(
+            f"npz classes must be all, rendered or topK (e.g. top20), got {text!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How results are rendered and which files are written.
+
+    Attributes:
+        classes: Class indices to render; empty means the image-level ranking's ``top_k``.
+        top_k: How many classes to render without ``classes``, and how many to rank in the json.
+        scores: ``"probs"`` (per-cell softmax) or ``"logits"``: what the maps, labels and the
+            json's class peaks show.
+        cmap: Matplotlib colormap name; a diverging one is centred on the score 0.
+        alpha: Opacity of the heat map at full score, 0..1.
+        colorbar: Append a colour bar to each overlay.
+        sheet: Write a contact sheet when several classes are rendered.
+        pooling: How the json's image-level ``top_k`` pools each class map: ``"max"``/``"mean"``.
+        scale: ``"shared"``, ``"absolute"`` or ``"per-class"`` (``render.scale``).
+        vmin: Fixed score at the colormap's bottom, or None for the scale's.
+        vmax: Fixed score at the colormap's top, or None for the scale's.
+        label: ``"auto"``, ``"corner"`` (top-left) or ``"none"`` (:data:`LABELS`).
+        outputs: Which of :data:`OUTPUTS` to write (the json always is).
+        image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
+        npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
+        npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
+
+    Raises:
+        InvalidOptionError: For any value that cannot work (checked when constructed).
+    """
+
+    classes: Sequence[int] = ()
+    top_k: int = 3
+    scores: str = "probs"
+    cmap: str = "inferno"
+    alpha: float = 0.5
+    colorbar: bool = False
+    sheet: bool = True
+    pooling: str = "max"
+    scale: str = DEFAULT_SCALE
+    vmin: float | None = None
+    vmax: float | None = None
+    label: str = "auto"
+    outputs: tuple[str, ...] = OUTPUTS
+    image_format: str = "png"
+    npz_classes: str = "all"
+    npz_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.scores not in ("probs", "logits"):
+            raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
+        check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)
+        check_cmap(self.cmap)
+        choices = {
+            "label": (self.label, LABELS),
+            "format": (self.image_format, tuple(IMAGE_FORMATS)),
+            "npz dtype": (self.npz_dtype, NPZ_DTYPES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InvalidOptionError(
+                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        parse_outputs(",".join(self.outputs))
+        parse_npz_classes(self.npz_classes)
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the maps show probabilities (else logits)."""
+        return self.scores == "probs"
+
+
+Pooling = Literal["max", "mean"]
+POOLINGS: tuple[str, ...] = ("max", "mean")
+"""The spatial poolings of an image-level score: where a class is strongest, or how much of it."""
+
+def check_pooling(pooling: str) -> None:
+    """Raises ``InvalidOptionError`` unless ``pooling`` is one of :data:`POOLINGS`."""
+    if pooling not in POOLINGS:
+        raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+
+
+Activation = Literal["softmax", "sigmoid", "none"]
+ACTIVATIONS: tuple[str, ...] = ("auto", "softmax", "sigmoid", "none")
+"""``--activation`` values; ``auto`` resolves to one of the others (:func:`resolve_activation`)."""
+
+_PROBABILITIES = ("softmax", "sigmoid")
+
+
+def resolve_activation(
+    requested: str, num_classes: int, model_output: str = "logits"
+) -> Activation:
+    """The activation that turns a model's outputs into the grid's scores.
+
+    Args:
+        requested: ``"auto"``, ``"softmax"``, ``"sigmoid"`` or ``"none"``.
+        num_classes: The model's number of outputs ``K``.
+        model_output: What the model returns (``heatmap_cli.models.ModelOutput``): ``"logits"``,
+            ``"log_softmax"``, or probabilities from a ``"softmax"`` or ``"sigmoid"``.
+
+    Returns:
+        ``"softmax"``, ``"sigmoid"`` or ``"none"``.
+
+    Raises:
+        InvalidOptionError: An unknown activation, or one asked for on top of the
+            probabilities a model returns already.
+    """
+    if requested not in ACTIVATIONS:
+        raise InvalidOptionError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}, got {requested!r}"
+        )
+    if model_output in _PROBABILITIES:
+        if requested in ("auto", "none"):
+            return "none"
+        raise InvalidOptionError(
+            f"the model returns probabilities already (its head ends in a {model_output}); "
+            f"{setting('activation')} {requested} would apply a second activation to them: "
+            "use auto or none"
+        )
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    return "sigmoid" if num_classes == 1 and model_output == "logits" else "softmax"
+
+
+@dataclass(frozen=True)
+class PhotoReading:
+    """How photos are decoded, apart from the network's settings.
+
+    Attributes:
+        max_pixels: Decompression-bomb limit for decoded images; None disables it.
+        max_display_side: Longest side of the photo kept for overlays.
+    """
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_display_side: int = 4096
+
+
+DEFAULT_READING = PhotoReading()
+"""Pillow-like decoding limit, overlays up to 4096 pixels on their longest side."""

@@ -1,0 +1,93 @@
+"""Colormap names, checked without importing matplotlib where the answer is known.
+
+Importing matplotlib costs more than everything else the command does before it loads a model,
+so the names of matplotlib's built-in colormaps ship with the package (``data/colormaps.json``,
+written by ``python -m heatmap_cli.render.colormaps`` and checked against matplotlib by a test),
+with the matplotlib version they came from. :func:`check_cmap` accepts a listed name at once; any
+other name (a colormap registered by a program, another matplotlib version, a typo) is asked of
+matplotlib itself, which also gives the close names for the error message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import cache
+from pathlib import Path
+
+from heatmap_cli.errors import UnknownColormapError
+from heatmap_cli.versions import installed_version
+
+__all__ = ["DEFAULT_CMAP", "PERCEPTUAL_CMAPS", "builtin_colormaps", "check_cmap", "is_diverging"]
+
+DEFAULT_CMAP = "inferno"
+"""Perceptually uniform, lightness rises monotonically (reads correctly in greyscale and for
+colour-blind viewers) and its bright yellow end reads as "hot" at a glance."""
+
+PERCEPTUAL_CMAPS = ("inferno", "magma", "viridis", "plasma", "cividis")
+"""The perceptually uniform colormaps, suggested after an unknown name."""
+
+# matplotlib's diverging colormaps (its "Diverging" gallery); it has no flag for them.
+_DIVERGING_CMAPS = frozenset(
+    (
+        "PiYG", "PRGn", "BrBG", "PuOr", "RdGy", "RdBu", "RdYlBu", "RdYlGn", "Spectral",
+        "coolwarm", "bwr", "seismic", "berlin", "managua", "vanimo",
+    )
+)  # fmt: skip
+
+NAMES_FILE = Path(__file__).with_name("data") / "colormaps.json"
+
+
+def is_diverging(name: str) -> bool:
+    """Whether a colormap is diverging (``RdBu_r``, ``coolwarm``...): two hues about a centre."""
+    return name.removesuffix("_r") in _DIVERGING_CMAPS
+
+
+@cache
+def builtin_colormaps() -> frozenset[str]:
+    """The installed matplotlib's built-in colormap names, as shipped; empty for another version."""
+    try:
+        shipped = json.loads(NAMES_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    if shipped.get("matplotlib") != installed_version("matplotlib"):
+        return frozenset()
+    return frozenset(shipped["names"])
+
+
+def check_cmap(name: str) -> None:
+    """Checks a colormap name up front (e.g. before a long batch), as drawing would.
+
+    Args:
+        name: Name of a matplotlib colormap.
+
+    Raises:
+        UnknownColormapError: If matplotlib does not know the name; the message lists close
+            names and the perceptually uniform choices.
+    """
+    if isinstance(name, str) and name in builtin_colormaps():
+        return
+    import matplotlib
+
+    if not isinstance(name, str) or name not in matplotlib.colormaps:
+        known = list(matplotlib.colormaps)
+        close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
+        close += [c for c in known if c.lower() == str(name).lower() and c not in close]
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownColormapError(
+            f"unknown colormap {name!r}; {hint}"
+            f"perceptually uniform choices: {', '.join(PERCEPTUAL_CMAPS)}"
+        )
+
+
+def live_colormaps() -> dict[str, object]:
+    """What ``data/colormaps.json`` holds, from the installed matplotlib (imports it)."""
+    import matplotlib
+
+    return {"matplotlib": matplotlib.__version__, "names": sorted(matplotlib.colormaps)}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    NAMES_FILE.parent.mkdir(exist_ok=True)
+    NAMES_FILE.write_text(json.dumps(live_colormaps(), indent=0) + "\n", encoding="utf-8")
+    print(f"wrote {NAMES_FILE}")
