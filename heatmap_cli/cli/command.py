@@ -19,25 +19,31 @@ import functools
 import os
 import signal
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from heatmap_cli.cli.command_options import CommandOptions
 from heatmap_cli.cli.console import Console, Tally
 from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
 from heatmap_cli.pipeline.limits import MAX_TOP_K
-from heatmap_cli.pipeline.profiling import profile_line, record_start_up, timed
+from heatmap_cli.pipeline.profiling import (
+    profile_line,
+    record_start_up,
+    seconds_since_start,
+    timed,
+)
 
 if TYPE_CHECKING:
     from heatmap_cli.cli.batch import Batch, ImageJob
+    from heatmap_cli.cli.model_cards import ModelRequest
+    from heatmap_cli.cli.preflight import PlannedRun
     from heatmap_cli.io import ImageInput
     from heatmap_cli.models import LoadedModel
     from heatmap_cli.pipeline.engine import GridEngine
-    from heatmap_cli.pipeline.rendering import OutputOptions
+    from heatmap_cli.pipeline.settings import PhotoReading
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -52,59 +58,6 @@ __all__ = [
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-
-
-@dataclass(frozen=True)
-class CommandOptions:
-    """The command's parsed options, one field per click parameter (``heatmap_cli.cli.options``)."""
-
-    inputs: tuple[Path, ...]
-    class_specs: tuple[str, ...]
-    top_k: int
-    model: str
-    weights: Path | None
-    labels: Path | None
-    input_size: str | None
-    mean: str | None
-    std: str | None
-    activation: str
-    allow_pickle: bool
-    size: int | str
-    stride: int | None
-    method: str
-    scores: str
-    device: str
-    fp32: bool
-    compile: bool
-    alpha: float
-    cmap: str
-    colorbar: bool
-    scale: str
-    vmin: float | None
-    vmax: float | None
-    label: str
-    outputs: tuple[str, ...]
-    image_format: str
-    npz_classes: str
-    npz_dtype: str
-    out: Path
-    batch_size: int
-    max_pixels: int | None
-    max_overlay_side: int
-    tile: int | None
-    memory_budget: float | None
-    max_input_pixels: int
-    max_aspect: float
-    scales: str | None
-    flip: bool
-    pooling: str
-    skip_existing: bool
-    report: bool
-    ray: bool
-    ray_address: str | None
-    workers: int | None
-    quiet: bool
-    debug: bool
 
 
 def exit_interrupted(console: Console, tally: Tally) -> NoReturn:
@@ -143,6 +96,7 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     """
     record_start_up()
     with timed("import"):
+        from heatmap_cli.cli.preflight import model_request, plan_run
         from heatmap_cli.io import remove_stale_temporaries
         from heatmap_cli.pipeline.limits import check_size
         from heatmap_cli.render import check_cmap
@@ -155,12 +109,16 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     options = _capped_top_k(options, console)
     items = _discover(options, console, tally)
     _check_writable(options.out)
+    request = model_request(options)
+    plan = plan_run(options, request, scales)  # every check that needs no model, no torch
+    if plan is not None and _finished_without_model(plan, items, options, scales, console, tally):
+        return
 
-    started = time.perf_counter()
     # Under --ray the driver converts the model on its CPU only to check the options (exit 2
     # before anything is created) and to say the engine's notes once; the actors make their own.
     job = start_job(dataclasses.replace(options, device="cpu") if options.ray else options, scales)
     engine = job.engine
+    _keep_card(request, engine)
     for note in engine.notes:
         console.say(f"Note: {note}")
     _create_folder(options.out)  # only now: every usage check has passed
@@ -173,33 +131,93 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
             batch.manifest.write()
         raise
     batch.manifest.write()
-    if options.report:
-        from heatmap_cli.report import write_report
-
-        report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
-        if not options.quiet:
-            console.say(f"Report: {report}")
-    _say_summary(options, console, tally, engine, ran_on, time.perf_counter() - started)
+    _write_report(options, console, tally)
+    run = f"{engine.loaded.name}, {engine.method}, stride {engine.stride}, {ran_on}"
+    _say_summary(options, console, tally, run)
     if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _say_summary(
+def _finished_without_model(
+    plan: PlannedRun,
+    items: list[ImageInput],
     options: CommandOptions,
+    scales: tuple[float, ...],
     console: Console,
     tally: Tally,
-    engine: GridEngine,
-    ran_on: str,
-    seconds: float,
-) -> None:
-    """The one summary line (unless quiet and all went well), and the stage times if asked."""
+) -> bool:
+    """With ``--skip-existing``, ends a run whose every image is done, without its model.
+
+    The images' outputs are checked against the settings the run would record (the plan's,
+    from the model's card); if any image is to be done, nothing happens and the model loads.
+
+    Returns:
+        Whether the run ended (its manifest written, its summary said).
+    """
+    if not options.skip_existing or options.ray:
+        return False
+    from heatmap_cli.cli.manifest import Manifest, ManifestRow
+    from heatmap_cli.cli.resume import check_outputs
+    from heatmap_cli.cli.run_settings import run_settings
+
+    settings = run_settings(plan, plan.rendering, scales, options.flip, _reading(options))
+    rows = []
+    for item in items:
+        verdict = check_outputs(options.out, item.stem, settings)
+        if not verdict.done or verdict.record is None:
+            return False
+        rows.append(ManifestRow.skipped(item.path, item.stem, verdict.record))
+    for note in plan.loaded.notes:
+        console.say(f"Note: {note}")
+    manifest = Manifest(options.out)
+    for path, reason in tally.failures:
+        manifest.add(ManifestRow.failed(path, None, reason))
+    for row in rows:
+        manifest.add(row)
+        tally.skipped += 1
+        tally.todo -= 1
+    manifest.write()
+    _write_report(options, console, tally)
+    run = f"{plan.loaded.name}, {plan.method}, stride {plan.stride}, {plan.device_type}"
+    _say_summary(options, console, tally, run)
+    if tally.failed:
+        sys.exit(EXIT_SOME_FAILED)
+    return True
+
+
+def _keep_card(request: ModelRequest, engine: GridEngine) -> None:
+    """Keeps the card of the model just converted, so the next run can check without it."""
+    from heatmap_cli.cli.model_cards import keep_card
+    from heatmap_cli.models.card import ModelCard
+
+    dtype = str(engine.dtype).removeprefix("torch.")
+    card = ModelCard.of(engine.loaded, engine.native_stride, dtype, tuple(engine.notes))
+    keep_card(request, engine.loaded, card)
+
+
+def _write_report(options: CommandOptions, console: Console, tally: Tally) -> None:
+    """``OUT/index.html`` if ``--report`` was given."""
+    if not options.report:
+        return
+    from heatmap_cli.report import write_report
+
+    report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
+    if not options.quiet:
+        console.say(f"Report: {report}")
+
+
+def _say_summary(options: CommandOptions, console: Console, tally: Tally, run: str) -> None:
+    """The one summary line (unless quiet and all went well), and the stage times if asked.
+
+    Its time is what the user waited for: the whole process, from its start
+    (:func:`~heatmap_cli.pipeline.profiling.seconds_since_start`).
+    """
     summary = f"{tally.done} done, {tally.failed} failed"
     if tally.skipped:
         summary += f", {tally.skipped} skipped (already done)"
     if not options.quiet or tally.failed:
         console.say(
-            f"{summary} in {seconds:.1f}s ({engine.loaded.name}, "
-            f"{engine.method}, stride {engine.stride}, {ran_on}); outputs in {options.out}"
+            f"{summary} in {seconds_since_start():.1f}s ({run}); outputs in {options.out}"
         )
     profile = profile_line()
     if profile is not None:
@@ -286,7 +304,7 @@ def _scales(text: str | None) -> tuple[float, ...]:
     """``--scales`` parsed; a plain run (and ``--flip`` alone) is the one scale 1."""
     if text is None:
         return (1.0,)
-    from heatmap_cli.pipeline.multiscale import parse_scales
+    from heatmap_cli.pipeline.settings import parse_scales
 
     try:
         return parse_scales(text)
@@ -350,40 +368,29 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
     """
     with timed("import"):
         from heatmap_cli.cli.batch import ImageJob
-        from heatmap_cli.io import DEFAULT_MAX_PIXELS
-        from heatmap_cli.pipeline.engine import GridEngine, GridSettings
-        from heatmap_cli.pipeline.scoring import PhotoReading
+        from heatmap_cli.cli.preflight import grid_settings, output_options
+        from heatmap_cli.pipeline.classes import resolve_classes
+        from heatmap_cli.pipeline.engine import GridEngine
 
     with timed("load"):
         loaded = _load(options)
-    rendering = _rendering(options, loaded.categories)
-    budget = options.memory_budget
-    settings = GridSettings(
-        size=options.size,
-        stride=options.stride,
-        method=options.method,
-        device=options.device,
-        fp32=options.fp32,
-        compile=options.compile,
-        batch_size=options.batch_size,
-        tile=options.tile,
-        memory_budget=None if budget is None else round(budget * 2**30),
-        max_input_pixels=options.max_input_pixels,
-        max_aspect=options.max_aspect,
-        activation=options.activation,
-    )
+    rendering = output_options(options, resolve_classes(options.class_specs, loaded.categories))
     with timed("convert"):
-        engine = GridEngine(loaded, settings)
+        engine = GridEngine(loaded, grid_settings(options))
     if rendering.probabilities and not engine.probabilities:
         # --activation none on a model that returns logits: its "probs" are those logits
         rendering = dataclasses.replace(rendering, scores="logits")
-    reading = PhotoReading(
-        max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
-        max_display_side=options.max_overlay_side,
-    )
     return ImageJob(
-        engine, rendering, options.out, scales=scales, flip=options.flip, reading=reading
+        engine, rendering, options.out, scales=scales, flip=options.flip, reading=_reading(options)
     )
+
+
+def _reading(options: CommandOptions) -> PhotoReading:
+    """How photos are decoded: the decompression-bomb limit and the overlays' largest side."""
+    from heatmap_cli.pipeline.settings import DEFAULT_READING, PhotoReading
+
+    limit = DEFAULT_READING.max_pixels if options.max_pixels is None else options.max_pixels
+    return PhotoReading(max_pixels=limit, max_display_side=options.max_overlay_side)
 
 
 def _load(options: CommandOptions) -> LoadedModel:
@@ -402,28 +409,4 @@ def _load(options: CommandOptions) -> LoadedModel:
         input_size=window,
         mean=mean,
         std=std,
-    )
-
-
-def _rendering(options: CommandOptions, categories: Sequence[str]) -> OutputOptions:
-    """What is rendered and written, from the options (``--class`` resolved in ``categories``)."""
-    from heatmap_cli.pipeline.ranking import resolve_classes
-    from heatmap_cli.pipeline.rendering import OutputOptions
-
-    return OutputOptions(
-        classes=resolve_classes(options.class_specs, categories),
-        top_k=options.top_k,
-        scores=options.scores,
-        cmap=options.cmap,
-        alpha=options.alpha,
-        colorbar=options.colorbar,
-        pooling=options.pooling,
-        scale=options.scale,
-        vmin=options.vmin,
-        vmax=options.vmax,
-        label=options.label,
-        outputs=options.outputs,
-        image_format=options.image_format,
-        npz_classes=options.npz_classes,
-        npz_dtype=options.npz_dtype,
     )

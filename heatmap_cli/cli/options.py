@@ -137,7 +137,7 @@ mixed sizes.
 @click.option("--std", metavar="R,G,B", help="Normalization std (default: the model's own).")
 @click.option(
     "--activation",
-    type=LazyChoice("heatmap_cli.pipeline.activations", "ACTIVATIONS"),
+    type=LazyChoice("heatmap_cli.pipeline.settings", "ACTIVATIONS"),
     metavar="ACTIVATION",
     default="auto",
     show_default=True,
@@ -162,7 +162,7 @@ mixed sizes.
     "--size",
     metavar="PIXELS|native",
     default="384",
-    callback=parsed("heatmap_cli.pipeline.engine", "parse_size"),
+    callback=parsed("heatmap_cli.pipeline.settings", "parse_size"),
     show_default=True,
     help="Shorter side of the resized image, in pixels (snapped to the grid), at least the "
     "window; 'native': each photo's own. Larger sizes find smaller objects (see above).",
@@ -175,7 +175,7 @@ mixed sizes.
 )
 @click.option(
     "--method",
-    type=LazyChoice("heatmap_cli.pipeline.engine", "method_choices"),
+    type=LazyChoice("heatmap_cli.pipeline.settings", "method_choices"),
     metavar="METHOD",
     default="auto",
     show_default=True,
@@ -231,7 +231,7 @@ mixed sizes.
 )
 @click.option(
     "--label",
-    type=LazyChoice("heatmap_cli.pipeline.rendering", "LABELS"),
+    type=LazyChoice("heatmap_cli.pipeline.settings", "LABELS"),
     metavar="auto|corner|none",
     default="auto",
     show_default=True,
@@ -241,7 +241,7 @@ mixed sizes.
     "--outputs",
     default="png,npz,json",
     show_default=True,
-    callback=parsed("heatmap_cli.pipeline.rendering", "parse_outputs"),
+    callback=parsed("heatmap_cli.pipeline.settings", "parse_outputs"),
     help="Which files to write per photo: any of png (the overlays and sheet), npz, json "
     "(always written: it marks the photo done).",
 )
@@ -258,12 +258,12 @@ mixed sizes.
     "--npz-classes",
     default="all",
     show_default=True,
-    callback=parsed("heatmap_cli.pipeline.rendering", "parse_npz_classes"),
+    callback=parsed("heatmap_cli.pipeline.settings", "parse_npz_classes"),
     help="Classes kept in the npz: all, rendered, or topK (e.g. top20, by the ranking).",
 )
 @click.option(
     "--npz-dtype",
-    type=LazyChoice("heatmap_cli.pipeline.rendering", "NPZ_DTYPES"),
+    type=LazyChoice("heatmap_cli.pipeline.settings", "NPZ_DTYPES"),
     metavar="float32|float16",
     default="float32",
     show_default=True,
@@ -340,7 +340,7 @@ mixed sizes.
 @click.option("--flip", is_flag=True, help="Also average each scale's horizontal mirror.")
 @click.option(
     "--pooling",
-    type=LazyChoice("heatmap_cli.pipeline.ranking", "POOLINGS"),
+    type=LazyChoice("heatmap_cli.pipeline.settings", "POOLINGS"),
     metavar="POOLING",
     default="max",
     show_default=True,

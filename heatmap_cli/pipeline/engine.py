@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,9 +51,12 @@ from heatmap_cli.pipeline.limits import (
 )
 from heatmap_cli.pipeline.preprocess import plan_geometry
 from heatmap_cli.pipeline.settings import (
+    CROPS_FALLBACK_STRIDE,
     NATIVE_SIZE,
     GridSettings,
+    check_grid_settings,
     check_size_fits,
+    choose_method,
     method_choices,
     parse_size,
 )
@@ -72,9 +74,6 @@ __all__ = [
     "resolve_device",
 ]
 
-
-# Models that cannot be converted have no derived stride; crops then step by this default.
-_CROPS_FALLBACK_STRIDE = 32
 
 @dataclass(frozen=True)
 class Tiling:
@@ -180,12 +179,10 @@ def build_grid_network(
         if method != "auto" and get_method(method).needs_converted:
             raise
         notes.append(f"{error} Falling back to method 'crops'.")
-        return GridNetwork(model, "crops", stride or _CROPS_FALLBACK_STRIDE, None, 0, tuple(notes))
+        return GridNetwork(model, "crops", stride or CROPS_FALLBACK_STRIDE, None, 0, tuple(notes))
     native = converted.stride
-    if method == "auto":
-        method = "dense" if stride in (None, native) else "dilate"
+    method, stride = choose_method(method, stride, native)
     grid_method = get_method(method)
-    stride = grid_method.resolve_stride(stride, native)
     if grid_method.build is None:  # crops: the caller's unmodified model, window by window
         return GridNetwork(model, method, stride, native, 0, tuple(notes))
     network, folded = converted, 0
@@ -253,7 +250,7 @@ class GridEngine:
         settings: GridSettings,
         figures: FigureStore | None = DISK_FIGURES,
     ) -> None:
-        _check_settings(settings)
+        check_grid_settings(settings)
         self.figures = figures
         self.loaded = loaded
         self.settings = settings
@@ -487,23 +484,6 @@ class GridEngine:
                 progress=count,
             )
         return grid.float().cpu(), tiles[0]
-
-
-def _check_settings(settings: GridSettings) -> None:
-    """Raises on settings that can never work, before anything is built."""
-    size = settings.size
-    if size != NATIVE_SIZE and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise GeometryError(f"size must be a positive number of pixels or 'native', got {size!r}")
-    if settings.batch_size <= 0:
-        raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
-    if settings.max_input_pixels < 1:
-        raise InvalidOptionError(
-            f"max_input_pixels must be positive, got {settings.max_input_pixels}"
-        )
-    if not settings.max_aspect >= 1 or math.isinf(settings.max_aspect):  # NaN fails the first
-        raise InvalidOptionError(f"max_aspect must be a number >= 1, got {settings.max_aspect}")
-    if settings.method != "auto":
-        get_method(settings.method)  # raises for an unknown method, naming the choices
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager[object]:

@@ -47,7 +47,6 @@ command; :func:`multiscale_grid` runs them for one photo through any :data:`Scor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -62,6 +61,7 @@ from heatmap_cli.pipeline.activations import apply_activation
 from heatmap_cli.pipeline.engine import UNTILED, GridEngine, Tiling
 from heatmap_cli.pipeline.preprocess import resize_for_grid
 from heatmap_cli.pipeline.ranking import pooled_scores
+from heatmap_cli.pipeline.settings import check_scales, parse_scales
 
 __all__ = [
     "COMMON_GRIDS",
@@ -157,43 +157,6 @@ class MultiScaleResult:
     probs: np.ndarray
     passes: tuple[Pass, ...]
     common: CommonGrid
-
-
-def parse_scales(text: str) -> tuple[float, ...]:
-    """Parses ``--scales``: comma-separated positive factors of ``--size``.
-
-    Args:
-        text: E.g. ``"1,1.5,2"``.
-
-    Returns:
-        The factors in the order given, e.g. ``(1.0, 1.5, 2.0)``.
-
-    Raises:
-        InvalidOptionError: On an empty list, an empty item, a non-number or a factor that is
-            not a finite positive number.
-    """
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise InvalidOptionError(
-            f"scales must be comma-separated numbers like 1,1.5,2; got {text!r}"
-        )
-    scales: list[float] = []
-    for item in items:
-        try:
-            scales.append(float(item))
-        except ValueError:
-            raise InvalidOptionError(f"scale {item!r} is not a number") from None
-    check_scales(scales)
-    return tuple(scales)
-
-
-def check_scales(scales: Sequence[float]) -> None:
-    """Raises ``InvalidOptionError`` unless ``scales`` is non-empty and all finite and > 0."""
-    if len(scales) == 0:
-        raise InvalidOptionError("at least one scale is needed")
-    for scale in scales:
-        if not (math.isfinite(scale) and scale > 0):
-            raise InvalidOptionError(f"scales must be positive numbers, got {scale!r}")
 
 
 def plan_passes(

@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["PROFILE_ENV", "STAGES", "StageTimes", "profile_line", "record_start_up", "timed"]
+__all__ = [
+    "PROFILE_ENV",
+    "STAGES",
+    "StageTimes",
+    "profile_line",
+    "record_start_up",
+    "seconds_since_start",
+    "timed",
+]
 
 PROFILE_ENV = "HEATMAP_PROFILE"
 """The environment variable that turns the stage times on."""
@@ -56,6 +64,24 @@ class StageTimes:
 
 _TIMES = StageTimes(os.environ.get(PROFILE_ENV, "0") not in ("", "0"))
 _LOADED = time.perf_counter()
+
+
+def seconds_since_start() -> float:
+    """Wall seconds since this process started: what the user has waited for so far.
+
+    On Linux the process's start time (``/proc/self/stat``, in clock ticks since boot, against
+    ``/proc/uptime``: a 10 ms resolution) includes the interpreter's own start-up; elsewhere
+    the time is counted from when this module was loaded, with the command's first imports.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()  # after the command name
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            since_boot = float(uptime.read().split()[0])
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _LOADED
+    return max(since_boot - started, time.perf_counter() - _LOADED)
 
 
 def record_start_up() -> None:

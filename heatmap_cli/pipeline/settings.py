@@ -10,7 +10,8 @@ second, and the modules that compute (``engine``, ``rendering``, ``ranking``, ``
   written;
 * :data:`POOLINGS`, :data:`ACTIVATIONS` and :func:`resolve_activation`: rankings and scores;
 * :class:`PhotoReading`: how photos are decoded;
-* :func:`check_size_fits`: a size against a model's window.
+* :func:`parse_scales`, :func:`check_size_fits`: ``--scales``, and a size against a model's
+  window.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from heatmap_cli.errors import GeometryError, InvalidOptionError, setting
-from heatmap_cli.grid.registry import method_names
+from heatmap_cli.grid.registry import get_method, method_names
 from heatmap_cli.io.formats import DEFAULT_MAX_PIXELS, IMAGE_FORMATS
 from heatmap_cli.pipeline.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS
 from heatmap_cli.render.colormaps import check_cmap
@@ -30,6 +31,7 @@ from heatmap_cli.render.scale import DEFAULT_SCALE, check_scale
 
 __all__ = [
     "ACTIVATIONS",
+    "CROPS_FALLBACK_STRIDE",
     "DEFAULT_READING",
     "LABELS",
     "NATIVE_SIZE",
@@ -41,11 +43,15 @@ __all__ = [
     "OutputOptions",
     "PhotoReading",
     "Pooling",
+    "check_grid_settings",
     "check_pooling",
+    "check_scales",
     "check_size_fits",
+    "choose_method",
     "method_choices",
     "parse_npz_classes",
     "parse_outputs",
+    "parse_scales",
     "parse_size",
     "resolve_activation",
 ]
@@ -120,6 +126,90 @@ class GridSettings:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     max_aspect: float = DEFAULT_MAX_ASPECT
     activation: str = "auto"
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """Parses ``--scales``: comma-separated positive factors of ``--size``.
+
+    Args:
+        text: E.g. ``"1,1.5,2"``.
+
+    Returns:
+        The factors in the order given, e.g. ``(1.0, 1.5, 2.0)``.
+
+    Raises:
+        InvalidOptionError: On an empty list, an empty item, a non-number or a factor that is
+            not a finite positive number.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise InvalidOptionError(
+            f"scales must be comma-separated numbers like 1,1.5,2; got {text!r}"
+        )
+    scales: list[float] = []
+    for item in items:
+        try:
+            scales.append(float(item))
+        except ValueError:
+            raise InvalidOptionError(f"scale {item!r} is not a number") from None
+    check_scales(scales)
+    return tuple(scales)
+
+
+def check_scales(scales: Sequence[float]) -> None:
+    """Raises ``InvalidOptionError`` unless ``scales`` is non-empty and all finite and > 0."""
+    if len(scales) == 0:
+        raise InvalidOptionError("at least one scale is needed")
+    for scale in scales:
+        if not (math.isfinite(scale) and scale > 0):
+            raise InvalidOptionError(f"scales must be positive numbers, got {scale!r}")
+
+
+def check_grid_settings(settings: GridSettings) -> None:
+    """Raises on settings that can never work, before anything is built.
+
+    Raises:
+        GeometryError: A size that is neither a positive number nor :data:`NATIVE_SIZE`.
+        InvalidOptionError: A batch size, input limit or aspect limit below 1, or an unknown
+            method.
+    """
+    size = settings.size
+    if size != NATIVE_SIZE and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise GeometryError(f"size must be a positive number of pixels or 'native', got {size!r}")
+    if settings.batch_size <= 0:
+        raise InvalidOptionError(f"batch size must be positive, got {settings.batch_size}")
+    if settings.max_input_pixels < 1:
+        raise InvalidOptionError(
+            f"max_input_pixels must be positive, got {settings.max_input_pixels}"
+        )
+    if not settings.max_aspect >= 1 or math.isinf(settings.max_aspect):  # NaN fails the first
+        raise InvalidOptionError(f"max_aspect must be a number >= 1, got {settings.max_aspect}")
+    if settings.method != "auto":
+        get_method(settings.method)  # raises for an unknown method, naming the choices
+
+
+CROPS_FALLBACK_STRIDE = 32
+"""The stride of crops for a model that cannot be converted (it has no derived stride)."""
+
+
+def choose_method(method: str, stride: int | None, native_stride: int) -> tuple[str, int]:
+    """The method and stride a convertible model runs at: ``auto`` and a missing stride resolved.
+
+    Args:
+        method: ``"auto"`` (dense at the native stride, else dilate) or a registered method.
+        stride: The stride asked for, or None for the native one.
+        native_stride: The converted network's own stride.
+
+    Returns:
+        ``(method, stride)``.
+
+    Raises:
+        InvalidOptionError: An unknown method.
+        GeometryError: A stride the method does not accept (the message lists the choices).
+    """
+    if method == "auto":
+        method = "dense" if stride in (None, native_stride) else "dilate"
+    return method, get_method(method).resolve_stride(stride, native_stride)
 
 
 def check_size_fits(size: int | str, scales: Sequence[float], window: tuple[int, int]) -> None:
