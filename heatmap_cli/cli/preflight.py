@@ -23,6 +23,7 @@ from heatmap_cli.cli.command_options import CommandOptions
 from heatmap_cli.cli.model_cards import ModelRequest, find_card, known_categories, known_window
 from heatmap_cli.grid.registry import get_method
 from heatmap_cli.models.card import ModelCard
+from heatmap_cli.models.files import check_weights_file
 from heatmap_cli.models.label_files import read_labels
 from heatmap_cli.models.overrides import check_input_size, parse_channels, parse_input_size
 from heatmap_cli.models.registry import get_source
@@ -37,6 +38,9 @@ from heatmap_cli.pipeline.settings import (
     choose_method,
     resolve_activation,
 )
+
+_READS_WEIGHTS_FIRST = frozenset({"default", "torchvision"})
+"""Sources whose loading reads ``--weights`` before anything else can fail."""
 
 __all__ = ["PlannedRun", "grid_settings", "model_request", "output_options", "plan_run"]
 
@@ -70,6 +74,8 @@ def model_request(options: CommandOptions) -> ModelRequest:
     Raises:
         InvalidOptionError: A window, mean or std that is not valid.
         UnknownModelError: No source knows the name (with close matches).
+        WeightsMismatchError: ``--weights`` is not a file (for the default and torchvision
+            models, which read it first).
         LabelsFileError: The labels file cannot be read.
     """
     text = options.input_size
@@ -79,6 +85,8 @@ def model_request(options: CommandOptions) -> ModelRequest:
     source = get_source(options.model)
     if window is not None:
         window = check_input_size(window)
+    if options.weights is not None and source.family in _READS_WEIGHTS_FIRST:
+        check_weights_file(options.weights)
     labels = None if options.labels is None else (options.labels, read_labels(options.labels))
     return ModelRequest(
         options.model,

@@ -4,7 +4,8 @@
 ``torch.hub.get_dir()`` does (``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else
 ``~/.cache/torch/hub``), so that ``--list-models`` can say what is cached without importing
 torch; once torch is imported (where a program may have called ``torch.hub.set_dir``), torch
-hub itself answers. :func:`file_sha256` identifies a file by its content.
+hub itself answers. :func:`file_sha256` identifies a file by its content;
+:func:`check_weights_file` refuses a ``--weights`` that is not there before anything is loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["file_sha256", "torch_hub_cache_path", "torch_hub_dir"]
+from heatmap_cli.errors import WeightsMismatchError
+
+__all__ = ["check_weights_file", "file_sha256", "torch_hub_cache_path", "torch_hub_dir"]
 
 
 def torch_hub_dir() -> Path:
@@ -40,3 +43,11 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(2**20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_weights_file(path: Path) -> None:
+    """Raises ``WeightsMismatchError`` unless ``path`` is an existing file."""
+    if not path.exists():
+        raise WeightsMismatchError(f"{path}: no such file.")
+    if not path.is_file():
+        raise WeightsMismatchError(f"{path}: not a file.")

@@ -33,7 +33,7 @@ from torch import nn
 
 from heatmap_cli.errors import WeightsMismatchError
 from heatmap_cli.models.base import short_reason
-from heatmap_cli.models.files import file_sha256, torch_hub_cache_path
+from heatmap_cli.models.files import check_weights_file, file_sha256, torch_hub_cache_path
 
 __all__ = [
     "PICKLE_REFUSAL",
@@ -123,10 +123,7 @@ def read_file(path: Path, *, allow_pickle: bool = False) -> Any:
         WeightsMismatchError: The file is missing or cannot be read; a file with Python objects
             (a full-model pickle) without ``allow_pickle`` says why it is refused.
     """
-    if not path.exists():
-        raise WeightsMismatchError(f"{path}: no such file.")
-    if not path.is_file():
-        raise WeightsMismatchError(f"{path}: not a file.")
+    check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
