@@ -37,7 +37,7 @@ from torch import fx, nn
 from heatmap_cli.convert.fx import PROBE_SPAN, describe, module_of, trace_model
 from heatmap_cli.convert.head import rewrite_head
 from heatmap_cli.convert.ops import DEFAULT_MATMUL_MAX_CELLS
-from heatmap_cli.convert.shapes import meta_clone, shape_pass
+from heatmap_cli.convert.shapes import shape_pass
 from heatmap_cli.convert.windows import grid_shape
 from heatmap_cli.errors import ConversionError, GeometryError, TrainingModeError, first_line
 
@@ -203,7 +203,7 @@ class ConvolutionalizedNet(nn.Module):
 
     def grid_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """Output ``(h, w)`` for an input size, computed without running the network."""
-        return _output_sizes(meta_clone(self.graph_module), [input_size])[0]  # type: ignore[arg-type]
+        return _output_sizes(self.graph_module, [input_size])[0]
 
     def extra_repr(self) -> str:
         """Shown by ``print(net)``."""
@@ -212,12 +212,12 @@ class ConvolutionalizedNet(nn.Module):
 
 
 def _output_sizes(
-    meta_module: fx.GraphModule, input_sizes: list[tuple[int, int]]
+    graph_module: fx.GraphModule, input_sizes: list[tuple[int, int]]
 ) -> list[tuple[int, int]]:
-    """Grid sizes of a meta-device network for several input sizes (shapes only)."""
+    """Grid sizes of a network for several input sizes (shapes only; its nodes' meta kept)."""
     sizes = []
     for size in input_sizes:
-        out = shape_pass(meta_module, size)
+        out = shape_pass(graph_module, size, record=False)
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             raise ConversionError("the converted network does not return an (N, K, h, w) grid")
         sizes.append((int(out.shape[2]), int(out.shape[3])))
@@ -226,9 +226,8 @@ def _output_sizes(
 
 def _measure_stride(graph_module: fx.GraphModule, window: tuple[int, int]) -> int:
     """Native stride: how many input pixels move the grid by one cell, measured on shapes."""
-    meta_module = meta_clone(graph_module)
     span = PROBE_SPAN
-    at_window, (rows, _) = _output_sizes(meta_module, [window, (window[0] + span, window[1])])  # type: ignore[arg-type]
+    at_window, (rows, _) = _output_sizes(graph_module, [window, (window[0] + span, window[1])])
     if at_window != (1, 1):
         raise ConversionError(
             f"at its training size {window[1]}x{window[0]} the converted network does not give a "
@@ -237,7 +236,7 @@ def _measure_stride(graph_module: fx.GraphModule, window: tuple[int, int]) -> in
     if rows <= 1 or span % (rows - 1):
         raise ConversionError(f"could not measure a whole-pixel stride ({rows} cells over {span})")
     stride = span // (rows - 1)
-    (check,) = _output_sizes(meta_module, [(window[0] + 2 * stride, window[1] + 3 * stride)])  # type: ignore[arg-type]
+    (check,) = _output_sizes(graph_module, [(window[0] + 2 * stride, window[1] + 3 * stride)])
     if check != (3, 4):
         raise ConversionError(f"inconsistent geometry: stride {stride} gives a {check} grid")
     return stride
@@ -245,17 +244,13 @@ def _measure_stride(graph_module: fx.GraphModule, window: tuple[int, int]) -> in
 
 def _propagate_shapes(graph_module: fx.GraphModule, window: tuple[int, int]) -> None:
     """Records every node's output shape at the training size, without computing anything."""
-    meta_module = meta_clone(graph_module)
     try:
-        shape_pass(meta_module, window)  # type: ignore[arg-type]
+        shape_pass(graph_module, window)
     except Exception as error:
         raise ConversionError(
             f"{graph_module.__class__.__name__} does not run on a {window[1]}x{window[0]} "
             f"input ({type(error).__name__}: {first_line(error)})"
         ) from error
-    for node, meta_node in zip(graph_module.graph.nodes, meta_module.graph.nodes, strict=True):
-        if "tensor_meta" in meta_node.meta:
-            node.meta["tensor_meta"] = meta_node.meta["tensor_meta"]
 
 
 def convolutionalize(

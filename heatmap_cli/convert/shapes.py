@@ -204,16 +204,45 @@ def _module_shape(module: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
     return None
 
 
+def _is_meta(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_meta
+
+
+def _as_meta(value: object) -> object:
+    """Every tensor in ``value`` (args, nested) as a storage-less one of the same shape."""
+    return map_aggregate(
+        value,
+        lambda v: (
+            torch.empty_like(v, device="meta")
+            if isinstance(v, torch.Tensor) and not v.is_meta
+            else v
+        ),
+    )
+
+
 class _ShapeProp(fx.Interpreter):
     """Records every node's output as ``meta["tensor_meta"]``, shapes computed where plain.
 
     Unlike ``torch.fx.passes.shape_prop.ShapeProp``, it imports nothing per node; batch norms
-    are passed by (they keep the shape, and in training mode they would need a batch).
+    are passed by (they keep the shape, and in training mode they would need a batch). It runs on
+    the graph module itself: an operation whose shape is not computed here runs on meta tensors,
+    a module through a storage-less copy of that module alone, made when first needed.
+
+    Args:
+        module: The graph module.
+        record: Record the shapes in the nodes' ``meta`` (else only the output is wanted).
     """
+
+    def __init__(self, module: fx.GraphModule, record: bool = True) -> None:
+        super().__init__(module)
+        self.record = record
+        self._meta_modules: dict[str, nn.Module] = {}
 
     def run_node(self, n: fx.Node) -> object:
         """Runs one node and records what it returned."""
         result = super().run_node(n)
+        if not self.record:
+            return result
         found = False
 
         def describe(value: object) -> object:
@@ -232,64 +261,72 @@ class _ShapeProp(fx.Interpreter):
         return result
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> object:  # type: ignore[override]
-        """A plain module's output shape computed; other modules are called."""
+        """A plain module's output shape computed; other modules run storage-less."""
         module = self.fetch_attr(target)
-        tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
-        if args and tensors and args[0] is tensors[0] and all(t.is_meta for t in tensors):
-            shape = _atrous_shape(module, args) if not kwargs else None
+        if args and _is_meta(args[0]) and not kwargs:
+            shape = _atrous_shape(module, args)
+            if shape is None and len(args) == 1:
+                shape = _module_shape(module, args[0])
+                if shape is not None and isinstance(module, _SHAPE_KEEPING_MODULES):
+                    return args[0]
             if shape is not None:
                 return _empty(shape, args[0])
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) and args[0].is_meta:
-            shape = _module_shape(module, args[0])
-            if shape is not None:
-                return (
-                    args[0]
-                    if isinstance(module, _SHAPE_KEEPING_MODULES)
-                    else _empty(shape, args[0])
-                )
-        return super().call_module(target, args, kwargs)
+        if target not in self._meta_modules:
+            tensors = itertools.chain(module.parameters(), module.buffers())
+            stored = any(not tensor.is_meta for tensor in tensors)
+            self._meta_modules[target] = meta_clone(module) if stored else module
+        return self._meta_modules[target](*_as_meta(args), **_as_meta(kwargs))  # type: ignore[arg-type]
 
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:  # type: ignore[override]
         """Broadcast shapes for ``+ - *``, elementwise functions, ``flatten``; else calls."""
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        if tensors and all(tensor.is_meta for tensor in tensors):
-            if target in _BROADCASTING and len(args) == 2 and not kwargs:
-                shape = _broadcast([tensor.shape for tensor in tensors])
-                return torch.empty(shape, dtype=torch.result_type(*args), device="meta")
-            first = args[0] if args else None
-            alone = len(tensors) == 1 and first is tensors[0] and "dtype" not in kwargs
-            if target in ELEMENTWISE_FUNCTIONS and alone:  # other arguments are numbers
-                return _empty(first.shape, first)
-            if target is torch.flatten and first is tensors[0] and not kwargs:
-                return _empty(_flat_shape(*args), first)
+        values = (*args, *kwargs.values())
+        tensors = [a for a in values if isinstance(a, torch.Tensor)]
+        if not any(tensor.is_meta for tensor in tensors):
+            return super().call_function(target, args, kwargs)  # type: ignore[arg-type]
+        first = args[0] if args else None
+        if target in _BROADCASTING and len(args) == 2 and not kwargs:
+            shape = _broadcast([tensor.shape for tensor in tensors])
+            return torch.empty(shape, dtype=torch.result_type(*args), device="meta")
+        alone = len(tensors) == 1 and first is tensors[0] and "dtype" not in kwargs
+        if target in ELEMENTWISE_FUNCTIONS and alone:  # other arguments are numbers
+            return _empty(first.shape, first)
+        if target is torch.flatten and first is tensors[0] and not kwargs:
+            return _empty(_flat_shape(*args), first)
+        if _is_meta(first):
             shape = _own_function_shape(target, args)
             if shape is not None:
                 return _empty(shape, first)
-        return super().call_function(target, args, kwargs)  # type: ignore[arg-type]
+        return super().call_function(target, _as_meta(args), _as_meta(kwargs))  # type: ignore[arg-type]
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> object:  # type: ignore[override]
-        """Elementwise methods and ``flatten`` shaped here; other methods are called."""
+        """Elementwise methods and ``flatten`` shaped here; other methods run storage-less."""
         x = args[0] if args else None
-        if isinstance(x, torch.Tensor) and x.is_meta and not kwargs:
+        if not any(_is_meta(value) for value in (*args, *kwargs.values())):
+            return super().call_method(target, args, kwargs)
+        if _is_meta(x) and not kwargs:
             if target in _SHAPE_AND_TYPE_KEEPING_METHODS and len(args) == 1:
-                return _empty(x.shape, x)
+                return _empty(x.shape, x)  # type: ignore[union-attr]
             if target == "flatten" and all(isinstance(a, int) for a in args[1:]):
-                return _empty(_flat_shape(*args), x)
-        return super().call_method(target, args, kwargs)
+                return _empty(_flat_shape(*args), x)  # type: ignore[arg-type]
+        return super().call_method(target, _as_meta(args), _as_meta(kwargs))  # type: ignore[arg-type]
 
 
-def shape_pass(meta_module: fx.GraphModule, size: Pair, batch: int = 2) -> object:
-    """Runs a meta-device graph module on a ``(batch, 3, h, w)`` image, shapes only.
+def shape_pass(
+    module: fx.GraphModule, size: Pair, batch: int = 2, *, record: bool = True
+) -> object:
+    """Runs a graph module on a storage-less ``(batch, 3, h, w)`` image, shapes only.
 
-    Every node's ``meta["tensor_meta"]`` then describes its output (see
-    ``heatmap_cli.convert.fx.node_shape``).
+    With ``record``, every node's ``meta["tensor_meta"]`` then describes its output (see
+    ``heatmap_cli.convert.fx.node_shape``). The module may hold real weights (nothing is
+    computed with them, nor changed) or be a :func:`meta_clone`.
 
     Args:
-        meta_module: A graph module from :func:`meta_clone`.
+        module: The graph module.
         size: ``(h, w)`` of the input.
         batch: Images in the batch (2: a norm in training mode needs more than one value).
+        record: Record every node's shape in its ``meta`` (else only the output is wanted).
 
     Returns:
         The module's output (meta tensors).
     """
-    return _ShapeProp(meta_module).run(meta_input(meta_module, size, batch))
+    return _ShapeProp(module, record).run(meta_input(module, size, batch))

@@ -218,7 +218,12 @@ def match_keys(checkpoint: Checkpoint, expected: Collection[str]) -> KeyMatch:
 
 
 def load_strict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path, arch: str
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    path: Path,
+    arch: str,
+    *,
+    assign: bool = False,
 ) -> None:
     """Loads every parameter and buffer of ``model`` from ``state_dict``, or explains why not.
 
@@ -227,6 +232,8 @@ def load_strict(
         state_dict: The file's tensors, keyed as the model expects (:func:`match_keys`).
         path: The file it came from (named in the message).
         arch: The architecture's name for the message, e.g. ``"resnet34"``.
+        assign: Make the file's tensors the model's own (no copy; for a model built on the meta
+            device), instead of copying them into its tensors.
 
     Raises:
         WeightsMismatchError: Keys are missing or unexpected, or shapes differ; the message
@@ -249,7 +256,7 @@ def load_strict(
             f"{path}: does not fit {arch} ({len(state_dict)} tensors in the file, "
             f"{len(expected)} in the model): {'; '.join(problems)}."
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def shape_mismatches(

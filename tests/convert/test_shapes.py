@@ -71,12 +71,17 @@ def test_converted_graphs_get_the_shapes_torch_computes(name: str, stride: int |
     if stride is not None:
         net = dilate(net, net.stride // 2 if name == "pools" else stride)
     for graph_module in _graph_modules(net):
+        weights = {name: t.clone() for name, t in graph_module.state_dict().items()}
         for size in [window, (window[0] + 96, window[1] + 160)]:
-            ours = meta_clone(graph_module)
-            shape_pass(ours, size)  # type: ignore[arg-type]
             plain = meta_clone(graph_module)
             ShapeProp(plain).propagate(meta_input(plain, size, 2))
-            assert _shapes(ours) == _shapes(plain)
+            storage_less = meta_clone(graph_module)
+            shape_pass(storage_less, size)  # type: ignore[arg-type]
+            assert _shapes(storage_less) == _shapes(plain)
+            shape_pass(graph_module, size)  # the module itself: nothing computed, nothing changed
+            assert _shapes(graph_module) == _shapes(plain)
+        after = graph_module.state_dict()
+        assert all(torch.equal(weights[name], after[name]) for name in weights)
 
 
 def test_converting_the_default_model_imports_no_sympy():
