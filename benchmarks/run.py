@@ -20,6 +20,7 @@ import case_cuda
 import case_end_to_end
 import case_folder
 import case_help
+import case_instant
 import case_lite0_384
 import case_memory
 import case_process_memory
@@ -38,6 +39,7 @@ CASES: tuple[Case, ...] = (
     case_memory.CASE,
     case_process_memory.CASE,
     case_help.CASE,
+    case_instant.CASE,
     case_end_to_end.CASE,
     case_tuning.CASE,
     case_cuda.CASE,

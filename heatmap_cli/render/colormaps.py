@@ -3,15 +3,17 @@
 Importing matplotlib costs more than everything else the command does before it loads a model,
 so the names of matplotlib's built-in colormaps ship with the package (``data/colormaps.json``,
 written by ``python -m heatmap_cli.render.colormaps`` and checked against matplotlib by a test),
-with the matplotlib version they came from. :func:`check_cmap` accepts a listed name at once; any
-other name (a colormap registered by a program, another matplotlib version, a typo) is asked of
-matplotlib itself, which also gives the close names for the error message.
+with the matplotlib version they came from. :func:`check_cmap` accepts a listed name at once and
+refuses any other with the close names, as matplotlib would; once matplotlib is imported (where a
+program may have registered colormaps of its own), or for another matplotlib version, it asks
+matplotlib itself.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -44,15 +46,18 @@ def is_diverging(name: str) -> bool:
 
 
 @cache
-def builtin_colormaps() -> frozenset[str]:
-    """The installed matplotlib's built-in colormap names, as shipped; empty for another version."""
+def builtin_colormaps() -> tuple[str, ...]:
+    """The installed matplotlib's built-in colormap names, in its order, as shipped.
+
+    Empty for another matplotlib version than the one the list came from.
+    """
     try:
         shipped = json.loads(NAMES_FILE.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return frozenset()
+        return ()
     if shipped.get("matplotlib") != installed_version("matplotlib"):
-        return frozenset()
-    return frozenset(shipped["names"])
+        return ()
+    return tuple(shipped["names"])
 
 
 def check_cmap(name: str) -> None:
@@ -67,10 +72,14 @@ def check_cmap(name: str) -> None:
     """
     if isinstance(name, str) and name in builtin_colormaps():
         return
-    import matplotlib
+    if "matplotlib" in sys.modules or not builtin_colormaps():
+        # a program may have registered colormaps of its own: matplotlib knows them
+        import matplotlib
 
-    if not isinstance(name, str) or name not in matplotlib.colormaps:
         known = list(matplotlib.colormaps)
+    else:  # nothing can have been registered yet: the built-in ones are all there are
+        known = list(builtin_colormaps())
+    if not isinstance(name, str) or name not in known:
         close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
         close += [c for c in known if c.lower() == str(name).lower() and c not in close]
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -84,7 +93,7 @@ def live_colormaps() -> dict[str, object]:
     """What ``data/colormaps.json`` holds, from the installed matplotlib (imports it)."""
     import matplotlib
 
-    return {"matplotlib": matplotlib.__version__, "names": sorted(matplotlib.colormaps)}
+    return {"matplotlib": matplotlib.__version__, "names": list(matplotlib.colormaps)}
 
 
 if __name__ == "__main__":  # pragma: no cover
