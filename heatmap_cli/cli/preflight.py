@@ -10,9 +10,10 @@ card (:mod:`heatmap_cli.cli.model_cards`), or, without one, from what the catalo
 ImageNet names of the default and torchvision models, torchvision's windows); a check whose
 answer is unknown is left to the load, which makes every check again anyway.
 
-When everything is known (a card, and a device that is surely the CPU), the result is a
-:class:`PlannedRun`: what :func:`~heatmap_cli.cli.run_settings.run_settings` reads, so that a
-resume whose every image is done answers without loading the model.
+When everything is known (a card, and the device: surely the CPU, or, for a resume, as torch
+tells it), the result is a :class:`PlannedRun`: what
+:func:`~heatmap_cli.cli.run_settings.run_settings` reads, so that a resume whose every image is
+done answers without loading the model.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from heatmap_cli.models.label_files import read_labels
 from heatmap_cli.models.overrides import check_input_size, parse_channels, parse_input_size
 from heatmap_cli.models.registry import get_source
 from heatmap_cli.pipeline.classes import resolve_classes
-from heatmap_cli.pipeline.devices import device_without_torch
+from heatmap_cli.pipeline.devices import compute_precision, device_without_torch, resolve_device
 from heatmap_cli.pipeline.settings import (
     CROPS_FALLBACK_STRIDE,
     GridSettings,
@@ -151,8 +152,9 @@ def plan_run(
         scales: ``--scales`` parsed.
 
     Returns:
-        The planned run; None when the model must be loaded to know it (no card, a device only
-        torch can tell), after every check that could be made.
+        The planned run; None when the model must be loaded to know it (no card), or when only
+        torch can tell the device and the run is no ``--skip-existing`` (whose images may all be
+        done: then torch is imported to tell, but the model is not loaded).
 
     Raises:
         UsageError: Any check that fails, with the message loading the model would give.
@@ -174,9 +176,14 @@ def plan_run(
     if card is None:
         return None
     chosen = _method_and_stride(settings, card.native_stride)
-    if chosen is None or device_type is None or classes is None:
+    if chosen is None or classes is None:
         return None
-    return PlannedRun(card, settings, rendering, *chosen, card.dtype, device_type)
+    if device_type is None:
+        if not options.skip_existing:
+            return None  # only a finished resume gains from knowing it now
+        device_type = resolve_device(settings.device).type  # imports torch, not the model
+    precision = compute_precision(device_type, card.dtype, settings.fp32)
+    return PlannedRun(card, settings, rendering, *chosen, precision, device_type)
 
 
 def _method_and_stride(settings: GridSettings, native_stride: int | None) -> tuple[str, int] | None:

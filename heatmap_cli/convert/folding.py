@@ -27,6 +27,7 @@ The results equal the original network's up to float rounding (folding reorders 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import fx, nn
@@ -100,11 +101,10 @@ class TileNetwork(nn.Module):
         return self.graph_module(holder)
 
 
-def _fold_norms(gm: fx.GraphModule) -> int:
-    """Folds, in place, every eval-mode batch norm that follows a convolution used only by it.
+def _foldable_pairs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
+    """Every ``(convolution, batch norm)`` call pair where the norm folds into the convolution.
 
-    Returns:
-        How many were folded.
+    The norm is in eval mode and follows a convolution used only by it, both called once.
     """
     foldable_convs = (nn.Conv2d, *timm_layers().same_convs)
     modules = dict(gm.named_modules())
@@ -112,9 +112,8 @@ def _fold_norms(gm: fx.GraphModule) -> int:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-
-    folded = 0
-    for node in list(gm.graph.nodes):
+    pairs = []
+    for node in gm.graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1:
             continue
         norm = modules[node.target]
@@ -131,15 +130,39 @@ def _fold_norms(gm: fx.GraphModule) -> int:
         conv = modules[producer.target]
         if type(conv) not in foldable_convs or conv.padding_mode != "zeros":
             continue
+        if norm.num_features == conv.out_channels:
+            pairs.append((producer, node))
+    return pairs
+
+
+def _fold_norms(gm: fx.GraphModule) -> int:
+    """Folds, in place, every eval-mode batch norm that follows a convolution used only by it.
+
+    Returns:
+        How many were folded.
+    """
+    pairs = _foldable_pairs(gm)
+    for producer, node in pairs:
+        conv, norm = gm.get_submodule(producer.target), gm.get_submodule(node.target)
         assert isinstance(norm, nn.BatchNorm2d)
         assert isinstance(conv, nn.Conv2d)
-        if norm.num_features != conv.out_channels:
-            continue
         _fold(conv, norm)
-        folded += 1
         gm.set_submodule(node.target, _after_norm(norm))
-        modules[node.target] = gm.get_submodule(node.target)
-    return folded
+    return len(pairs)
+
+
+def _copy_to_fold(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm`` that shares the tensors folding replaces (they are not cloned).
+
+    Folding gives every folded convolution new weights and drops its norm, so copying their
+    tensors first would only be thrown away; the caller's tensors stay as they are.
+    """
+    memo: dict[int, object] = {}
+    for producer, node in _foldable_pairs(gm):
+        for module in (gm.get_submodule(producer.target), gm.get_submodule(node.target)):
+            for tensor in itertools.chain(module.parameters(), module.buffers()):
+                memo[id(tensor)] = tensor
+    return copy.deepcopy(gm, memo)
 
 
 def fold_batch_norms(net: ConvolutionalizedNet) -> tuple[ConvolutionalizedNet, int] | None:
@@ -156,7 +179,7 @@ def fold_batch_norms(net: ConvolutionalizedNet) -> tuple[ConvolutionalizedNet, i
         ``(copy, number of batch norms folded)``; the copy has its own weights. None when no
         batch norm folds.
     """
-    gm = copy.deepcopy(net.graph_module)
+    gm = _copy_to_fold(net.graph_module)
     folded = _fold_norms(gm)
     if not folded:
         return None
@@ -187,7 +210,7 @@ def tile_network(net: nn.Module) -> TileNetwork | None:
     source = net.graph_module
     if sum(node.op == "placeholder" for node in source.graph.nodes) != 1:
         return None
-    gm = copy.deepcopy(source)
+    gm = _copy_to_fold(source)
     _fold_norms(gm)
     same_convs = timm_layers().same_convs
     for name, module in list(gm.named_modules()):

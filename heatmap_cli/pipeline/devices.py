@@ -6,7 +6,8 @@ CPU-only build, read from ``torch/version.py``) or the machine has no GPU its bu
 (no NVIDIA driver for a CUDA build, no ROCm driver for a ROCm one); ``mps`` is refused off
 macOS, and ``cuda`` where it surely cannot work, with the words ``resolve_device`` uses. Where
 the answer is not certain (a GPU driver is present, macOS, another device type), None: torch
-decides, in ``heatmap_cli.pipeline.engine.resolve_device``.
+decides, in :func:`resolve_device`. :func:`compute_precision` says what a network computes in
+on a device.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heatmap_cli.errors import InvalidOptionError, setting
 
-__all__ = ["device_without_torch", "gpu_support"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["compute_precision", "device_without_torch", "gpu_support", "resolve_device"]
 
 _BUILD_FIELD = r"^{}\s*(?::[^=]*)?=\s*(.+)$"
 
@@ -79,7 +84,7 @@ def device_without_torch(name: str) -> str | None:
 
     Raises:
         InvalidOptionError: ``cuda`` where torch surely sees no CUDA GPU, or ``mps`` off macOS,
-            as :func:`heatmap_cli.pipeline.engine.resolve_device` says it.
+            as :func:`resolve_device` says it.
     """
     if name in ("cpu", "cpu:0"):
         return "cpu"
@@ -96,3 +101,55 @@ def device_without_torch(name: str) -> str | None:
     raise InvalidOptionError(
         f"{setting('device')} {name} was asked for, but torch sees no CUDA GPU"
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """Picks the device for ``--device``: ``auto`` prefers CUDA, then MPS, then the CPU.
+
+    Imports torch (where :func:`device_without_torch` cannot tell).
+
+    Raises:
+        InvalidOptionError: An unknown device name, or a device this torch cannot use.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InvalidOptionError(f"unknown device {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionError(
+            f"{setting('device')} {name} was asked for, but torch sees no CUDA GPU"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidOptionError(
+            f"{setting('device')} {name} was asked for, but this torch has no MPS support"
+        )
+    return device
+
+
+def compute_precision(device_type: str, weights_dtype: str, fp32: bool) -> str:
+    """The dtype a network computes in: its weights', or autocast's on CUDA.
+
+    CUDA autocasts float32 networks to bfloat16 (float16 where the GPU has no bfloat16) unless
+    ``fp32``; networks already in a lower or higher precision keep theirs.
+
+    Args:
+        device_type: ``"cpu"``, ``"cuda"``, ``"mps"``...
+        weights_dtype: The network's dtype name, e.g. ``"float32"``.
+        fp32: Keep float32 on CUDA.
+
+    Returns:
+        The dtype's name, e.g. ``"bfloat16"``.
+    """
+    if device_type != "cuda" or fp32 or weights_dtype != "float32":
+        return weights_dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

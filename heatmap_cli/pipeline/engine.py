@@ -27,7 +27,6 @@ from heatmap_cli.convert.network import convolutionalize
 from heatmap_cli.errors import (
     ConversionError,
     GeometryError,
-    InvalidOptionError,
     first_line,
     setting,
 )
@@ -45,6 +44,7 @@ from heatmap_cli.grid.tiling.field import net_device_dtype
 from heatmap_cli.io.figure_cache import DISK_FIGURES
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.pipeline.activations import resolve_activation
+from heatmap_cli.pipeline.devices import compute_precision, resolve_device
 from heatmap_cli.pipeline.limits import (
     check_input_size,
     release_free_memory,
@@ -95,33 +95,6 @@ class Tiling:
 
 UNTILED = Tiling()
 """An input evaluated whole, in one pass."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """Picks the device for ``--device``: ``auto`` prefers CUDA, then MPS, then the CPU.
-
-    Raises:
-        InvalidOptionError: An unknown device name, or a device this torch cannot use.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise InvalidOptionError(f"unknown device {name!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidOptionError(
-            f"{setting('device')} {name} was asked for, but torch sees no CUDA GPU"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidOptionError(
-            f"{setting('device')} {name} was asked for, but this torch has no MPS support"
-        )
-    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,9 +281,8 @@ class GridEngine:
         CUDA autocasts float32 networks to bfloat16 (float16 where the GPU has no bfloat16)
         unless ``settings.fp32``; networks already in a lower or higher precision keep theirs.
         """
-        if self.device.type != "cuda" or self.settings.fp32 or self.dtype != torch.float32:
-            return self.dtype
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        weights = str(self.dtype).removeprefix("torch.")
+        return getattr(torch, compute_precision(self.device.type, weights, self.settings.fp32))
 
     def check_scales(self, scales: Sequence[float]) -> None:
         """Refuses scales whose resized shorter side would fall below the window.
