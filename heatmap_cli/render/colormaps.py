@@ -1,9 +1,10 @@
 """Colormap names, checked without importing matplotlib where the answer is known.
 
 Importing matplotlib costs more than everything else the command does before it loads a model,
-so the names of matplotlib's built-in colormaps ship with the package (``data/colormaps.json``,
-written by ``python -m heatmap_cli.render.colormaps`` and checked against matplotlib by a test),
-with the matplotlib version they came from. :func:`check_cmap` accepts a listed name at once and
+so the names of matplotlib's built-in colormaps ship with the package (``data/colormaps.json``)
+with the matplotlib version they came from, and so do the overlay palettes drawn from them
+(``data/palettes.bin``; both written by ``python -m heatmap_cli.render.colormap_writer`` and
+checked against matplotlib by a test). :func:`check_cmap` accepts a listed name at once and
 refuses any other with the close names, as matplotlib would; once matplotlib is imported (where a
 program may have registered colormaps of its own), or for another matplotlib version, it asks
 matplotlib itself.
@@ -20,7 +21,15 @@ from pathlib import Path
 from heatmap_cli.errors import UnknownColormapError
 from heatmap_cli.versions import installed_version
 
-__all__ = ["DEFAULT_CMAP", "PERCEPTUAL_CMAPS", "builtin_colormaps", "check_cmap", "is_diverging"]
+__all__ = [
+    "DEFAULT_CMAP",
+    "PALETTES_FILE",
+    "PERCEPTUAL_CMAPS",
+    "builtin_colormaps",
+    "check_cmap",
+    "is_diverging",
+    "shipped_palette",
+]
 
 DEFAULT_CMAP = "inferno"
 """Perceptually uniform, lightness rises monotonically (reads correctly in greyscale and for
@@ -38,6 +47,10 @@ _DIVERGING_CMAPS = frozenset(
 )  # fmt: skip
 
 NAMES_FILE = Path(__file__).with_name("data") / "colormaps.json"
+PALETTES_FILE = Path(__file__).with_name("data") / "palettes.bin"
+"""Each built-in colormap's overlay palette (``colour.colormap_palette``): 256 RGB bytes per
+colormap, in the order of ``NAMES_FILE``."""
+PALETTE_BYTES = 256 * 3
 
 
 def is_diverging(name: str) -> bool:
@@ -58,6 +71,29 @@ def builtin_colormaps() -> tuple[str, ...]:
     if shipped.get("matplotlib") != installed_version("matplotlib"):
         return ()
     return tuple(shipped["names"])
+
+
+@cache
+def _palettes() -> bytes:
+    try:
+        data = PALETTES_FILE.read_bytes()
+    except OSError:
+        return b""
+    return data if len(data) == PALETTE_BYTES * len(builtin_colormaps()) else b""
+
+
+def shipped_palette(name: str) -> bytes | None:
+    """A built-in colormap's 256 overlay colours as RGB bytes, as shipped; None if not shipped.
+
+    Matplotlib refuses to register another colormap under a built-in name, so the shipped
+    colours of the installed matplotlib version are the ones it would give.
+    """
+    names = builtin_colormaps()
+    palettes = _palettes()
+    if not palettes or name not in names:
+        return None
+    start = names.index(name) * PALETTE_BYTES
+    return palettes[start : start + PALETTE_BYTES]
 
 
 def check_cmap(name: str) -> None:
@@ -94,9 +130,3 @@ def live_colormaps() -> dict[str, object]:
     import matplotlib
 
     return {"matplotlib": matplotlib.__version__, "names": list(matplotlib.colormaps)}
-
-
-if __name__ == "__main__":  # pragma: no cover
-    NAMES_FILE.parent.mkdir(exist_ok=True)
-    NAMES_FILE.write_text(json.dumps(live_colormaps(), indent=0) + "\n", encoding="utf-8")
-    print(f"wrote {NAMES_FILE}")

@@ -17,12 +17,11 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-import matplotlib
 import numpy as np
 from PIL import Image
 
 from heatmap_cli.errors import RenderError
-from heatmap_cli.render.colormaps import DEFAULT_CMAP, check_cmap, is_diverging
+from heatmap_cli.render.colormaps import DEFAULT_CMAP, check_cmap, is_diverging, shipped_palette
 from heatmap_cli.render.heat import BAND_PIXELS, MarginFade, row_bands
 
 __all__ = [
@@ -38,6 +37,7 @@ __all__ = [
     "composite",
     "heat_index",
     "is_diverging",
+    "matplotlib_palette",
     "overlay",
 ]
 
@@ -56,6 +56,8 @@ def colormap_lut(name: str) -> np.ndarray:
             ``InvalidOptionError``); the message lists close names and perceptual choices.
     """
     check_cmap(name)
+    import matplotlib  # here: drawing a built-in colormap needs no matplotlib (shipped palette)
+
     cmap = matplotlib.colormaps[name]
     # Integer input indexes the table directly, so this is exactly what cmap(x) would give.
     return (cmap(np.arange(cmap.N))[:, :3] * 255).astype(np.float32)
@@ -122,11 +124,21 @@ def colormap_palette(name: str) -> np.ndarray:
     """The colormap as 256 uint8 RGB colours, one per bin of heat (:func:`heat_index`).
 
     Bin ``i`` holds the colour matplotlib gives the heat at the bin's centre, rounded: for the
-    usual 256-colour maps (inferno, viridis...) exactly the colormap's own table.
+    usual 256-colour maps (inferno, viridis...) exactly the colormap's own table. A built-in
+    colormap's palette ships with the package (``colormaps.shipped_palette``), so drawing needs
+    no matplotlib; any other is made from matplotlib's table (:func:`matplotlib_palette`).
 
     Raises:
         UnknownColormapError: Matplotlib does not know ``name``.
     """
+    shipped = shipped_palette(name)
+    if shipped is not None:
+        return np.frombuffer(shipped, dtype=np.uint8).reshape(_BINS, 3).copy()
+    return matplotlib_palette(name)
+
+
+def matplotlib_palette(name: str) -> np.ndarray:
+    """:func:`colormap_palette` made from matplotlib's table of the colormap (imports it)."""
     lut = colormap_lut(name)
     n = len(lut)
     bins = np.minimum(((np.arange(_BINS) + 0.5) * n / _BINS).astype(np.intp), n - 1)

@@ -1,20 +1,21 @@
 """Words and layout on pictures: text labels, colour bars, contact sheets.
 
 Text is drawn with Pillow in the DejaVu Sans font that matplotlib ships, so rendering needs no
-display, no pyplot and no system fonts. Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB
-order; every function returns a new array.
+display, no pyplot and no system fonts (and, but for a colour bar's ticks, no matplotlib
+import). Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order; every function returns
+a new array.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
-from matplotlib import font_manager
-from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 from heatmap_cli.errors import RenderError
@@ -56,6 +57,18 @@ _BLACK = (0, 0, 0)
 
 @functools.lru_cache(maxsize=1)
 def _font_path() -> str:
+    """The path of DejaVu Sans as matplotlib ships it.
+
+    Found without importing matplotlib (a quarter of a second); else whatever matplotlib's font
+    manager finds for the name.
+    """
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        bundled = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if bundled.is_file():
+            return str(bundled)
+    from matplotlib import font_manager
+
     return font_manager.findfont(
         font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True
     )
@@ -227,6 +240,8 @@ def tick_labels(values: Sequence[float], step: float) -> list[str]:
 
 def _ticks(vmin: float, vmax: float, ticks: int) -> tuple[list[float], list[str]]:
     """Nice tick values within ``[vmin, vmax]`` (about ``ticks`` of them) and their labels."""
+    from matplotlib.ticker import MaxNLocator  # a colour bar's ticks only
+
     tick_values = MaxNLocator(nbins=ticks - 1).tick_values(vmin, vmax)
     step = float(np.diff(tick_values).min()) if len(tick_values) > 1 else vmax - vmin
     eps = 1e-9 * (vmax - vmin)
