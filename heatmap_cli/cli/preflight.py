@@ -169,17 +169,18 @@ def plan_run(
         activation = resolve_activation(settings.activation, card.num_classes, card.output)
         if rendering.probabilities and activation == "none" and card.output == "logits":
             rendering = replace(rendering, scores="logits")  # as the command does once loaded
-    device_type = device_without_torch(settings.device)
+    # Under --ray the devices are the workers': the driver cannot tell (check_ray checks it).
+    device_type = None if options.ray else device_without_torch(settings.device)
     window = card.input_size if card is not None else known_window(request)
     if window is not None:
         check_size_fits(settings.size, scales, window)
     if card is None:
         return None
     chosen = _method_and_stride(settings, card.native_stride)
-    if chosen is None or classes is None:
-        return None
+    if chosen is None or classes is None or settings.tile is not None:
+        return None  # a --tile is checked against the network's receptive field, loaded
     if device_type is None:
-        if not options.skip_existing:
+        if not options.skip_existing or options.ray:
             return None  # only a finished resume gains from knowing it now
         device_type = resolve_device(settings.device).type  # imports torch, not the model
     precision = compute_precision(device_type, card.dtype, settings.fp32)
