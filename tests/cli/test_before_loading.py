@@ -297,3 +297,13 @@ def test_the_device_is_told_without_torch_only_when_certain(monkeypatch: pytest.
     assert device_without_torch("cuda") is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert device_without_torch("auto") == "cpu"
+
+
+def test_under_ray_the_driver_leaves_the_workers_device_alone(tmp_path: Path):
+    options = options_of(COFFEE, "-o", tmp_path / "out", "--ray", "--device", "cuda")
+    assert plan_run(options, model_request(options), (1.0,)) is None  # and no error
+
+
+def test_a_tile_is_checked_with_the_network_loaded(tmp_path: Path):
+    options = options_of(COFFEE, "-o", tmp_path / "out", "--device", "cpu", "--tile", "64")
+    assert plan_run(options, model_request(options), (1.0,)) is None
