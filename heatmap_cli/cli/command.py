@@ -1,9 +1,12 @@
 """One run of the ``heatmap`` command, from parsed options to a finished batch.
 
 The checks that need no model come first (colour map, scales, sizes, inputs, the output folder),
-so a usage error exits 2 before any folder is created or any model is loaded; then the model is
-loaded and converted once, the output folder made, stale temporaries of dead runs removed, every
-image scored and written (``heatmap_cli.cli.batch``; with ``--ray`` by a pool of Ray actors,
+then those that need only what the model is, from its card (``heatmap_cli.cli.preflight``: the
+model's name, classes, window and stride), so a usage error exits 2 before any folder is created,
+torch imported or any model loaded; a ``--skip-existing`` run whose every image is done ends
+there too. Then the model is loaded and converted once (its card kept for the next run), the
+output folder made, stale temporaries of dead runs removed, every image scored and written
+(``heatmap_cli.cli.batch``; with ``--ray`` by a pool of Ray actors,
 ``heatmap_cli.cli.ray_runner``), the manifest written (``heatmap_cli.cli.manifest``, also when
 interrupted), the report written if asked for, and one summary line said. Exit status: 0 when
 every image succeeded, 1 when some failed, 130 when interrupted (:func:`exit_interrupted`, the
@@ -86,6 +89,9 @@ def _sigint_ignored() -> Iterator[None]:
 def run_command(options: CommandOptions, console: Console, tally: Tally) -> None:
     """Runs the command: checks, model, batch, report, summary; exits 1 if an image failed.
 
+    A run that computes nothing (a usage error, a resume whose every image is done) ends
+    before torch is imported.
+
     Args:
         options: The parsed options.
         console: Standard output and error, which never fail the batch.
@@ -93,6 +99,7 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
 
     Raises:
         click.ClickException: A usage error found before anything was created (exit 2).
+        UsageError: Likewise, in the library's words (the model, a class, a size...).
     """
     record_start_up()
     with timed("import"):
