@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from click.testing import CliRunner
 
 from heatmap_cli.cli.command import start_job
@@ -307,3 +308,26 @@ def test_under_ray_the_driver_leaves_the_workers_device_alone(tmp_path: Path):
 def test_a_tile_is_checked_with_the_network_loaded(tmp_path: Path):
     options = options_of(COFFEE, "-o", tmp_path / "out", "--device", "cpu", "--tile", "64")
     assert plan_run(options, model_request(options), (1.0,)) is None
+
+
+def test_a_kept_card_plans_what_the_engine_runs(tmp_path: Path):
+    weights = tmp_path / "three.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    args = [COFFEE, "-o", tmp_path / "out", "--device", "cpu", "-m", "resnet18"]
+    options = options_of(*args, "--weights", weights, "--stride", "16")
+    request = model_request(options)
+    assert plan_run(options, request, (1.0,)) is None  # never loaded: no card yet
+    job = start_job(options, (1.0,))
+    engine = job.engine
+    dtype = str(engine.dtype).removeprefix("torch.")
+    keep_card(request, engine.loaded, ModelCard.of(engine.loaded, engine.native_stride, dtype))
+    plan = plan_run(options, model_request(options), (1.0,))
+    assert plan is not None
+    assert plan.loaded.categories == ("class 0", "class 1", "class 2")
+    reading = start_job_reading(options)
+    planned = run_settings(plan, plan.rendering, (1.0,), False, reading)
+    assert planned == run_settings(engine, job.rendering, (1.0,), False, reading)
+    with pytest.raises(UsageError, match=r"class index 3 is out of range 0\.\.2"):
+        plan_run(options_of(*args, "--weights", weights, "--class", "3"), request, (1.0,))
+    torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), weights)
+    assert plan_run(options, model_request(options), (1.0,)) is None  # other weights: no card
