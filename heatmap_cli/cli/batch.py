@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from heatmap_cli.pipeline.limits import (
     release_free_memory,
 )
 from heatmap_cli.pipeline.ranking import describe_ranking
+from heatmap_cli.pipeline.read_ahead import DecodedAhead
 from heatmap_cli.pipeline.rendering import OutputOptions, image_ranking
 from heatmap_cli.pipeline.scoring import (
     DEFAULT_READING,
@@ -92,6 +94,7 @@ class ImageJob:
         scales: Factors of ``--size``, one pass each (``(1.0,)``: a plain run).
         flip: Also average each scale's mirror image.
         reading: The decoding limit and the overlays' largest side.
+        ahead: Photos decoded ahead, while the model loaded (``pipeline.read_ahead``).
     """
 
     engine: GridEngine
@@ -100,6 +103,7 @@ class ImageJob:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     reading: PhotoReading = DEFAULT_READING
+    ahead: Mapping[Path, Future[DecodedAhead]] = dataclasses.field(default_factory=dict)
 
     def sort_out(
         self, items: Iterable[ImageInput]
@@ -138,7 +142,12 @@ class ImageJob:
         show_library_warnings_every_time()  # each damaged photo gets its own warning line
         notes_shown = len(engine.notes)  # said already; --compile may add one later
         outcomes = score_images(
-            items, engine, scales=self.scales, flip=self.flip, reading=self.reading
+            items,
+            engine,
+            scales=self.scales,
+            flip=self.flip,
+            reading=self.reading,
+            ahead=self.ahead,
         )
         try:
             for outcome in outcomes:

@@ -40,12 +40,15 @@ from heatmap_cli.pipeline.profiling import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from heatmap_cli.cli.batch import Batch, ImageJob
     from heatmap_cli.cli.model_cards import ModelRequest
     from heatmap_cli.cli.preflight import PlannedRun
     from heatmap_cli.io import ImageInput
     from heatmap_cli.models import LoadedModel
     from heatmap_cli.pipeline.engine import GridEngine
+    from heatmap_cli.pipeline.read_ahead import DecodedAhead
     from heatmap_cli.pipeline.settings import PhotoReading
 
 __all__ = [
@@ -121,9 +124,11 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     if plan is not None and _finished_without_model(plan, items, options, scales, console, tally):
         return
 
+    ahead = _decode_first_photo(items, options)  # while torch imports and the model loads
     # Under --ray the driver converts the model on its CPU only to check the options (exit 2
     # before anything is created) and to say the engine's notes once; the actors make their own.
     job = start_job(dataclasses.replace(options, device="cpu") if options.ray else options, scales)
+    job = dataclasses.replace(job, ahead=ahead)
     engine = job.engine
     _keep_card(request, engine)
     for note in engine.notes:
@@ -190,6 +195,20 @@ def _finished_without_model(
     if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
     return True
+
+
+def _decode_first_photo(
+    items: list[ImageInput], options: CommandOptions
+) -> dict[Path, Future[DecodedAhead]]:
+    """The first photo's decoding, started now, in a thread of its own (none under ``--ray``).
+
+    Not with ``--skip-existing``, whose first photo may well be done already.
+    """
+    if options.ray or options.skip_existing or not items:
+        return {}
+    from heatmap_cli.pipeline.read_ahead import decode_ahead
+
+    return {items[0].path: decode_ahead(items[0].path, _reading(options))}
 
 
 def _keep_card(request: ModelRequest, engine: GridEngine) -> None:

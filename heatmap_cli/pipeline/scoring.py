@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.io import ImageInput, read_photo
+from heatmap_cli.io import DecodedPhoto, ImageInput, read_photo
 from heatmap_cli.io.pixels import image_array
 from heatmap_cli.io.reading import display_size
 from heatmap_cli.pipeline.engine import GridEngine
@@ -43,6 +44,7 @@ from heatmap_cli.pipeline.multiscale import (
     plan_passes,
 )
 from heatmap_cli.pipeline.profiling import timed
+from heatmap_cli.pipeline.read_ahead import DecodedAhead, decoded
 from heatmap_cli.pipeline.settings import DEFAULT_READING, PhotoReading
 from heatmap_cli.pipeline.thread_warnings import captured_warnings
 
@@ -162,6 +164,7 @@ def prepare(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     reading: PhotoReading = DEFAULT_READING,
+    ahead: Future[DecodedAhead] | None = None,
 ) -> Prepared:
     """Reads, orients and resizes one image for every pass (runs in a loader thread).
 
@@ -176,6 +179,7 @@ def prepare(
         scales: Factors of ``engine.settings.size``.
         flip: Also prepare each scale's mirror image.
         reading: The decoding limit and the display copy's size.
+        ahead: The photo decoded ahead (``heatmap_cli.pipeline.read_ahead``), if it was.
 
     Returns:
         The image ready for the network.
@@ -187,7 +191,7 @@ def prepare(
     """
     with captured_warnings() as caught, timed("decode"):
         max_side = reading.max_display_side
-        photo = read_photo(item.path, max_pixels=reading.max_pixels)
+        photo = _read(item, reading, ahead, caught)
         image, original_size = photo.image, photo.original_size
         try:
             passes = plan_passes(
@@ -214,6 +218,15 @@ def prepare(
         icc_profile=image.info.get("icc_profile"),
         notes=(*caught, note) if note else tuple(caught),
     )
+
+
+def _read(
+    item: ImageInput, reading: PhotoReading, ahead: Future[DecodedAhead] | None, caught: list[str]
+) -> DecodedPhoto:
+    """The photo: decoded ahead if it was (its warnings added to ``caught``), else now."""
+    if ahead is None:
+        return read_photo(item.path, max_pixels=reading.max_pixels)
+    return decoded(ahead, caught)
 
 
 class _InFlight:
@@ -329,6 +342,7 @@ def score_images(
     common: CommonGrid = "first",
     workers: int = 2,
     reading: PhotoReading = DEFAULT_READING,
+    ahead: Mapping[Path, Future[DecodedAhead]] | None = None,
 ) -> Iterator[Outcome]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
@@ -344,6 +358,7 @@ def score_images(
         common: The grid passes are averaged on: ``"first"`` or ``"finest"``.
         workers: Loader threads.
         reading: The decoding limit and the display copy's size.
+        ahead: Photos decoded ahead, by path (``heatmap_cli.pipeline.read_ahead``).
 
     Yields:
         Every input's :class:`Outcome` (its result or its exception), exactly once.
@@ -362,7 +377,9 @@ def score_images(
         iterator = iter(items)
         while True:
             while len(futures) < limit and (item := next(iterator, None)) is not None:
-                futures.append((item, pool.submit(prepare, item, engine, scales, flip, reading)))
+                early = None if ahead is None else ahead.get(item.path)
+                args = (item, engine, scales, flip, reading, early)
+                futures.append((item, pool.submit(prepare, *args)))
             if not futures:
                 break
             item, future = futures.popleft()
