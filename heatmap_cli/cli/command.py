@@ -207,7 +207,9 @@ def _decode_first_photo(
     if options.ray or options.skip_existing or not items:
         return {}
     from heatmap_cli.pipeline.read_ahead import decode_ahead
+    from heatmap_cli.pipeline.thread_warnings import show_library_warnings_every_time
 
+    show_library_warnings_every_time()  # as the batch will: each damaged photo its own line
     return {items[0].path: decode_ahead(items[0].path, _reading(options))}
 
 
