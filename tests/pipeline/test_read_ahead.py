@@ -15,6 +15,7 @@ from heatmap_cli.pipeline.engine import GridEngine, GridSettings
 from heatmap_cli.pipeline.read_ahead import decode_ahead, decoded
 from heatmap_cli.pipeline.scoring import ImageResult, score_images
 from heatmap_cli.pipeline.settings import PhotoReading
+from heatmap_cli.pipeline.thread_warnings import show_library_warnings_every_time
 from tests.helpers.nets import WINDOW, VolumeHeadNet, seeded
 from tests.helpers.toys import as_loaded
 
@@ -30,6 +31,7 @@ def damaged_exif(path: Path) -> Path:
 
 
 def test_a_photo_decoded_ahead_is_the_one_read_now(tmp_path: Path):
+    show_library_warnings_every_time()
     path = damaged_exif(tmp_path / "d.jpg")
     with warnings.catch_warnings(record=True) as raised:
         warnings.simplefilter("always")
@@ -52,6 +54,7 @@ def test_a_photo_that_cannot_be_read_fails_as_it_would_now(tmp_path: Path):
 
 
 def test_the_loader_scores_a_photo_decoded_ahead_as_its_own(tmp_path: Path):
+    show_library_warnings_every_time()  # as the command does: each photo says its damage
     path = damaged_exif(tmp_path / "d.jpg")
     loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, interpolation="bicubic")
     engine = GridEngine(loaded, GridSettings(size=60, device="cpu"))
