@@ -377,8 +377,7 @@ def score_images(
         iterator = iter(items)
         while True:
             while len(futures) < limit and (item := next(iterator, None)) is not None:
-                early = None if ahead is None else ahead.get(item.path)
-                args = (item, engine, scales, flip, reading, early)
+                args = (item, engine, scales, flip, reading, (ahead or {}).get(item.path))
                 futures.append((item, pool.submit(prepare, *args)))
             if not futures:
                 break
