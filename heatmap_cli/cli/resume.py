@@ -8,15 +8,15 @@ An image counts as done only when all of these hold, and is made again otherwise
 3. the json lists its ``files`` (name and size in bytes), and every one of them exists, as a
    regular file, with exactly that size.
 
-Sizes, not checksums: the check reads one json and makes one ``stat`` per file (five per image
-at the default settings). Measured with ``benchmarks/resume_check.py`` on 10,000 finished images
-(60,000 files, 29.9 GB; two shared CPU cores): 0.59-0.62 s, 60 us per image, where a SHA-256 of
-every file takes at least 15 s with every byte already in memory, and for 29.9 GB that do not fit
-in the page cache as long as the disk takes to read them. Files are moved into place with their
-json last and never rewritten in place (``io.staged_files``), so a file changes under its json
-only when another run writes the same name: sizes catch a truncated, deleted or differently
-sized file; a different file of exactly the same size (another run's, made with other options)
-is the one case they miss.
+Sizes, not checksums: the check reads one json and makes one ``stat`` per file (five per image at
+the default settings). Measured with ``benchmarks/studies/resume_check.py`` on 10,000 finished
+images (60,000 files, 29.9 GB; two shared CPU cores): 0.59-0.62 s, 60 us per image, where a SHA-256
+of every file takes at least 15 s with every byte already in memory, and for 29.9 GB that do not
+fit in the page cache as long as the disk takes to read them. Files are moved into place with their
+json last and never rewritten in place (``io.staged_files``), so a file changes under its json only
+when another run writes the same name: sizes catch a truncated, deleted or differently sized file;
+a different file of exactly the same size (another run's, made with other options) is the one case
+they miss.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 On padding-free networks both must equal per-window crops to float precision. On real, padded
 networks they cannot agree everywhere; what holds exactly is that both equal the dense grid on
 the cells of the native grid, and the in-between cells differ only near the borders of the
-shifted passes, fading with the distance from them (figures in the README and in
-benchmarks/finer_stride.py).
+shifted passes, fading with the distance from them (figures in docs/methods.md and in
+benchmarks/studies/finer_stride.py).
 """
 
 from __future__ import annotations

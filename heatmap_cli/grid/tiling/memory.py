@@ -126,7 +126,7 @@ def estimate_activation_bytes(
     from creation until they are freed; the input is counted throughout (the caller holds it).
     Weights, the Python/torch runtime and operators' internal scratch buffers are not included:
     multiply by :data:`MEMORY_SAFETY_FACTOR` for a budget (measured on the CPU with the default
-    model; see ``benchmarks/huge_images.py``).
+    model; see ``benchmarks/studies/huge_images.py``).
 
     Args:
         net: Any module ``(N, 3, H, W) -> (N, K, h, w)`` that runs on meta tensors.
