@@ -81,7 +81,7 @@ def write_grid(
     class_indices: Sequence[int] | None = None,
     dtype: str = "float32",
 ) -> None:
-    """Writes the compressed ``.npz`` of DESIGN.md, all classes or some, float32 or float16.
+    """Writes the compressed ``.npz``: all classes or some, float32 or float16.
 
     Holds ``logits`` and ``probs`` ``(k, rows, cols)`` (``probs``: the softmax over all ``K``
     classes, kept for the ``k`` stored), ``class_indices`` ``(k,)`` when not all are kept,

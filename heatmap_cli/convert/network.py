@@ -149,7 +149,7 @@ class ConvolutionalizedNet(nn.Module):
 
     Cell ``(i, j)`` of the output holds the classifier's logits for the ``window``-sized part of
     the input whose top-left corner is ``(i * stride, j * stride)``, as far as zero padding allows
-    (see the README: the dense pass sees real neighbours where a crop would see zeros).
+    (see docs/methods.md: the dense pass sees real neighbours where a crop would see zeros).
 
     Attributes:
         graph_module: The rewritten ``fx.GraphModule`` that computes the grid (``forward`` runs
