@@ -44,7 +44,7 @@ class FittedModel:
     checkpoint: Checkpoint | None = None
 
     def window(
-        self, own: tuple[int, int], requested: tuple[int, int] | None, arch: str
+        self, own: tuple[int, int], requested: tuple[int, int] | None, arch: str | None
     ) -> tuple[tuple[int, int], tuple[str, ...]]:
         """The window the model runs at, and the notes to give with it.
 
@@ -54,9 +54,10 @@ class FittedModel:
         architecture's own with a note, as a model file without a recorded size gets.
 
         Args:
-            own: The architecture's training size ``(H, W)`` (its library's metadata).
+            own: The architecture's training size ``(H, W)`` (its library's metadata), or the
+                size assumed for code that records none.
             requested: The size the user gave (``input_size``), which wins.
-            arch: The architecture's name, for the note.
+            arch: The architecture's name, for the note; None where ``own`` is only assumed.
 
         Returns:
             ``(H, W)`` and :attr:`notes`, with a line saying where the size came from when it
@@ -70,8 +71,9 @@ class FittedModel:
             where = checkpoint.input_size_from
             note = f"{checkpoint.path}: input size {width}x{height}, from its {where}"
             return checkpoint.input_size, (*self.notes, note)
+        whose = f", {arch}'s own" if arch else ""
         note = (
-            f"{checkpoint.path} records no input size; assuming {own[1]}x{own[0]}, {arch}'s own "
+            f"{checkpoint.path} records no input size; assuming {own[1]}x{own[0]}{whose} "
             "(set --input-size to the size it was trained at)"
         )
         return own, (*self.notes, note)

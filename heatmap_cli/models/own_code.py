@@ -68,7 +68,7 @@ class OwnCodeSource(ModelSource):
         files = (ModelFile("code", path, file_sha256(path)),) if path is not None else ()
         window = request.input_size
         if request.weights is not None:  # the size the file records, else assumed with a note
-            window, notes = fitted.window(DEFAULT_WINDOW, request.input_size, name)
+            window, notes = fitted.window(DEFAULT_WINDOW, request.input_size, None)
         return own_loaded_model(name, model, source=source, window=window, files=files, notes=notes)
 
 

@@ -604,7 +604,7 @@ def test_a_checkpoint_says_its_size_or_the_assumed_window_is_said(
         assert size == {"width": 44, "height": 44}
     else:
         assert notes == [
-            f"Note: {weights} records no input size; assuming 224x224, {NETS}:PooledHeadNet's own "
-            "(set --input-size to the size it was trained at)"
+            f"Note: {weights} records no input size; assuming 224x224 (set --input-size to the "
+            "size it was trained at)"
         ]
         assert size == {"width": 224, "height": 224}
