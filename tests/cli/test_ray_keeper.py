@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from heatmap_cli.cli import ray_keeper
 from heatmap_cli.cli.ray_keeper import descendants
 from tests.helpers.cli import save_photo
 
@@ -132,13 +133,19 @@ def test_the_keeper_acts_only_for_the_process_that_started_it() -> None:
 
 
 def test_descendants_are_found_below_a_process_and_only_there() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]
+    )  # fmt: skip
     try:
+        time.sleep(1)
         found = descendants(os.getpid())
-        assert child.pid in found
+        assert child.pid in found and len(descendants(child.pid)) == 1  # and its grandchild
         assert os.getpid() not in found
-        assert child.pid not in descendants(child.pid)
+        assert found == ray_keeper._descendants_by_scan(os.getpid())  # the fallback agrees
     finally:
+        for pid in descendants(child.pid):
+            os.kill(pid, signal.SIGKILL)
         child.kill()
         child.wait()
 
