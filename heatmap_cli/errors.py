@@ -32,6 +32,7 @@ __all__ = [
     "LabelsFileError",
     "MemoryExhaustedError",
     "ModelFileError",
+    "NonFiniteScoresError",
     "OutputWriteError",
     "RenderError",
     "TrainingModeError",
@@ -95,8 +96,12 @@ class ConversionError(HeatmapError, ValueError):
     """The classifier's head cannot be rewritten as convolutions (e.g. attention over tokens)."""
 
 
-class WeightsUnavailableError(HeatmapError):
-    """Pretrained weights are neither cached nor downloadable (offline machine)."""
+class WeightsUnavailableError(UsageError):
+    """Pretrained weights are neither cached nor downloadable (offline machine).
+
+    A usage error: the model asked for cannot be had here, so the run cannot start (exit 2,
+    before any image is read), as for a model name that does not exist.
+    """
 
 
 class RenderError(HeatmapError, ValueError):
@@ -119,6 +124,10 @@ class ImageReadError(HeatmapError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NonFiniteScoresError(HeatmapError):
+    """The model returned NaN or infinite scores for an image: nothing can be drawn of it."""
 
 
 class OutputWriteError(HeatmapError):

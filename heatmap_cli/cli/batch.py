@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heatmap_cli.cli.console import Console, Tally
+from heatmap_cli.cli.console import QUIET_ERRORS_ONLY, Console, Tally
 from heatmap_cli.cli.manifest import Manifest, ManifestRow
 from heatmap_cli.cli.records import run_settings
 from heatmap_cli.cli.resume import check_outputs
@@ -201,7 +201,8 @@ class Batch:
         tally: Where images are counted.
         manifest: Where each image's row goes.
         skip_existing: Leave out the images whose outputs are complete for these settings.
-        quiet: No progress bar, no per-image lines (errors are still said).
+        quiet: 0 says everything; 1 (``-q``) no progress bar and no per-image result lines
+            (notes, warnings, redo reasons and errors are still said); 2 (``-qq``) errors only.
         debug: Let an image's exception escape, for its traceback.
     """
 
@@ -210,7 +211,7 @@ class Batch:
     tally: Tally
     manifest: Manifest
     skip_existing: bool = False
-    quiet: bool = False
+    quiet: int = 0
     debug: bool = False
 
     def images_to_do(self, items: list[ImageInput]) -> list[ImageInput]:
@@ -224,7 +225,7 @@ class Batch:
         todo, skipped, redone = self.job.sort_out(items)
         for processed in skipped:
             self.report(processed)
-        if not self.quiet:
+        if self.quiet < QUIET_ERRORS_ONLY:
             for item, reason in redone.items():
                 self.console.say(f"Redoing {item.path}: {reason}")
         return todo
@@ -235,7 +236,7 @@ class Batch:
 
     def report_all(self, processed: Iterable[Processed], total: int) -> None:
         """Reports images as they finish, under a progress bar of ``total`` images."""
-        progress = self.console.progress(total, shown=not self.quiet and total > 1)
+        progress = self.console.progress(total, shown=self.quiet == 0 and total > 1)
         with progress:
             for one in processed:
                 self.report(one)
@@ -254,18 +255,20 @@ class Batch:
             self.tally.failures.append((path, row.error or "failed"))
         else:
             self.tally.done += 1
-        for note in processed.notes:
+        said = self.quiet < QUIET_ERRORS_ONLY  # notes, warnings and redo reasons
+        for note in processed.notes if said else ():
             say(f"Note: {note}")
-        if processed.redo and not self.quiet:
+        if processed.redo and said:
             say(f"Redoing {path}: {processed.redo}")
         if row.status == "failed":
             say(f"Error: {row.error}")
-        elif not self.quiet:
+            return
+        if not self.quiet:
             table = processed.table or ""
             separator = "\n" if "\n" in table else " "
             self.console.result(f"{path}:{separator}{table}")
-            for warning in processed.warnings:
-                say(f"Warning: {path}: {warning}")
+        for warning in processed.warnings if said else ():
+            say(f"Warning: {path}: {warning}")
 
 
 def describe_failure(path: Path, error: Exception) -> str:

@@ -371,7 +371,13 @@ mixed sizes.
     help="Actors in the --ray pool (default: one per GPU with --device cuda, else one per CPU "
     "but one).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="No progress bar or per-image result lines (notes, warnings and the summary stay); "
+    "-qq: errors only.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:
     """The ``heatmap`` command (its help is ``_HELP``)."""

@@ -99,7 +99,8 @@ class TimmSource(ModelSource):
         if request.weights is not None:
             checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
             fitted = build_for_checkpoint(timm_builder(timm_name), checkpoint, name)
-            return timm_loaded_model(name, fitted.model, str(request.weights), fitted.notes)
+            window, notes = fitted.window(timm_window(fitted.model), request.input_size, name)
+            return timm_loaded_model(name, fitted.model, str(request.weights), notes, window)
         download = request.download
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise WeightsUnavailableError(
@@ -137,8 +138,19 @@ def timm_builder(timm_name: str) -> Callable[[int | None], nn.Module]:
     return build
 
 
+def timm_window(model: nn.Module) -> tuple[int, int]:
+    """``(H, W)`` a timm model's ``pretrained_cfg`` says it was trained at (224 if it says none)."""
+    cfg: Mapping[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
+    height, width = cfg.get("input_size", (3, 224, 224))[-2:]
+    return int(height), int(width)
+
+
 def timm_loaded_model(
-    name: str, model: nn.Module, source: str, notes: tuple[str, ...] = ()
+    name: str,
+    model: nn.Module,
+    source: str,
+    notes: tuple[str, ...] = (),
+    window: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Wraps a timm model with the preprocessing and class names from its ``pretrained_cfg``.
 
@@ -147,19 +159,21 @@ def timm_loaded_model(
         model: A timm model (it has ``pretrained_cfg`` and ``num_classes``).
         source: Where its weights came from, for the user.
         notes: How its weights were found in a file (:class:`LoadedModel` ``notes``).
+        window: ``(H, W)`` it was trained at, when not its ``pretrained_cfg``'s (a checkpoint
+            fine-tuned at another size, :meth:`~heatmap_cli.models.fitting.FittedModel.window`).
 
     Returns:
         The model with its class names, mean/std, input size and interpolation.
     """
     cfg: Mapping[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
-    height, width = cfg.get("input_size", (3, 224, 224))[-2:]
+    height, width = window or timm_window(model)
     return LoadedModel(
         name=name,
         model=model,
         categories=_categories(int(model.num_classes), cfg),  # type: ignore[arg-type]
         mean=as_triple(cfg.get("mean") or _imagenet_default("MEAN")),
         std=as_triple(cfg.get("std") or _imagenet_default("STD")),
-        input_size=(int(height), int(width)),
+        input_size=(height, width),
         interpolation=as_interpolation(cfg.get("interpolation") or "bilinear"),
         source=source,
         notes=notes,
