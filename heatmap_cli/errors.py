@@ -35,6 +35,7 @@ __all__ = [
     "NonFiniteScoresError",
     "OutputWriteError",
     "RenderError",
+    "TimmCouplingError",
     "TrainingModeError",
     "UnknownClassError",
     "UnknownColormapError",
@@ -94,6 +95,14 @@ class TrainingModeError(UsageError):
 
 class ConversionError(HeatmapError, ValueError):
     """The classifier's head cannot be rewritten as convolutions (e.g. attention over tokens)."""
+
+
+class TimmCouplingError(ConversionError):
+    """A timm model, and a timm release without a name heatmap-cli reads it by.
+
+    A layer class or a registry function the conversion knows by name, or a ``pretrained_cfg``
+    key; the message names what is missing.
+    """
 
 
 class WeightsUnavailableError(UsageError):

@@ -34,7 +34,7 @@ from heatmap_cli.pipeline.limits import (
     release_free_memory,
 )
 from heatmap_cli.pipeline.ranking import describe_ranking
-from heatmap_cli.pipeline.rendering import OutputOptions, image_ranking
+from heatmap_cli.pipeline.rendering import ImageSummary, OutputOptions, summarize_image
 from heatmap_cli.pipeline.scoring import (
     DEFAULT_READING,
     ImageResult,
@@ -163,24 +163,33 @@ class ImageJob:
     def _finish(self, outcome: Outcome, debug: bool) -> Processed:
         """Writes one image's outputs; its row says done, or failed and why."""
         path, stem = outcome.item
+        rendering, categories = self.rendering, self.engine.categories
         try:
             result = outcome.unwrap()
-            written = self._write(result)
+            summary = summarize_image(result, categories, rendering)  # once, for every output
+            written = self._write(result, summary)
         except Exception as error:  # one image's failure never stops the batch
             if debug:
                 raise
             return Processed(ManifestRow.failed(path, stem, describe_failure(path, error)))
-        rendering, categories = self.rendering, self.engine.categories
-        ranking = [dataclasses.asdict(r) for r in image_ranking(result, categories, rendering)]
+        ranking = [dataclasses.asdict(r) for r in summary.top_k]
         files = [written_path.relative_to(self.out) for written_path in written]
-        table = describe_ranking(result.grid.passes, categories, rendering.top_k, rendering.pooling)
+        table = describe_ranking(
+            result.grid.passes,
+            categories,
+            rendering.top_k,
+            rendering.pooling,
+            ranking=summary.ranking,
+        )
         row = ManifestRow.finished(path, stem, "done", ranking, files)
         return Processed(row, table=table, warnings=result.notes)
 
-    def _write(self, result: ImageResult) -> list[Path]:
+    def _write(self, result: ImageResult, summary: ImageSummary) -> list[Path]:
         """``write_outputs``, with running out of memory said as what to lower."""
         try:
-            return write_outputs(result, self.engine, self.rendering, self.out, self.reading)
+            return write_outputs(
+                result, self.engine, self.rendering, self.out, self.reading, summary
+            )
         except Exception as error:
             if is_out_of_memory(error):
                 raise out_of_memory(

@@ -50,12 +50,12 @@ from heatmap_cli.io import (
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.profiling import timed
-from heatmap_cli.pipeline.ranking import rank_image
 from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
     OutputOptions,
     RenderedClass,
     render_overlay,
-    rendered_classes,
+    summarize_image,
 )
 from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
 from heatmap_cli.render import contact_sheet, sheet_tile
@@ -74,21 +74,19 @@ WRITER_THREADS = 2
 
 
 def npz_class_indices(
-    result: ImageResult, options: OutputOptions, classes: Sequence[RenderedClass]
+    summary: ImageSummary, options: OutputOptions, count: int
 ) -> list[int] | None:
-    """The classes the npz keeps, by ``npz_classes``; None for all of them.
+    """The classes the npz keeps, by ``npz_classes``; None for all ``count`` of them.
 
     ``"rendered"``: the drawn classes; ``"topK"``: the image-level ranking's first ``K``, the
     ranking of the json's ``top_k``.
     """
-    count = result.grid.logits.shape[0]
     if options.npz_classes == "rendered":
-        return [c.index for c in classes]
+        return [c.index for c in summary.classes]
     if options.npz_classes.startswith("top"):
         wanted = int(options.npz_classes.removeprefix("top"))
         if wanted < count:
-            ranking = rank_image(result.grid.passes, wanted, options.pooling)
-            return [index for index, _ in ranking]
+            return [index for index, _ in summary.ranking.top(wanted)]
     return None
 
 
@@ -131,6 +129,7 @@ def write_outputs(
     options: OutputOptions,
     out_dir: Path,
     reading: PhotoReading = DEFAULT_READING,
+    summary: ImageSummary | None = None,
 ) -> list[Path]:
     """Renders and writes every output of one image: pictures, npz, and the json last.
 
@@ -146,6 +145,8 @@ def write_outputs(
         options: What to render and write, and how.
         out_dir: The output folder.
         reading: How the photo was decoded (recorded in the json's settings).
+        summary: The image's ranking and drawn classes, when derived already
+            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`).
 
     Returns:
         The paths written, the json last.
@@ -156,20 +157,21 @@ def write_outputs(
     stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
     previous, _ = read_record(marker)  # before anything of this run is moved into place
     with staged_files(marker.parent, stem.name) as staging, _WriterJobs() as jobs:
-        classes = rendered_classes(result, engine.categories, options)
+        if summary is None:
+            summary = summarize_image(result, engine.categories, options)
         grid_names = []
         if "npz" in options.outputs:
             grid_names.append(output_path(out_dir, stem, ".npz").name)
-            indices = npz_class_indices(result, options, classes)
+            indices = npz_class_indices(summary, options, result.grid.logits.shape[0])
             grid = (result.grid, engine.categories, indices, options.npz_dtype)
             jobs.submit(write_grid, staging.folder / grid_names[0], *grid)
         names = []
         if "png" in options.outputs:
-            names += _write_pictures(staging.folder, result, classes, options, jobs)
+            names += _write_pictures(staging.folder, result, summary.classes, options, jobs)
         names += grid_names
         jobs.wait()
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
-        record = build_record(result, engine, options, classes, files, reading)
+        record = build_record(result, engine, options, summary, files, reading)
         write_json(staging.folder / marker.name, record.to_json())
         moved = staging.commit(names)
         if previous is not None:

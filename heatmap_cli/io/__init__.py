@@ -1,7 +1,8 @@
 """Files in and out: reading photos, finding inputs, writing results atomically.
 
 * :mod:`~heatmap_cli.io.reading`: :func:`read_image` (EXIF orientation, every Pillow mode,
-  decompression bombs), :func:`read_photo` (JPEGs decoded no larger than needed);
+  decompression bombs), :func:`read_photo` (JPEGs decoded no larger than needed),
+  :func:`photo_of_image` (an image already in memory);
 * :mod:`~heatmap_cli.io.inputs`: :func:`find_images` (files and folders to images and unique
   output stems), :func:`output_path`;
 * :mod:`~heatmap_cli.io.atomic`: :func:`atomic_writer` and the picture (PNG, JPEG, WebP), npz
@@ -43,6 +44,7 @@ from heatmap_cli.io.reading import (
     DEFAULT_MAX_PIXELS,
     DecodedPhoto,
     display_size,
+    photo_of_image,
     read_image,
     read_photo,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "loads_strict",
     "locked",
     "output_path",
+    "photo_of_image",
     "read_image",
     "read_photo",
     "read_regular_file",

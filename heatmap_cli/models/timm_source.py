@@ -6,6 +6,10 @@ Class names, mean/std, interpolation and the input size come from the model's
 once, so an offline machine fails at once with a message that says which file to fetch and where
 to put it. timm is imported where it is first needed (importing it takes seconds), not with
 this module.
+
+The ``pretrained_cfg`` keys read here (:data:`TIMM_CONFIG_KEYS`) are required, not defaulted: a
+timm release that renamed one would otherwise give every model ImageNet's mean or a 224 window
+without a word. ``tests/convert/test_timm_coupling.py`` pins them with the rest of timm's names.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
+from heatmap_cli.errors import (
+    TimmCouplingError,
+    UnknownModelError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
 from heatmap_cli.models.base import (
     LoadedModel,
     LoadRequest,
@@ -34,10 +43,19 @@ from heatmap_cli.models.categories import imagenet_categories
 from heatmap_cli.models.fitting import build_for_checkpoint
 from heatmap_cli.models.weights import read_checkpoint, torch_hub_cache_path
 
-__all__ = ["TIMM_PREFIX", "TimmSource", "timm_builder", "timm_loaded_model"]
+__all__ = [
+    "TIMM_CONFIG_KEYS",
+    "TIMM_PREFIX",
+    "TimmSource",
+    "timm_builder",
+    "timm_loaded_model",
+]
 
 TIMM_PREFIX = "timm/"
 """Prefix that selects a timm model: ``timm/NAME`` or ``timm/NAME.TAG``."""
+
+TIMM_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation")
+"""The keys of a timm model's ``pretrained_cfg`` that every timm model has and that are read."""
 
 
 class TimmSource(ModelSource):
@@ -166,6 +184,7 @@ def timm_loaded_model(
         The model with its class names, mean/std, input size and interpolation.
     """
     cfg: Mapping[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
+    _check_config(name, cfg)
     height, width = window or timm_window(model)
     return LoadedModel(
         name=name,
@@ -178,6 +197,19 @@ def timm_loaded_model(
         source=source,
         notes=notes,
     )
+
+
+def _check_config(name: str, cfg: Mapping[str, Any]) -> None:
+    """Raises ``TimmCouplingError`` unless ``cfg`` has every key of :data:`TIMM_CONFIG_KEYS`."""
+    missing = [key for key in TIMM_CONFIG_KEYS if key not in cfg]
+    if missing:
+        import timm
+
+        raise TimmCouplingError(
+            f"the pretrained_cfg of {name} has no {', '.join(map(repr, missing))} (timm "
+            f"{timm.__version__}: renamed?); heatmap-cli reads the window and the normalization "
+            "from it and will not guess them"
+        )
 
 
 def _imagenet_default(statistic: str) -> tuple[float, float, float]:
