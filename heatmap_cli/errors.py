@@ -34,6 +34,7 @@ __all__ = [
     "ModelFileError",
     "OutputWriteError",
     "RenderError",
+    "SlideReadError",
     "TrainingModeError",
     "UnknownClassError",
     "UnknownColormapError",
@@ -119,6 +120,15 @@ class ImageReadError(HeatmapError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class SlideReadError(ImageReadError):
+    """A whole-slide or gigapixel file that cannot be opened or read by region.
+
+    Truncated files, corrupt or missing tiles and levels, vendor formats no installed reader
+    knows, and slides without the microns per pixel a physical scale needs. ``reason`` says
+    what is wrong and what to do, in one line.
+    """
 
 
 class OutputWriteError(HeatmapError):

@@ -1,0 +1,191 @@
+"""Synthetic whole-slide images written with tifffile, tile by tile (bounded memory at any size).
+
+:func:`write_slide` writes a pyramidal, tiled TIFF of ``(height, width)`` pixels in one of the
+layouts the readers meet: ``"aperio"`` (an SVS: JPEG tiles, an Aperio ``ImageDescription`` with
+``MPP``, reduced levels as further pages), ``"generic"`` (a tiled TIFF pyramid without
+microns per pixel), ``"ome"`` (OME-TIFF, levels as SubIFDs, ``PhysicalSizeX``) or ``"strips"``
+(a plain BigTIFF in strips, one level, as a GeoTIFF or a scanner's flat export would be).
+
+The picture is a function of level-0 coordinates, so every level shows the same slide: white
+glass (RGB about 240) with pink-purple "tissue" blobs covering about ``tissue`` of the area, and
+a fine texture inside them. :func:`slide_pixels` gives the same pixels as an array (small sizes
+only), for references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+TILE = 256
+
+
+def _blobs(height: int, width: int, tissue: float, seed: int) -> np.ndarray:
+    """``(n, 4)`` ellipses ``(cy, cx, ry, rx)`` in level-0 pixels covering about ``tissue``."""
+    rng = np.random.default_rng(seed)
+    area = 0.0
+    blobs = []
+    while area < tissue * height * width * 1.25 and len(blobs) < 64:
+        ry = rng.uniform(0.06, 0.2) * height
+        rx = rng.uniform(0.06, 0.2) * width
+        cy = rng.uniform(0.15, 0.85) * height
+        cx = rng.uniform(0.15, 0.85) * width
+        blobs.append((cy, cx, ry, rx))
+        area += np.pi * ry * rx
+    return np.array(blobs, dtype=np.float64)
+
+
+def _render(
+    blobs: np.ndarray, top: float, left: float, rows: int, cols: int, step: float
+) -> np.ndarray:
+    """uint8 ``(rows, cols, 3)``: the picture at level-0 ``(top, left)``, ``step`` px apart."""
+    ys = top + (np.arange(rows) + 0.5) * step
+    xs = left + (np.arange(cols) + 0.5) * step
+    inside = np.zeros((rows, cols), dtype=bool)
+    for cy, cx, ry, rx in blobs:
+        dy = ((ys - cy) / ry) ** 2
+        dx = ((xs - cx) / rx) ** 2
+        inside |= dy[:, None] + dx[None, :] <= 1.0
+    texture = np.sin(ys[:, None] / 9.0) * np.cos(xs[None, :] / 7.0)  # same at every level
+    image = np.empty((rows, cols, 3), dtype=np.float32)
+    image[...] = (240, 238, 242)
+    pink = np.stack([200 + 30 * texture, 110 + 40 * texture, 170 + 25 * texture], axis=-1).astype(
+        np.float32
+    )
+    image[inside] = pink[inside]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def slide_pixels(
+    size: tuple[int, int], *, tissue: float = 0.45, seed: int = 0, downsample: int = 1
+) -> np.ndarray:
+    """uint8 ``(H / downsample, W / downsample, 3)``: a level of :func:`write_slide`'s picture."""
+    height, width = size
+    blobs = _blobs(height, width, tissue, seed)
+    return _render(blobs, 0, 0, height // downsample, width // downsample, downsample)
+
+
+def _tiles(
+    blobs: np.ndarray, level_size: tuple[int, int], downsample: int, tile: int
+) -> Iterator[np.ndarray]:
+    height, width = level_size
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            block = np.full((tile, tile, 3), 255, dtype=np.uint8)
+            rows, cols = min(tile, height - top), min(tile, width - left)
+            block[:rows, :cols] = _render(
+                blobs, top * downsample, left * downsample, rows, cols, downsample
+            )
+            yield block
+
+
+def _strips(blobs: np.ndarray, size: tuple[int, int], rows_per_strip: int) -> Iterator[np.ndarray]:
+    height, width = size
+    for top in range(0, height, rows_per_strip):
+        rows = min(rows_per_strip, height - top)
+        yield _render(blobs, top, 0, rows, width, 1)
+
+
+def write_slide(
+    path: Path,
+    size: tuple[int, int],
+    *,
+    layout: str = "aperio",
+    mpp: float | None = 0.5,
+    downsamples: tuple[int, ...] = (1, 4, 16),
+    tissue: float = 0.45,
+    compression: str | None = "jpeg",
+    seed: int = 0,
+    tile: int = TILE,
+) -> Path:
+    """Writes a synthetic slide; returns ``path``.
+
+    Args:
+        path: Where to write (``.svs``, ``.tif``, ``.ome.tif``...).
+        size: ``(height, width)`` of level 0 in pixels.
+        layout: ``"aperio"``, ``"generic"``, ``"ome"`` or ``"strips"``.
+        mpp: Microns per pixel of level 0, written where the layout has a place for it.
+        downsamples: Level downsamples (the first must be 1; ``"strips"`` writes level 0 only).
+        tissue: About this fraction of the area is tissue.
+        compression: ``"jpeg"`` (quality 90), ``"zlib"`` or None.
+        seed: Where the blobs lie.
+        tile: Tile side in pixels.
+    """
+    height, width = size
+    blobs = _blobs(height, width, tissue, seed)
+    options: dict[str, object] = {"photometric": "rgb"}
+    if compression == "jpeg":
+        options["compression"] = "jpeg"
+        options["compressionargs"] = {"level": 90}
+    elif compression is not None:
+        options["compression"] = compression
+    big = height * width * 3 > 2**31
+    if layout == "strips":
+        # A flat BigTIFF in uncompressed strips, filled strip by strip through a memory map.
+        image = tifffile.memmap(
+            path,
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            bigtiff=True,
+            photometric="rgb",
+            rowsperstrip=64,
+        )
+        for top in range(0, height, 512):
+            rows = min(512, height - top)
+            image[top : top + rows] = _render(blobs, top, 0, rows, width, 1)
+        image.flush()
+        del image
+        return path
+    levels = [(d, (height // d, width // d)) for d in downsamples]
+    with tifffile.TiffWriter(path, bigtiff=big or layout == "ome", ome=layout == "ome") as tif:
+        for index, (downsample, level_size) in enumerate(levels):
+            extra: dict[str, object] = {}
+            if index == 0 and layout == "aperio":
+                mpp_text = f"|MPP = {mpp}" if mpp is not None else ""
+                extra["description"] = (
+                    f"Aperio Image Library v12.0.0\n{width}x{height} [0,0 {width}x{height}] "
+                    f"({tile}x{tile}) JPEG/RGB Q=90|AppMag = 20{mpp_text}"
+                )
+            if layout == "ome" and index == 0:
+                extra["subifds"] = len(levels) - 1
+                if mpp is not None:
+                    extra["metadata"] = {
+                        "axes": "YXS",
+                        "PhysicalSizeX": mpp,
+                        "PhysicalSizeXUnit": "µm",
+                        "PhysicalSizeY": mpp,
+                        "PhysicalSizeYUnit": "µm",
+                    }
+            elif layout == "ome":
+                extra["subfiletype"] = 1
+            elif index > 0 and layout == "aperio":  # SVS levels are full pages, described
+                extra["description"] = (
+                    f"Aperio Image Library v12.0.0\n{width}x{height} -> "
+                    f"{level_size[1]}x{level_size[0]}"
+                )
+            elif index > 0:
+                extra["subfiletype"] = 1
+            if layout != "ome" and index == 0:
+                extra["metadata"] = None  # no tifffile json description: the vendor's own
+            tif.write(
+                _tiles(blobs, level_size, downsample, tile),
+                shape=(*level_size, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                **options,
+                **extra,
+            )
+            if index == 0 and layout == "aperio":  # SVS: a stripped thumbnail as page 1
+                thumb_side = max(1, height // 32), max(1, width // 32)
+                tif.write(
+                    _render(blobs, 0, 0, *thumb_side, 32),
+                    photometric="rgb",
+                    subfiletype=1,
+                    description=f"Aperio Image Library v12.0.0\n{width}x{height} -> "
+                    f"{thumb_side[1]}x{thumb_side[0]}",
+                    metadata=None,
+                )
+    return path
