@@ -203,4 +203,3 @@ def command_line_names(aliases: Mapping[str, str] | None = None) -> Iterator[Non
     finally:
         with _Spelling.lock:
             _Spelling.flags = previous
-

@@ -98,6 +98,9 @@ class CommandOptions:
     scales: str | None
     flip: bool
     pooling: str
+    mpp: float | None
+    slide_mpp: float | None
+    tissue: str
     skip_existing: bool
     report: bool
     ray: bool
@@ -353,6 +356,7 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         from heatmap_cli.io import DEFAULT_MAX_PIXELS
         from heatmap_cli.pipeline.engine import GridEngine, GridSettings
         from heatmap_cli.pipeline.scoring import PhotoReading
+        from heatmap_cli.pipeline.slides import SlideSettings
 
     with timed("load"):
         loaded = _load(options)
@@ -381,8 +385,21 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
     )
+    slides = SlideSettings(
+        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
+        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
+        slide_mpp=options.slide_mpp,
+        tissue=options.tissue,
+        tile=options.tile,
+    )
     return ImageJob(
-        engine, rendering, options.out, scales=scales, flip=options.flip, reading=reading
+        engine,
+        rendering,
+        options.out,
+        scales=scales,
+        flip=options.flip,
+        reading=reading,
+        slides=slides,
     )
 
 

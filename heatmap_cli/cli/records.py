@@ -49,6 +49,7 @@ __all__ = [
     "software_versions",
 ]
 
+
 class OutputFile(NamedTuple):
     """One file written for an image, as its json lists it (``{"name", "bytes"}``).
 

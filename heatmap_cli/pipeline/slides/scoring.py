@@ -41,6 +41,7 @@ from heatmap_cli.pipeline.slides.tissue import (
 
 __all__ = [
     "CROPS_BLOCK",
+    "DEFAULT_SLIDES",
     "DEFAULT_SLIDE_TILE",
     "Progress",
     "SlideScores",
@@ -82,6 +83,10 @@ class SlideSettings:
     tile: int | None = None
     thumbnail_side: int = 4096
     read_ahead: int = 2
+
+
+DEFAULT_SLIDES = SlideSettings()
+"""Slides at their own pixels, automatic tissue mask."""
 
 
 @dataclass
@@ -195,7 +200,7 @@ def store_key(
 def score_slide(
     slide: Slide,
     engine: GridEngine,
-    settings: SlideSettings = SlideSettings(),
+    settings: SlideSettings = DEFAULT_SLIDES,
     *,
     store_folder: Path | None = None,
     key: Mapping[str, object] | None = None,
