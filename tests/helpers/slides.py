@@ -189,3 +189,56 @@ def write_slide(
                     metadata=None,
                 )
     return path
+
+
+def require_slides() -> None:
+    """Skips the calling test module without the slide readers, unless CI requires them.
+
+    ``HEATMAP_REQUIRE_SLIDES=1`` (set by ``.ci/run``) turns the skip into a failure, so the
+    slide tests cannot silently not run.
+    """
+    import os
+
+    import pytest
+
+    try:
+        import openslide  # noqa: F401
+        import tiffslide  # noqa: F401
+    except (ImportError, OSError):
+        if os.environ.get("HEATMAP_REQUIRE_SLIDES") == "1":
+            raise
+        pytest.skip(
+            "the slide readers are not installed: pip install -e '.[slides]'",
+            allow_module_level=True,
+        )
+
+
+def padded_net(num_classes: int = 3, seed: int = 0):  # noqa: ANN201
+    """A small zero-padded CNN (window 32, native stride 8, receptive field 46 pixels).
+
+    Its dense grid depends on neighbours beyond each window, as real networks' do, so tiling it
+    exactly is a real test.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.BatchNorm2d(12),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(12, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+    with torch.no_grad():
+        net[4].running_mean.uniform_(-0.1, 0.1)
+        net[4].running_var.uniform_(0.5, 1.5)
+    return net.eval()

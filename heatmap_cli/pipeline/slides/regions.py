@@ -3,9 +3,11 @@
 Model pixel ``x`` covers level pixels ``[x * scale, (x + 1) * scale)``. A region is read with a
 margin of level pixels as wide as the filter reaches, and resized with Pillow's ``box``
 (fractional source coordinates): each output pixel is weighted from the same source pixels as in
-one resize of the whole level, so tiles resampled apart join without seams, and equal the whole
-level resized at once (``resize(size, box=(0, 0, W * scale, H * scale))``) exactly. At the slide's
-edges the region is clipped, as the whole level's resize is.
+one resize of the whole level, so tiles resampled apart join without seams and equal the whole
+level resized at once (``resize(size, box=(0, 0, W * scale, H * scale))``) up to Pillow's
+fixed-point rounding: at most one grey level, on about 1% of the pixels (the filter weights are
+computed from box offsets that differ by whole pixels, which floats round differently). At the
+slide's edges the region is clipped, as the whole level's resize is.
 """
 
 from __future__ import annotations
