@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from heatmap_cli.models import LoadedModel
     from heatmap_cli.pipeline.engine import GridEngine
     from heatmap_cli.pipeline.rendering import OutputOptions
+    from heatmap_cli.pipeline.slides import SlideSettings
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -356,7 +357,6 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         from heatmap_cli.io import DEFAULT_MAX_PIXELS
         from heatmap_cli.pipeline.engine import GridEngine, GridSettings
         from heatmap_cli.pipeline.scoring import PhotoReading
-        from heatmap_cli.pipeline.slides import SlideSettings
 
     with timed("load"):
         loaded = _load(options)
@@ -385,13 +385,6 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         max_pixels=DEFAULT_MAX_PIXELS if options.max_pixels is None else options.max_pixels,
         max_display_side=options.max_overlay_side,
     )
-    slides = SlideSettings(
-        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
-        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
-        slide_mpp=options.slide_mpp,
-        tissue=options.tissue,
-        tile=options.tile,
-    )
     return ImageJob(
         engine,
         rendering,
@@ -399,7 +392,20 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         scales=scales,
         flip=options.flip,
         reading=reading,
-        slides=slides,
+        slides=_slide_settings(options, loaded),
+    )
+
+
+def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettings:
+    """How slides are read: ``--mpp`` (else the model's own), ``--slide-mpp``, ``--tissue``."""
+    from heatmap_cli.pipeline.slides import SlideSettings
+
+    return SlideSettings(
+        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
+        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
+        slide_mpp=options.slide_mpp,
+        tissue=options.tissue,
+        tile=options.tile,
     )
 
 

@@ -213,7 +213,7 @@ def require_slides() -> None:
         )
 
 
-def padded_net(num_classes: int = 3, seed: int = 0):  # noqa: ANN201
+def padded_net(num_classes: int = 3, seed: int = 0):
     """A small zero-padded CNN (window 32, native stride 8, receptive field 46 pixels).
 
     Its dense grid depends on neighbours beyond each window, as real networks' do, so tiling it

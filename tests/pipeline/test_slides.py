@@ -189,7 +189,7 @@ def test_an_interrupted_slide_resumes_from_its_kept_tiles(svs, tmp_path):
 def test_summaries_tables_and_tiles(tmp_path, svs):
     with open_slide(svs) as slide:
         scores = score_slide(slide, engine_for(), SlideSettings(model_mpp=0.5))
-    logits, probs = masked_scores(scores.logits, scores.tissue, "softmax")
+    _, probs = masked_scores(scores.logits, scores.tissue, "softmax")
     assert np.isnan(probs[:, ~scores.tissue]).all()
     np.testing.assert_allclose(probs[:, scores.tissue].sum(axis=0), 1, atol=1e-5)
     ranking = rank_slide(probs, 2)

@@ -91,5 +91,6 @@ def unsupported_reason() -> str:
     """What to say of a file that no reader knows."""
     return (
         "not a slide format the installed readers know (tifffile, OpenSlide); convert it to "
-        "OME-TIFF or a tiled pyramidal TIFF (e.g. bfconvert, or vips tiffsave --tile --pyramid)"
+        "OME-TIFF or a tiled pyramidal TIFF (e.g. with bfconvert, or vips tiffsave's tile "
+        "and pyramid options)"
     )
