@@ -242,3 +242,81 @@ def padded_net(num_classes: int = 3, seed: int = 0):
         net[4].running_mean.uniform_(-0.1, 0.1)
         net[4].running_var.uniform_(0.5, 1.5)
     return net.eval()
+
+
+def write_huge_slide(
+    path: Path,
+    size: tuple[int, int],
+    *,
+    mpp: float = 0.5,
+    downsamples: tuple[int, ...] = (1, 4, 16),
+    tissue: float = 0.45,
+    seed: int = 0,
+    quality: int = 80,
+) -> Path:
+    """An Aperio-layout slide of any size in seconds per gigapixel: JPEG tiles encoded once.
+
+    Tiles are chosen from a few pre-encoded ones (glass, or one of eight tissue textures) by
+    whether their centre lies in a tissue blob, and written as tifffile's pre-encoded chunks,
+    so a 100k x 100k slide costs minutes and no memory beyond one level's tile index.
+    """
+    import imagecodecs
+
+    height, width = size
+    blobs = _blobs(height, width, tissue, seed)
+    palette = [
+        imagecodecs.jpeg8_encode(_render(blobs, 0, 0, TILE, TILE, 1) * 0 + 241, level=quality)
+    ]
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        texture = _render(
+            np.array([[TILE, TILE, 1e9, 1e9]]),
+            rng.uniform(0, 1e4),
+            rng.uniform(0, 1e4),
+            TILE,
+            TILE,
+            1,
+        )
+        palette.append(imagecodecs.jpeg8_encode(texture, level=quality))
+
+    def chunks(downsample: int, level_size: tuple[int, int]) -> Iterator[bytes]:
+        rows, cols = -(-level_size[0] // TILE), -(-level_size[1] // TILE)
+        xs = (np.arange(cols) + 0.5) * TILE * downsample
+        for row in range(rows):
+            y = (row + 0.5) * TILE * downsample
+            inside = np.zeros(cols, dtype=bool)
+            for cy, cx, ry, rx in blobs:
+                inside |= ((y - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0
+            for col in range(cols):
+                yield palette[1 + (row * 7 + col * 3) % 8] if inside[col] else palette[0]
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for index, downsample in enumerate(downsamples):
+            level_size = (height // downsample, width // downsample)
+            description = (
+                f"Aperio Image Library v12.0.0\n{width}x{height} [0,0 {width}x{height}] "
+                f"({TILE}x{TILE}) JPEG/RGB Q={quality}|AppMag = 20|MPP = {mpp}"
+                if index == 0
+                else f"Aperio Image Library v12.0.0\n{width}x{height} -> "
+                f"{level_size[1]}x{level_size[0]}"
+            )
+            tif.write(
+                chunks(downsample, level_size),
+                shape=(*level_size, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                compression="jpeg",
+                photometric="rgb",
+                description=description,
+                metadata=None,
+            )
+            if index == 0:  # SVS: a stripped thumbnail as page 1 (where tifffile looks for it)
+                thumb = (max(1, height // 256), max(1, width // 256))
+                tif.write(
+                    _render(blobs, 0, 0, *thumb, 256),
+                    photometric="rgb",
+                    description=f"Aperio Image Library v12.0.0\n{width}x{height} -> "
+                    f"{thumb[1]}x{thumb[0]}",
+                    metadata=None,
+                )
+    return path
