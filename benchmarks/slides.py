@@ -110,6 +110,12 @@ def main() -> None:
     parser.add_argument("--readers-size", type=int, default=20000)
     parser.add_argument("--keep", type=Path, help="write slides and outputs here (kept)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--tissue-square",
+        type=float,
+        help="score only a centred square of this area fraction (a --tissue mask file): the "
+        "grid and the outputs keep the whole slide's size, the scoring is cut short",
+    )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="heatmap-slides-"))
@@ -120,13 +126,17 @@ def main() -> None:
         reader: round(decode_speed(readers_slide, reader), 1)
         for reader in ("tifffile", "openslide", "tifffile", "openslide")
     }
+    results["geojson_mb_45pct_tissue"] = {side: geojson_size(side) for side in args.size}
     print(json.dumps(results), flush=True)
     for side in args.size:
         started = time.perf_counter()
         slide = write_huge_slide(folder / f"slide{side}.svs", (side, side))
         written = time.perf_counter() - started
         out = folder / f"out{side}"
-        run = run_command(slide, out, args.extra)
+        extra = list(args.extra)
+        if args.tissue_square:
+            extra += ["--tissue", str(_square_mask(folder, args.tissue_square))]
+        run = run_command(slide, out, extra)
         run["write_seconds"] = round(written, 1)
         run["slide_mb"] = round(slide.stat().st_size / 1e6, 1)
         run["load_after"] = os.getloadavg()
@@ -134,6 +144,46 @@ def main() -> None:
         print(json.dumps({side: run}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _square_mask(folder: Path, fraction: float) -> Path:
+    from PIL import Image
+
+    mask = np.zeros((1000, 1000), np.uint8)
+    half = round(500 * fraction**0.5)
+    mask[500 - half : 500 + half, 500 - half : 500 + half] = 255
+    path = folder / "square_mask.png"
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def geojson_size(side: int, stride: int = 32, window: int = 224, classes: int = 2) -> float:
+    """MB of the QuPath GeoJSON of a ``side``-pixel square slide whose grid is 45% tissue."""
+    from heatmap_cli.io.slide_tables import write_tile_geojson
+    from heatmap_cli.pipeline.slides.geometry import SlideGeometry
+    from heatmap_cli.pipeline.slides.summary import aggregate_tiles
+    from tests.helpers.slides import slide_pixels
+
+    geometry = SlideGeometry(
+        (side, side), 0, 1.0, 1.0, (side, side), (window,) * 2, stride, 0.5, 0.5
+    )
+    rows, cols = geometry.shape
+    tissue = slide_pixels((rows, cols))[..., 1] < 200  # the synthetic slide's blobs, per cell
+    rng = np.random.default_rng(0)
+    probs = rng.random((classes, rows, cols), dtype=np.float32)
+    probs[:, ~tissue] = np.nan
+    tiles = aggregate_tiles(probs, geometry)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "t.geojson"
+        write_tile_geojson(
+            path,
+            tiles.boxes,
+            tiles.values,
+            ["stroma", "tumor"][:classes],
+            name="s",
+            extra={"cells": tiles.cells},
+        )
+        return round(path.stat().st_size / 1e6, 1)
 
 
 def _cpu() -> str:

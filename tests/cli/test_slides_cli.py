@@ -117,3 +117,13 @@ def test_an_interrupted_slide_keeps_its_tiles_and_no_partial_outputs(
     assert resumed.exit_code == 0, resumed.stderr
     assert any("resumed: 2 of" in line for line in stderr_lines(resumed))
     assert not [name for name in output_files(out) if name.startswith(".")]
+
+
+def test_the_report_shows_a_slide_by_its_thumbnail_with_hover_values(tiny, slides, tmp_path):
+    out = tmp_path / "out"
+    result = run_tiny(slides / "a.svs", "--out", out, "--report", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "index.html").is_file()
+    assets = {p.name for p in (out / "index_files").iterdir()}
+    assert any(name.endswith(".t.jpg") for name in assets)  # the thumbnail, not the slide
+    assert any(name.endswith(".d.js") for name in assets)  # hover values (NaN off tissue: 0)

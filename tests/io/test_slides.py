@@ -69,6 +69,13 @@ def test_the_thumbnail_is_the_slide_shrunk_in_bands(tmp_path, monkeypatch):
     assert np.abs(thumbnail.astype(int) - whole).max() <= 1
 
 
+def test_slide_extensions_are_found_in_folders():
+    from heatmap_cli.io import IMAGE_EXTENSIONS
+    from heatmap_cli.io.slides import SLIDE_EXTENSIONS
+
+    assert SLIDE_EXTENSIONS <= IMAGE_EXTENSIONS
+
+
 def test_which_files_are_slides(tmp_path):
     svs = write_slide(tmp_path / "a.svs", (300, 400))
     flat = write_slide(tmp_path / "flat.tif", (300, 400), layout="strips", compression=None)
