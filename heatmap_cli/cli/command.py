@@ -102,6 +102,7 @@ class CommandOptions:
     mpp: float | None
     slide_mpp: float | None
     tissue: str
+    slide_context: int | None
     skip_existing: bool
     report: bool
     ray: bool
@@ -406,6 +407,7 @@ def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettin
         slide_mpp=options.slide_mpp,
         tissue=options.tissue,
         tile=options.tile,
+        context=options.slide_context,
     )
 
 

@@ -369,6 +369,16 @@ mixed sizes.
     help="Slides: score only tissue (auto: Otsu on the thumbnail's saturation), every cell "
     "(off), or where a mask image of yours is non-zero.",
 )
+@click.option(
+    "--slide-context",
+    default="exact",
+    show_default=True,
+    metavar="exact|PIXELS",
+    callback=parsed("heatmap_cli.pipeline.slides.scoring", "parse_context"),
+    help="Slides: neighbours each tile carries around the windows it keeps. exact: each "
+    "cell's whole receptive field (the grid of one pass over the slide); a few pixels (e.g. "
+    "64): cells at tile edges see zeros beyond, and skipping the background pays more.",
+)
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
 @click.option(
     "--report",

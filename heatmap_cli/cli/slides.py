@@ -51,6 +51,7 @@ from heatmap_cli.pipeline.slides import SlideScores, SlideSettings, score_slide
 from heatmap_cli.pipeline.slides.summary import (
     aggregate_tiles,
     cell_boxes,
+    display_grid,
     masked_scores,
     rank_slide,
     slide_peak,
@@ -69,6 +70,7 @@ def slide_settings(settings: SlideSettings) -> dict[str, object]:
         "slide_mpp": settings.slide_mpp,
         "tissue": settings.tissue,
         "min_tissue": settings.min_tissue,
+        "slide_context": settings.context,
     }
 
 
@@ -284,9 +286,11 @@ def _write_pictures(
     write_png(folder / names[0], thumbnail)
     mask = np.repeat((scores.mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
     write_png(folder / names[1], mask)
-    centers = scores.geometry.centers() / np.float32(scores.thumbnail_downsample)
     for rendered in classes:
-        values = np.where(scores.tissue, drawn[rendered.index], rendered.scale.low)
+        values, centers = display_grid(
+            drawn[rendered.index], scores.geometry, scores.thumbnail_downsample
+        )
+        values = np.where(np.isfinite(values), values, np.float32(rendered.scale.low))
         with timed("render"):
             picture = render_class_overlay(
                 thumbnail,
@@ -379,5 +383,10 @@ def _slide_json(
             "cells": int(scores.tissue.sum()),
             "fraction": float(scores.tissue.mean()) if scores.tissue.size else 0.0,
         },
-        "tiles": {"scored": scores.tiles, "resumed": scores.resumed, "side": scores.tile_side},
+        "tiles": {
+            "scored": scores.tiles,
+            "resumed": scores.resumed,
+            "side": scores.tile_side,
+            "context": "exact" if settings.context is None else settings.context,
+        },
     }

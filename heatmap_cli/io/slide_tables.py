@@ -51,11 +51,9 @@ def write_tile_csv(path: Path, boxes: np.ndarray, values: np.ndarray, names: Seq
     with atomic_writer(path, "w") as file:
         file.write(header.getvalue())
         for start in range(0, len(boxes), _CHUNK):
-            chunk = np.concatenate(
-                [boxes[start : start + _CHUNK].astype(object), values[start : start + _CHUNK]],
-                axis=1,
-            )
-            file.write("".join(row_format % tuple(row) + "\n" for row in chunk))
+            stop = start + _CHUNK
+            rows = zip(boxes[start:stop].tolist(), values[start:stop].tolist(), strict=True)
+            file.write("".join(row_format % (*box, *row) + "\n" for box, row in rows))
 
 
 def write_tile_geojson(

@@ -222,3 +222,31 @@ def test_summaries_tables_and_tiles(tmp_path, svs):
         int(tiles.boxes[0][0] + tiles.boxes[0][2]),
         int(tiles.boxes[0][1]),
     ]
+
+
+@pytest.mark.parametrize("context", [None, 0, 16])
+def test_tiles_shrunk_to_the_tissue_keep_every_tissue_cell_once(svs, context):
+    from heatmap_cli.pipeline.slides.scoring import plan_slide_tiles, shrink_to_tissue
+
+    engine = engine_for()
+    with open_slide(svs) as slide:
+        geometry = plan_slide(slide, WINDOW, 8, model_mpp=0.5)
+    rng = np.random.default_rng(0)
+    tissue = rng.random(geometry.shape) < 0.1
+    tiles, _ = plan_slide_tiles(engine, geometry, 128, context)
+    kept = np.zeros(geometry.shape, dtype=int)
+    for tile in (shrink_to_tissue(t, tissue, geometry) for t in tiles):
+        kept[tile.out_rows, tile.out_cols] += 1
+        assert tile.height == WINDOW[0] + 8 * ((tile.height - WINDOW[0]) // 8)
+        assert tile.rows.stop - tile.rows.start == tile.out_rows.stop - tile.out_rows.start
+    assert (kept[tissue] == 1).all()
+
+
+def test_a_context_as_wide_as_the_receptive_field_gives_the_exact_grid(svs):
+    engine = engine_for()
+    with open_slide(svs) as slide:
+        exact = score_slide(slide, engine, SlideSettings(tissue="off", tile=96))
+        wide = score_slide(slide, engine, SlideSettings(tissue="off", tile=96, context=48))
+        narrow = score_slide(slide, engine, SlideSettings(tissue="off", tile=96, context=0))
+    np.testing.assert_allclose(wide.logits, exact.logits, atol=2e-5)
+    assert np.abs(narrow.logits - exact.logits).max() > 1e-3  # zeros seen at tile edges

@@ -85,10 +85,10 @@ class SlideGeometry:
     def centers(self) -> np.ndarray:
         """float32 ``(rows, cols, 2)``: the ``(x, y)`` centre of every window in level-0 pixels."""
         width, height = self.window_level0()
-        xs = self.corners(1) + width / 2
-        ys = self.corners(0) + height / 2
-        grid_x, grid_y = np.meshgrid(xs, ys)
-        return np.stack([grid_x, grid_y], axis=-1).astype(np.float32)
+        out = np.empty((*self.shape, 2), dtype=np.float32)
+        out[..., 0] = (self.corners(1) + width / 2).astype(np.float32)[None, :]
+        out[..., 1] = (self.corners(0) + height / 2).astype(np.float32)[:, None]
+        return out
 
 
 def resolve_mpp(slide: Slide, slide_mpp: float | None, model_mpp: float | None) -> float | None:

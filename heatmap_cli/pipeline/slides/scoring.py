@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heatmap_cli.grid.tiling import Tile, minimum_tile, plan_tiles
+from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.grid.tiling import Tile, choose_tile, minimum_tile, plan_tiles
+from heatmap_cli.grid.tiling.field import lattice_period
 from heatmap_cli.io.slides import Slide
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.profiling import timed
@@ -43,16 +45,23 @@ __all__ = [
     "CROPS_BLOCK",
     "DEFAULT_SLIDES",
     "DEFAULT_SLIDE_TILE",
+    "SLIDE_MEMORY_BUDGET",
     "Progress",
     "SlideScores",
     "SlideSettings",
+    "parse_context",
     "plan_slide_tiles",
     "score_slide",
+    "shrink_to_tissue",
 ]
 
-DEFAULT_SLIDE_TILE = 1536
+DEFAULT_SLIDE_TILE = 2048
 """Tile side in model pixels for convolutional methods: large enough that the receptive-field
 overlap costs little, small enough that background tiles are skipped and memory stays low."""
+
+SLIDE_MEMORY_BUDGET = 2**30
+"""Activation memory of one tile when no memory budget is given: with the runtime (about
+0.8 GiB) and the read-ahead, a slide of any size stays within 2 GiB."""
 
 CROPS_BLOCK = 8
 """Cells per side of a block of ``crops``."""
@@ -71,7 +80,12 @@ class SlideSettings:
         tissue: ``"auto"`` (Otsu on saturation), ``"off"`` (every cell) or a mask image path.
         min_tissue: Fraction of a window that must be tissue for its cell to be scored.
         tile: Tile side in model pixels; None: :data:`DEFAULT_SLIDE_TILE`, or less if the
-            engine's memory budget says so.
+            engine's memory budget (else :data:`SLIDE_MEMORY_BUDGET`) says so.
+        context: Model pixels of neighbours a tile carries around the windows it keeps; None
+            carries each cell's whole receptive field, so the grid equals one pass over the
+            slide (at a cost: for ResNet-18 at 1536-pixel tiles, 1.5x the area of one pass).
+            A small context (e.g. 64) lets cells at tile edges see zeros where one pass would
+            see neighbours, and makes skipping the background pay.
         thumbnail_side: Longest side of the thumbnail (mask, overlays).
         read_ahead: Tiles decoded ahead of the network.
     """
@@ -81,6 +95,7 @@ class SlideSettings:
     tissue: str = "auto"
     min_tissue: float = DEFAULT_MIN_TISSUE
     tile: int | None = None
+    context: int | None = None
     thumbnail_side: int = 4096
     read_ahead: int = 2
 
@@ -119,8 +134,29 @@ class SlideScores:
     store: GridStore = field(repr=False)
 
 
+def parse_context(text: str) -> int | None:
+    """``context``: ``exact`` (None: each cell's whole receptive field) or model pixels >= 0.
+
+    Raises:
+        InvalidOptionError: Anything else.
+    """
+    value = str(text).strip().lower()
+    if value == "exact":
+        return None
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise InvalidOptionError(f"must be 'exact' or a number of pixels, got {text!r}") from None
+    if pixels < 0:
+        raise InvalidOptionError(f"must be at least 0, got {pixels}")
+    return pixels
+
+
 def plan_slide_tiles(
-    engine: GridEngine, geometry: SlideGeometry, tile: int | None = None
+    engine: GridEngine,
+    geometry: SlideGeometry,
+    tile: int | None = None,
+    context: int | None = None,
 ) -> tuple[tuple[Tile, ...], int | None]:
     """The tiles of a slide's grid, and the tile side (None for blocks of crops).
 
@@ -128,36 +164,96 @@ def plan_slide_tiles(
         engine: The converted model (its network, method and memory budget).
         geometry: The slide's grid.
         tile: Wanted tile side in model pixels (None: the default, within the budget).
+        context: Model pixels of neighbours each tile carries around the windows it keeps;
+            None: each cell's whole receptive field (the grid of one pass over the slide).
 
     Returns:
         Tiles whose kept cells fill the grid exactly once, row-major.
     """
-    rows, cols = geometry.shape
     if not engine.grid_method.tileable:
-        step = CROPS_BLOCK
-        tiles = []
-        for r0 in range(0, rows, step):
-            for c0 in range(0, cols, step):
-                n_r, n_c = min(step, rows - r0), min(step, cols - c0)
-                tiles.append(
-                    Tile(
-                        r0 * geometry.stride,
-                        c0 * geometry.stride,
-                        geometry.window[0] + geometry.stride * (n_r - 1),
-                        geometry.window[1] + geometry.stride * (n_c - 1),
-                        slice(0, n_r),
-                        slice(0, n_c),
-                        slice(r0, r0 + n_r),
-                        slice(c0, c0 + n_c),
-                    )
-                )
-        return tuple(tiles), None
+        return _blocks(geometry, CROPS_BLOCK, 0, 1), None
     side = tile or DEFAULT_SLIDE_TILE
-    if tile is None:
-        side = engine.tile_for((side, side)) or side  # the budget may want smaller tiles
+    if tile is None:  # the budget may want smaller tiles
+        budget = engine.settings.memory_budget or SLIDE_MEMORY_BUDGET
+        side = choose_tile(engine.network, (side, side), budget, figures=engine.figures) or side
+    if context is not None:
+        lattice = lattice_period(engine.network, geometry.stride)
+        margin = -(-max(0, context) // (geometry.stride * lattice)) * lattice
+        block = (side - min(geometry.window)) // geometry.stride + 1 - 2 * margin
+        block = max(lattice, block // lattice * lattice)
+        return _blocks(geometry, block, margin, lattice), side
     side = max(side, minimum_tile(engine.network))
     plan = plan_tiles(engine.network, geometry.covered, side)
     return plan.tiles, side
+
+
+def shrink_to_tissue(tile: Tile, tissue: np.ndarray, geometry: SlideGeometry) -> Tile:
+    """``tile`` cut down to the rows and columns of its kept cells that hold tissue.
+
+    The cells it keeps keep the margins of context they had (so in exact tiling each kept
+    cell still has its whole receptive field); a tile without tissue is returned as it is
+    (it is skipped). Only for networks whose tiles may start on any cell (lattice 1).
+    """
+    kept = tissue[tile.out_rows, tile.out_cols]
+    if not kept.any():
+        return tile
+    row_span = _shrunk_axis(kept.any(axis=1), tile.top, tile.height, tile.out_rows, geometry, 0)
+    col_span = _shrunk_axis(kept.any(axis=0), tile.left, tile.width, tile.out_cols, geometry, 1)
+    (top, height, rows, out_rows), (left, width, cols, out_cols) = row_span, col_span
+    return Tile(top, left, height, width, rows, cols, out_rows, out_cols)
+
+
+def _shrunk_axis(
+    any_tissue: np.ndarray, start: int, length: int, out: slice, geometry: SlideGeometry, axis: int
+) -> tuple[int, int, slice, slice]:
+    """One axis of :func:`shrink_to_tissue`: ``(start, length, kept in tile, kept in grid)``."""
+    stride, window = geometry.stride, geometry.window[axis]
+    first = start // stride  # the tile's first cell in the grid
+    cells = (length - window) // stride + 1
+    before, after = out.start - first, first + cells - out.stop
+    hits = np.flatnonzero(any_tissue)
+    kept_start, kept_stop = out.start + int(hits[0]), out.start + int(hits[-1]) + 1
+    read_start, read_stop = kept_start - before, kept_stop + after
+    return (
+        read_start * stride,
+        window + stride * (read_stop - read_start - 1),
+        slice(before, before + kept_stop - kept_start),
+        slice(kept_start, kept_stop),
+    )
+
+
+def _blocks(geometry: SlideGeometry, block: int, margin: int, lattice: int) -> tuple[Tile, ...]:
+    """Blocks of ``block`` x ``block`` kept cells, each read with ``margin`` cells around it.
+
+    ``lattice`` divides ``block`` and ``margin``: every tile starts on the network's lattice.
+    """
+    rows, cols = geometry.shape
+    stride, window = geometry.stride, geometry.window
+
+    def spans(count: int) -> list[tuple[int, int, int]]:  # (first cell read, first kept, kept)
+        return [
+            (max(0, start - margin), start, min(block, count - start))
+            for start in range(0, count, block)
+        ]
+
+    tiles = []
+    for row_read, row_kept, row_count in spans(rows):
+        row_end = min(rows, row_kept + row_count + margin)
+        for col_read, col_kept, col_count in spans(cols):
+            col_end = min(cols, col_kept + col_count + margin)
+            tiles.append(
+                Tile(
+                    row_read * stride,
+                    col_read * stride,
+                    window[0] + stride * (row_end - row_read - 1),
+                    window[1] + stride * (col_end - col_read - 1),
+                    slice(row_kept - row_read, row_kept - row_read + row_count),
+                    slice(col_kept - col_read, col_kept - col_read + col_count),
+                    slice(row_kept, row_kept + row_count),
+                    slice(col_kept, col_kept + col_count),
+                )
+            )
+    return tuple(tiles)
 
 
 def _tissue(
@@ -192,6 +288,7 @@ def store_key(
         "scale": geometry.scale,
         "size": list(geometry.size),
         "tile": tile_side,
+        "context": settings.context,
         "tissue": settings.tissue,
         "min_tissue": settings.min_tissue,
     }
@@ -231,7 +328,9 @@ def score_slide(
         slide_mpp=settings.slide_mpp,
     )
     thumbnail, downsample, mask, tissue = _tissue(slide, geometry, settings)
-    tiles, side = plan_slide_tiles(engine, geometry, settings.tile)
+    tiles, side = plan_slide_tiles(engine, geometry, settings.tile, settings.context)
+    if lattice_period(engine.network, engine.stride) == 1 or not engine.grid_method.tileable:
+        tiles = tuple(shrink_to_tissue(t, tissue, geometry) for t in tiles)
     needed = [i for i, t in enumerate(tiles) if tissue[t.out_rows, t.out_cols].any()]
     shape = (engine.loaded.num_classes, *geometry.shape)
     full_key = {**store_key(engine, geometry, side, settings), **dict(key or {})}

@@ -17,9 +17,11 @@ from heatmap_cli.pipeline.activations import apply_activation
 from heatmap_cli.pipeline.slides.geometry import SlideGeometry
 
 __all__ = [
+    "DISPLAY_SPACING",
     "SlideTiles",
     "aggregate_tiles",
     "cell_boxes",
+    "display_grid",
     "masked_scores",
     "rank_slide",
     "slide_peak",
@@ -45,6 +47,50 @@ def masked_scores(
     values[:, ~tissue] = np.nan
     probs[:, ~tissue] = np.nan
     return values, probs
+
+
+DISPLAY_SPACING = 4.0
+"""Fewest overlay pixels between drawn cells: denser grids are averaged down to this."""
+
+
+def display_grid(
+    values: np.ndarray, geometry: SlideGeometry, downsample: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A class map made fit to draw on a thumbnail: cells averaged in blocks, centres moved.
+
+    A 100k x 100k slide at stride 32 has 9.7 million cells, 1.3 thumbnail pixels apart at 4096
+    pixels: drawing them all costs gigabytes for nothing the eye sees. Blocks of ``k x k`` cells
+    (``k`` the least that puts :data:`DISPLAY_SPACING` pixels between them) are averaged over
+    their tissue cells.
+
+    Args:
+        values: float32 ``(rows, cols)``, NaN off the tissue.
+        geometry: The slide's grid.
+        downsample: Level-0 pixels per thumbnail pixel.
+
+    Returns:
+        float32 ``(r, c)`` values (NaN where a block has no tissue) and float32 ``(r, c, 2)``
+        centres in thumbnail pixels.
+    """
+    step = geometry.stride * geometry.downsample / downsample
+    k = max(1, int(np.ceil(DISPLAY_SPACING / step)))
+    rows, cols = values.shape
+    out_rows, out_cols = -(-rows // k), -(-cols // k)
+    padded = np.full((out_rows * k, out_cols * k), np.nan, dtype=np.float32)
+    padded[:rows, :cols] = values
+    blocks = padded.reshape(out_rows, k, out_cols, k)
+    finite = np.isfinite(blocks)
+    counts = finite.sum(axis=(1, 3))
+    sums = np.where(finite, blocks, 0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reduced = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+    width, height = geometry.window_level0()
+    cell = geometry.stride * geometry.downsample
+    centres = np.empty((out_rows, out_cols, 2), dtype=np.float32)
+    first_x, first_y = width / 2 + (k - 1) * cell / 2, height / 2 + (k - 1) * cell / 2
+    centres[..., 0] = ((first_x + np.arange(out_cols) * k * cell) / downsample)[None, :]
+    centres[..., 1] = ((first_y + np.arange(out_rows) * k * cell) / downsample)[:, None]
+    return reduced, centres
 
 
 def rank_slide(scores: np.ndarray, top_k: int, pooling: str = "max") -> list[tuple[int, float]]:

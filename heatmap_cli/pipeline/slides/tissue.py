@@ -74,10 +74,14 @@ def otsu_threshold(values: np.ndarray) -> int:
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
-    """uint8 HSV saturation, ``255 * (max - min) / max`` (0 where black)."""
-    high = rgb.max(axis=2).astype(np.int32)
-    low = rgb.min(axis=2).astype(np.int32)
-    return np.where(high > 0, (255 * (high - low)) // np.maximum(high, 1), 0).astype(np.uint8)
+    """uint8 HSV saturation, ``255 * (max - min) / max`` (0 where black), in bands of rows."""
+    out = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for start in range(0, rgb.shape[0], 256):
+        band = rgb[start : start + 256]
+        high = band.max(axis=2).astype(np.int32)
+        low = band.min(axis=2).astype(np.int32)
+        out[start : start + 256] = (255 * (high - low)) // np.maximum(high, 1)
+    return out
 
 
 def _majority(mask: np.ndarray) -> np.ndarray:
@@ -143,8 +147,9 @@ def cell_tissue(
     Returns:
         bool ``(rows, cols)``.
     """
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0), axis=1, out=table[1:, 1:])
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # 4096^2 fits
+    np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     width, height = geometry.window_level0()
     xs = geometry.corners(1) / mask_downsample
     x0 = np.clip(np.round(xs).astype(np.int64), 0, mask.shape[1])
