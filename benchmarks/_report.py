@@ -357,7 +357,9 @@ def print_report(report: Report, peak: MatmulPeak, *, markdown: bool) -> None:
         tables.append(format_table(("CLI start-up", "s", "remark"), cells, markdown=markdown))
     if report.checks:
         cells = [[t, m, "met" if ok else "NOT MET"] for t, m, ok in report.checks]
-        tables.append(format_table(("target", "measured", "status"), cells, markdown=markdown))
+        tables.append(
+            format_table(("target", "measured", "status"), cells, markdown=markdown)
+        )
     for table in tables:
         print(table)
         print()

@@ -171,7 +171,9 @@ def run(options: Options, peak: MatmulPeak, report: Report) -> None:
             for _ in range(repeats):
                 for code in codes:  # interleaved: this checkout, then the other one
                     log(f"  process-memory: {entry.label} ({code or 'this checkout'})")
-                    results.setdefault((entry.label, code), []).append(measure(entry, folder, code))
+                    results.setdefault((entry.label, code), []).append(
+                        measure(entry, folder, code)
+                    )
         report_runs(report, runs_for(options), results, codes)
         log("  process-memory: tiled against untiled, 3072x3072")
         check_tiled_grid(folder, report)

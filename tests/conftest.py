@@ -123,3 +123,4 @@ def tiny(serve_model) -> list[tuple[str, Path | None]]:
     from tests.helpers.cli import tiny_model
 
     return serve_model("tiny", tiny_model)
+

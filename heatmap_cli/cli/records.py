@@ -49,7 +49,6 @@ __all__ = [
     "software_versions",
 ]
 
-
 class OutputFile(NamedTuple):
     """One file written for an image, as its json lists it (``{"name", "bytes"}``).
 

@@ -173,3 +173,5 @@ def get_method(name: str) -> GridMethod:
 def method_names() -> tuple[str, ...]:
     """The names of the registered methods, in registration order."""
     return tuple(_METHODS)
+
+

@@ -301,7 +301,9 @@ def write_npz(path: Path, **arrays: Any) -> None:
 def _write_npy(file: IO[bytes], array: np.ndarray) -> None:
     """``array`` in the ``.npy`` format (what ``np.save`` writes), in slices of 1 MiB."""
     contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)
-    np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(contiguous))
+    np.lib.format.write_array_header_1_0(
+        file, np.lib.format.header_data_from_array_1_0(contiguous)
+    )
     data = memoryview(contiguous.reshape(-1).view(np.uint8))
     for start in range(0, len(data), _NPY_SLICE):
         file.write(data[start : start + _NPY_SLICE])

@@ -37,7 +37,9 @@ BAND_PIXELS = 1 << 20
 a few megabytes however big the photo is."""
 
 
-def lattice_axes(centers: np.ndarray, grid_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def lattice_axes(
+    centers: np.ndarray, grid_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Checks that ``centers`` is a rectilinear lattice and returns its x and y axes (float64)."""
     centers = np.asarray(centers, dtype=np.float64)
     if centers.shape != (*grid_shape, 2):

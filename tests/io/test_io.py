@@ -258,7 +258,9 @@ def smooth_photo(width: int, height: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("orientation", [1, 6, 8, 3])
-def test_read_photo_decodes_a_jpeg_no_larger_than_needed(tmp_path: Path, orientation: int) -> None:
+def test_read_photo_decodes_a_jpeg_no_larger_than_needed(
+    tmp_path: Path, orientation: int
+) -> None:
     stored = smooth_photo(1024, 640)
     exif = Image.Exif()
     exif[0x0112] = orientation
