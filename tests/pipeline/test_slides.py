@@ -226,7 +226,11 @@ def test_summaries_tables_and_tiles(tmp_path, svs):
 
 @pytest.mark.parametrize("context", [None, 0, 16])
 def test_tiles_shrunk_to_the_tissue_keep_every_tissue_cell_once(svs, context):
-    from heatmap_cli.pipeline.slides.scoring import plan_slide_tiles, shrink_to_tissue
+    from heatmap_cli.pipeline.slides.scoring import (
+        plan_slide_tiles,
+        shrink_to_tissue,
+        tile_margins,
+    )
 
     engine = engine_for()
     with open_slide(svs) as slide:
@@ -235,7 +239,8 @@ def test_tiles_shrunk_to_the_tissue_keep_every_tissue_cell_once(svs, context):
     tissue = rng.random(geometry.shape) < 0.1
     tiles, _ = plan_slide_tiles(engine, geometry, 128, context)
     kept = np.zeros(geometry.shape, dtype=int)
-    for tile in (shrink_to_tissue(t, tissue, geometry) for t in tiles):
+    margins = tile_margins(engine, geometry, context)
+    for tile in (shrink_to_tissue(t, tissue, geometry, margins) for t in tiles):
         kept[tile.out_rows, tile.out_cols] += 1
         assert tile.height == WINDOW[0] + 8 * ((tile.height - WINDOW[0]) // 8)
         assert tile.rows.stop - tile.rows.start == tile.out_rows.stop - tile.out_rows.start
@@ -250,3 +255,21 @@ def test_a_context_as_wide_as_the_receptive_field_gives_the_exact_grid(svs):
         narrow = score_slide(slide, engine, SlideSettings(tissue="off", tile=96, context=0))
     np.testing.assert_allclose(wide.logits, exact.logits, atol=2e-5)
     assert np.abs(narrow.logits - exact.logits).max() > 1e-3  # zeros seen at tile edges
+
+
+def test_dense_grids_are_averaged_down_for_drawing():
+    from heatmap_cli.pipeline.slides.geometry import SlideGeometry
+    from heatmap_cli.pipeline.slides.summary import display_grid
+
+    geometry = SlideGeometry((1000, 1000), 0, 1.0, 1.0, (1000, 1000), (32, 32), 8, 0.5, 0.5)
+    rows, cols = geometry.shape
+    values = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
+    values[:, :10] = np.nan  # off the tissue
+    reduced, centres = display_grid(values, geometry, downsample=4.0)  # 2 pixels per cell
+    assert reduced.shape == (-(-rows // 2), -(-cols // 2))
+    assert np.isnan(reduced[:, :5]).all()
+    assert reduced[0, 5] == pytest.approx(np.mean(values[:2, 10:12]))
+    # the centre of cells (0..1, 10..11) in thumbnail pixels: level-0 (16 + 8.5 * 8... ) / 4
+    assert centres[0, 5].tolist() == pytest.approx([(16 + 10.5 * 8) / 4, (16 + 0.5 * 8) / 4])
+    same, _ = display_grid(values, geometry, downsample=1.0)  # 8 pixels per cell: as is
+    np.testing.assert_array_equal(same, values)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_cli.errors import InvalidOptionError
-from heatmap_cli.grid.tiling import Tile, choose_tile, minimum_tile, plan_tiles
+from heatmap_cli.grid.tiling import Tile, choose_tile, minimum_tile, plan_tiles, receptive_field
 from heatmap_cli.grid.tiling.field import lattice_period
 from heatmap_cli.io.slides import Slide
 from heatmap_cli.pipeline.engine import GridEngine
@@ -53,6 +53,7 @@ __all__ = [
     "plan_slide_tiles",
     "score_slide",
     "shrink_to_tissue",
+    "tile_margins",
 ]
 
 DEFAULT_SLIDE_TILE = 2048
@@ -187,37 +188,62 @@ def plan_slide_tiles(
     return plan.tiles, side
 
 
-def shrink_to_tissue(tile: Tile, tissue: np.ndarray, geometry: SlideGeometry) -> Tile:
+def tile_margins(
+    engine: GridEngine, geometry: SlideGeometry, context: int | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Cells of context a kept cell needs on each side: ``((above, below), (left, right))``.
+
+    The receptive field's reach for exact tiles (``context`` None), ``context`` pixels in
+    whole cells otherwise, none for crops.
+    """
+    if not engine.grid_method.tileable:
+        return (0, 0), (0, 0)
+    if context is None:
+        return receptive_field(engine.network, geometry.covered).cells_dropped(geometry.window)
+    cells = -(-max(0, context) // geometry.stride)
+    return (cells, cells), (cells, cells)
+
+
+def shrink_to_tissue(
+    tile: Tile,
+    tissue: np.ndarray,
+    geometry: SlideGeometry,
+    margins: tuple[tuple[int, int], tuple[int, int]],
+) -> Tile:
     """``tile`` cut down to the rows and columns of its kept cells that hold tissue.
 
-    The cells it keeps keep the margins of context they had (so in exact tiling each kept
-    cell still has its whole receptive field); a tile without tissue is returned as it is
-    (it is skipped). Only for networks whose tiles may start on any cell (lattice 1).
+    The tile is then read with ``margins`` cells of context around the cells it keeps (clipped
+    at the slide's edges, where one pass sees zero padding too), so in exact tiling each kept
+    cell still has its whole receptive field. A tile without tissue is returned as it is (it
+    is skipped). Only for networks whose tiles may start on any cell (lattice 1).
     """
     kept = tissue[tile.out_rows, tile.out_cols]
     if not kept.any():
         return tile
-    row_span = _shrunk_axis(kept.any(axis=1), tile.top, tile.height, tile.out_rows, geometry, 0)
-    col_span = _shrunk_axis(kept.any(axis=0), tile.left, tile.width, tile.out_cols, geometry, 1)
-    (top, height, rows, out_rows), (left, width, cols, out_cols) = row_span, col_span
-    return Tile(top, left, height, width, rows, cols, out_rows, out_cols)
+    rows, cols = geometry.shape
+    row_span = _shrunk_axis(kept.any(axis=1), tile.out_rows, margins[0], rows, geometry, 0)
+    col_span = _shrunk_axis(kept.any(axis=0), tile.out_cols, margins[1], cols, geometry, 1)
+    (top, height, rows_kept, out_rows), (left, width, cols_kept, out_cols) = row_span, col_span
+    return Tile(top, left, height, width, rows_kept, cols_kept, out_rows, out_cols)
 
 
 def _shrunk_axis(
-    any_tissue: np.ndarray, start: int, length: int, out: slice, geometry: SlideGeometry, axis: int
+    any_tissue: np.ndarray,
+    out: slice,
+    margin: tuple[int, int],
+    count: int,
+    geometry: SlideGeometry,
+    axis: int,
 ) -> tuple[int, int, slice, slice]:
     """One axis of :func:`shrink_to_tissue`: ``(start, length, kept in tile, kept in grid)``."""
     stride, window = geometry.stride, geometry.window[axis]
-    first = start // stride  # the tile's first cell in the grid
-    cells = (length - window) // stride + 1
-    before, after = out.start - first, first + cells - out.stop
     hits = np.flatnonzero(any_tissue)
     kept_start, kept_stop = out.start + int(hits[0]), out.start + int(hits[-1]) + 1
-    read_start, read_stop = kept_start - before, kept_stop + after
+    read_start, read_stop = max(0, kept_start - margin[0]), min(count, kept_stop + margin[1])
     return (
         read_start * stride,
         window + stride * (read_stop - read_start - 1),
-        slice(before, before + kept_stop - kept_start),
+        slice(kept_start - read_start, kept_stop - read_start),
         slice(kept_start, kept_stop),
     )
 
@@ -329,8 +355,9 @@ def score_slide(
     )
     thumbnail, downsample, mask, tissue = _tissue(slide, geometry, settings)
     tiles, side = plan_slide_tiles(engine, geometry, settings.tile, settings.context)
-    if lattice_period(engine.network, engine.stride) == 1 or not engine.grid_method.tileable:
-        tiles = tuple(shrink_to_tissue(t, tissue, geometry) for t in tiles)
+    if not engine.grid_method.tileable or lattice_period(engine.network, engine.stride) == 1:
+        margins = tile_margins(engine, geometry, settings.context)
+        tiles = tuple(shrink_to_tissue(t, tissue, geometry, margins) for t in tiles)
     needed = [i for i, t in enumerate(tiles) if tissue[t.out_rows, t.out_cols].any()]
     shape = (engine.loaded.num_classes, *geometry.shape)
     full_key = {**store_key(engine, geometry, side, settings), **dict(key or {})}
