@@ -29,7 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from heatmap_cli.cli.manifest import ManifestRow
-from heatmap_cli.cli.records import completion_marker, run_settings, software_versions
+from heatmap_cli.cli.records import (
+    completion_marker,
+    model_settings,
+    run_settings,
+    software_versions,
+)
 from heatmap_cli.errors import GeometryError, SlideReadError
 from heatmap_cli.io import (
     ImageInput,
@@ -104,7 +109,8 @@ def write_slide(
         OutputWriteError: An output cannot be written.
     """
     settings = dataclasses.replace(settings, thumbnail_side=reading.max_display_side)
-    key = {**run_settings(engine, rendering, reading=reading), **slide_settings(settings)}
+    # what the stored tiles' numbers depend on (not how they are drawn: a new --cmap resumes)
+    key = {**model_settings(engine), **slide_settings(settings)}
     folder = store_folder(out, item.stem)
     try:
         with open_slide(item.path) as slide:
