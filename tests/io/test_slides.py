@@ -147,3 +147,18 @@ def test_regions_outside_the_level_are_refused(tmp_path):
     path = write_slide(tmp_path / "a.svs", (300, 400))
     with open_slide(path) as slide, pytest.raises(SlideReadError, match="leaves level 0"):
         slide.read(0, 250, 0, 100, 10)
+
+
+def test_grey_16_bit_and_many_band_tiffs_become_rgb(tmp_path):
+    import tifffile
+
+    from heatmap_cli.io.slides.tiff import as_rgb8
+
+    grey16 = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 13) % 65535
+    path = tmp_path / "grey16.tif"
+    tifffile.imwrite(path, grey16, tile=(32, 32))
+    with open_slide(path) as slide:
+        region = slide.read(0, 8, 16, 20, 30)
+    np.testing.assert_array_equal(region, np.repeat((grey16[8:28, 16:46] >> 8)[..., None], 3, 2))
+    bands = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    np.testing.assert_array_equal(as_rgb8(bands), bands[..., :3])

@@ -21,7 +21,7 @@ import numpy as np
 from heatmap_cli.errors import SlideReadError
 from heatmap_cli.io.slides.base import Slide, SlideLevel, over_white
 
-__all__ = ["TiffFileSlide", "resolution_mpp"]
+__all__ = ["TiffFileSlide", "as_rgb8", "ome_mpp", "resolution_mpp"]
 
 _MICRONS = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4}
 _PLAUSIBLE_MPP = (0.01, 100.0)
@@ -85,16 +85,31 @@ class TiffFileSlide(Slide):
         region = self._slide.read_region(
             (left, top), level, (width, height), as_array=True, padding=False
         )
-        pixels = np.asarray(region)
-        if pixels.ndim == 3 and pixels.shape[2] == 4:  # RGBA: alpha over white glass
-            pixels = over_white(pixels)
-        elif pixels.ndim == 3 and pixels.shape[2] == 1:
-            pixels = np.repeat(pixels, 3, axis=2)
-        return np.ascontiguousarray(pixels)
+        return as_rgb8(np.asarray(region))
 
     def close(self) -> None:
         """Releases the file."""
         self._slide.close()
+
+
+def as_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB of what a TIFF holds: RGBA over white, grey to RGB, 16-bit scaled down.
+
+    A scene with more bands (a satellite's) gives its first three. Other sample formats (floats,
+    32-bit integers) are returned as they are, and refused by ``Slide.read``.
+    """
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    if pixels.dtype != np.uint8:
+        return pixels
+    bands = pixels.shape[2]
+    if bands == 4:
+        return over_white(pixels)
+    if bands in (1, 2):
+        return np.ascontiguousarray(np.repeat(pixels[..., :1], 3, axis=2))
+    return np.ascontiguousarray(pixels[..., :3])
 
 
 def _vendor_mpp(properties: dict[str, object]) -> tuple[float, float] | None:
