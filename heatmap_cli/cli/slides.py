@@ -63,7 +63,7 @@ from heatmap_cli.pipeline.slides.summary import (
 )
 from heatmap_cli.render import colour_scales, is_diverging, render_class_overlay
 
-__all__ = ["SlideOutcome", "slide_settings", "store_folder", "write_slide"]
+__all__ = ["SlideOutcome", "kept_classes", "slide_settings", "store_folder", "write_slide"]
 
 TileProgress = Callable[[int, int], None]
 
@@ -173,13 +173,14 @@ def _write_files(
     ]
     ranking = rank_slide(probs, rendering.top_k, rendering.pooling)
     classes = _rendered(drawn, chosen, scores, engine.categories, rendering, name)
+    kept = kept_classes(probs, rendering, chosen)
     with staged_files(marker.parent, name) as staging:
         folder, names = staging.folder, []
         with timed("encode+write"):
             if "npz" in rendering.outputs:
                 names.append(f"{name}.npz")
-                _write_npz(folder / names[-1], logits, probs, scores, engine, rendering, chosen)
-            names += _write_tables(folder, name, probs, scores, engine.categories)
+                _write_npz(folder / names[-1], logits, probs, scores, engine, rendering, kept)
+            names += _write_tables(folder, name, probs, scores, engine.categories, kept)
         if "png" in rendering.outputs:
             names += _write_pictures(folder, name, drawn, scores, classes, rendering)
         files = [{"name": n, "bytes": (folder / n).stat().st_size} for n in names]
@@ -220,6 +221,19 @@ def _rendered(
     return classes
 
 
+def kept_classes(
+    probs: np.ndarray, options: OutputOptions, chosen: Sequence[int]
+) -> list[int] | None:
+    """The classes the npz, the CSV and the GeoJSON keep (``npz_classes``); None for all."""
+    if options.npz_classes == "rendered":
+        return list(chosen)
+    if options.npz_classes.startswith("top"):
+        wanted = int(options.npz_classes.removeprefix("top"))
+        if wanted < probs.shape[0]:
+            return [i for i, _ in rank_slide(probs, wanted, options.pooling)]
+    return None
+
+
 def _write_npz(
     path: Path,
     logits: np.ndarray,
@@ -227,19 +241,11 @@ def _write_npz(
     scores: SlideScores,
     engine: GridEngine,
     options: OutputOptions,
-    chosen: Sequence[int],
+    classes: list[int] | None,
 ) -> None:
     geometry = scores.geometry
-    keep: slice | list[int] = slice(None)
-    extra = {}
-    if options.npz_classes == "rendered":
-        keep = list(chosen)
-    elif options.npz_classes.startswith("top"):
-        wanted = int(options.npz_classes.removeprefix("top"))
-        if wanted < probs.shape[0]:
-            keep = [i for i, _ in rank_slide(probs, wanted, options.pooling)]
-    if isinstance(keep, list):
-        extra["class_indices"] = np.asarray(keep, dtype=np.int64)
+    keep: slice | list[int] = slice(None) if classes is None else classes
+    extra = {} if classes is None else {"class_indices": np.asarray(classes, dtype=np.int64)}
     width, height = geometry.window_level0()
     write_npz(
         path,
@@ -261,12 +267,19 @@ def _write_npz(
 
 
 def _write_tables(
-    folder: Path, name: str, probs: np.ndarray, scores: SlideScores, categories: Sequence[str]
+    folder: Path,
+    name: str,
+    probs: np.ndarray,
+    scores: SlideScores,
+    categories: Sequence[str],
+    classes: list[int] | None,
 ) -> list[str]:
-    values = probs[:, scores.tissue].T
-    write_tile_csv(
-        folder / f"{name}.csv", cell_boxes(scores.geometry, scores.tissue), values, categories
-    )
+    """The WSInfer CSV and the QuPath GeoJSON, with the npz's classes."""
+    if classes is not None:
+        probs, categories = probs[classes], [categories[i] for i in classes]
+    boxes = cell_boxes(scores.geometry, scores.tissue)
+    write_tile_csv(folder / f"{name}.csv", boxes, probs[:, scores.tissue].T, categories)
+    del boxes
     tiles = aggregate_tiles(probs, scores.geometry)
     write_tile_geojson(
         folder / f"{name}.geojson",

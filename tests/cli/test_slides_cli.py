@@ -127,3 +127,15 @@ def test_the_report_shows_a_slide_by_its_thumbnail_with_hover_values(tiny, slide
     assets = {p.name for p in (out / "index_files").iterdir()}
     assert any(name.endswith(".t.jpg") for name in assets)  # the thumbnail, not the slide
     assert any(name.endswith(".d.js") for name in assets)  # hover values (NaN off tissue: 0)
+
+
+def test_the_tables_keep_the_npz_classes(tiny, slides, tmp_path):
+    out = tmp_path / "out"
+    result = run_tiny(slides / "a.svs", "--out", out, "--npz-classes", "top2", "-q")
+    assert result.exit_code == 0, result.stderr
+    with np.load(out / "a.npz") as grid:
+        kept = [CATEGORIES[i] for i in grid["class_indices"]]
+    header = (out / "a.csv").read_text().splitlines()[0].split(",")
+    assert header[4:] == [f"prob_{name}" for name in kept] and len(kept) == 2
+    feature = json.loads((out / "a.geojson").read_text())["features"][0]
+    assert set(feature["properties"]["measurements"]) == {*header[4:], "cells"}
