@@ -49,6 +49,7 @@ from heatmap_cli.io import (
 from heatmap_cli.io.slide_tables import write_tile_csv, write_tile_geojson
 from heatmap_cli.io.slides import open_slide
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.limits import release_free_memory
 from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.rendering import OutputOptions, RenderedClass, overlay_label
 from heatmap_cli.pipeline.scoring import PhotoReading
@@ -165,6 +166,7 @@ def _write_files(
     """Every file of the slide, privately, then moved into place with the json last."""
     marker = completion_marker(out, item.stem)
     name = item.stem.name
+    release_free_memory()  # the tiles' arenas, before the whole grid is loaded
     with timed("render"):
         logits, probs = masked_scores(scores.logits, scores.tissue, engine.activation)
     drawn = probs if rendering.probabilities else logits

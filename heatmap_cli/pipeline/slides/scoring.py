@@ -30,6 +30,7 @@ from heatmap_cli.grid.tiling import Tile, choose_tile, minimum_tile, plan_tiles,
 from heatmap_cli.grid.tiling.field import lattice_period
 from heatmap_cli.io.slides import Slide
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.limits import release_free_memory
 from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.slides.geometry import SlideGeometry, plan_slide
 from heatmap_cli.pipeline.slides.regions import read_model_region
@@ -415,6 +416,7 @@ def _run_tiles(
             store.write(t.out_rows, t.out_cols, grid[:, t.rows, t.cols])
             store.mark_done(index)
         done += len(batch)
+        release_free_memory()  # this tile's activations, before the next one allocates
         if progress is not None:
             progress(done, len(needed))
 
