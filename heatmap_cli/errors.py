@@ -35,6 +35,7 @@ __all__ = [
     "NonFiniteScoresError",
     "OutputWriteError",
     "RenderError",
+    "SlideReadError",
     "TimmCouplingError",
     "TrainingModeError",
     "UnknownClassError",
@@ -139,6 +140,15 @@ class NonFiniteScoresError(HeatmapError):
     """The model returned NaN or infinite scores for an image: nothing can be drawn of it."""
 
 
+class SlideReadError(ImageReadError):
+    """A whole-slide or gigapixel file that cannot be opened or read by region.
+
+    Truncated files, corrupt or missing tiles and levels, vendor formats no installed reader
+    knows, and slides without the microns per pixel a physical scale needs. ``reason`` says
+    what is wrong and what to do, in one line.
+    """
+
+
 class OutputWriteError(HeatmapError):
     """An output file or folder that cannot be written."""
 
@@ -211,4 +221,3 @@ def command_line_names(aliases: Mapping[str, str] | None = None) -> Iterator[Non
     finally:
         with _Spelling.lock:
             _Spelling.flags = previous
-

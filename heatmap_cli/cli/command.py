@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from heatmap_cli.models import LoadedModel
     from heatmap_cli.pipeline.engine import GridEngine
     from heatmap_cli.pipeline.rendering import OutputOptions
+    from heatmap_cli.pipeline.slides import SlideSettings
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -98,6 +99,10 @@ class CommandOptions:
     scales: str | None
     flip: bool
     pooling: str
+    mpp: float | None
+    slide_mpp: float | None
+    tissue: str
+    slide_context: int | None
     skip_existing: bool
     report: bool
     ray: bool
@@ -399,7 +404,27 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         max_display_side=options.max_overlay_side,
     )
     return ImageJob(
-        engine, rendering, options.out, scales=scales, flip=options.flip, reading=reading
+        engine,
+        rendering,
+        options.out,
+        scales=scales,
+        flip=options.flip,
+        reading=reading,
+        slides=_slide_settings(options, loaded),
+    )
+
+
+def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettings:
+    """How slides are read: ``--mpp`` (else the model's own), ``--slide-mpp``, ``--tissue``."""
+    from heatmap_cli.pipeline.slides import SlideSettings
+
+    return SlideSettings(
+        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
+        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
+        slide_mpp=options.slide_mpp,
+        tissue=options.tissue,
+        tile=options.tile,
+        context=options.slide_context,
     )
 
 
