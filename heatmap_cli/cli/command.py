@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from heatmap_cli.cli.command_options import CommandOptions
-from heatmap_cli.cli.console import Console, Tally
+from heatmap_cli.cli.console import QUIET_ERRORS_ONLY, Console, Tally
 from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
 from heatmap_cli.pipeline.limits import MAX_TOP_K
 from heatmap_cli.pipeline.profiling import (
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from heatmap_cli.cli.batch import Batch, ImageJob
+    from heatmap_cli.cli.manifest import Manifest
     from heatmap_cli.cli.model_cards import ModelRequest
     from heatmap_cli.cli.preflight import PlannedRun
     from heatmap_cli.io import ImageInput
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from heatmap_cli.pipeline.engine import GridEngine
     from heatmap_cli.pipeline.read_ahead import DecodedAhead
     from heatmap_cli.pipeline.settings import PhotoReading
+    from heatmap_cli.pipeline.slide_settings import SlideSettings
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -124,14 +126,14 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     if plan is not None and _finished_without_model(plan, items, options, scales, console, tally):
         return
 
-    ahead = _decode_first_photo(items, options)  # while torch imports and the model loads
+    ahead = _decode_first_photo(items, options, request)  # while torch imports, the model loads
     # Under --ray the driver converts the model on its CPU only to check the options (exit 2
     # before anything is created) and to say the engine's notes once; the actors make their own.
     job = start_job(dataclasses.replace(options, device="cpu") if options.ray else options, scales)
     job = dataclasses.replace(job, ahead=ahead)
     engine = job.engine
     _keep_card(request, engine)
-    for note in engine.notes:
+    for note in engine.notes if options.quiet < QUIET_ERRORS_ONLY else ():
         console.say(f"Note: {note}")
     _create_folder(options.out)  # only now: every usage check has passed
     remove_stale_temporaries(options.out)
@@ -142,7 +144,7 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
         with contextlib.suppress(HeatmapError):
             batch.manifest.write()
         raise
-    batch.manifest.write()
+    _write_manifest(batch.manifest, options, console)
     _write_report(options, console, tally)
     run = f"{engine.loaded.name}, {engine.method}, stride {engine.stride}, {ran_on}"
     _say_summary(options, console, tally, run)
@@ -161,7 +163,8 @@ def _finished_without_model(
     """With ``--skip-existing``, ends a run whose every image is done, without its model.
 
     The images' outputs are checked against the settings the run would record (the plan's,
-    from the model's card); if any image is to be done, nothing happens and the model loads.
+    from the model's card); if any image is to be done, or is a slide (whose settings depend on
+    the model's scale), nothing happens and the model loads.
 
     Returns:
         Whether the run ended (its manifest written, its summary said).
@@ -171,15 +174,19 @@ def _finished_without_model(
     from heatmap_cli.cli.manifest import Manifest, ManifestRow
     from heatmap_cli.cli.resume import check_outputs
     from heatmap_cli.cli.run_settings import run_settings
+    from heatmap_cli.io.slides import is_slide
 
-    settings = run_settings(plan, plan.rendering, scales, options.flip, _reading(options))
+    reading = _reading(options)
+    settings = run_settings(plan, plan.rendering, scales, options.flip, reading)
     rows = []
     for item in items:
+        if is_slide(item.path, reading.max_pixels):
+            return False
         verdict = check_outputs(options.out, item.stem, settings)
         if not verdict.done or verdict.record is None:
             return False
         rows.append(ManifestRow.skipped(item.path, item.stem, verdict.record))
-    for note in plan.loaded.notes:
+    for note in plan.loaded.notes if options.quiet < QUIET_ERRORS_ONLY else ():
         console.say(f"Note: {note}")
     manifest = Manifest(options.out)
     for path, reason in tally.failures:
@@ -188,7 +195,7 @@ def _finished_without_model(
         manifest.add(row)
         tally.skipped += 1
         tally.todo -= 1
-    manifest.write()
+    _write_manifest(manifest, options, console)
     _write_report(options, console, tally)
     run = f"{plan.loaded.name}, {plan.method}, stride {plan.stride}, {plan.device_type}"
     _say_summary(options, console, tally, run)
@@ -198,13 +205,19 @@ def _finished_without_model(
 
 
 def _decode_first_photo(
-    items: list[ImageInput], options: CommandOptions
+    items: list[ImageInput], options: CommandOptions, request: ModelRequest
 ) -> dict[Path, Future[DecodedAhead]]:
     """The first photo's decoding, started now, in a thread of its own (none under ``--ray``).
 
-    Not with ``--skip-existing``, whose first photo may well be done already.
+    Only for a model with a card (loaded here before, or the default model with its package's
+    weights), whose weights are at hand: a model whose weights may be missing fails before any
+    photo is read. Not with ``--skip-existing``, whose first photo may well be done already.
     """
     if options.ray or options.skip_existing or not items:
+        return {}
+    from heatmap_cli.cli.model_cards import find_card
+
+    if find_card(request) is None:
         return {}
     from heatmap_cli.pipeline.read_ahead import decode_ahead
     from heatmap_cli.pipeline.thread_warnings import show_library_warnings_every_time
@@ -223,19 +236,36 @@ def _keep_card(request: ModelRequest, engine: GridEngine) -> None:
     keep_card(request, engine.loaded, card)
 
 
+def _write_manifest(manifest: Manifest, options: CommandOptions, console: Console) -> None:
+    """Writes ``OUT/manifest.csv``; says which rows it dropped, if any (not under ``-qq``)."""
+    written = manifest.write()
+    if written.dropped and options.quiet < QUIET_ERRORS_ONLY:
+        console.say(f"Note: {written.note()}")
+
+
 def _write_report(options: CommandOptions, console: Console, tally: Tally) -> None:
-    """``OUT/index.html`` if ``--report`` was given."""
+    """``OUT/index.html`` if ``--report`` was given; says where, and which jsons it left out."""
     if not options.report:
         return
     from heatmap_cli.report import write_report
 
-    report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
-    if not options.quiet:
-        console.say(f"Report: {report}")
+    damaged: list[Path] = []
+    report = write_report(
+        options.out, tally.failures, cmap=options.cmap, alpha=options.alpha, damaged=damaged
+    )
+    if options.quiet >= QUIET_ERRORS_ONLY:
+        return
+    if damaged:
+        names = ", ".join(map(str, damaged[:3])) + (", ..." if len(damaged) > 3 else "")
+        console.say(
+            f"Note: the report leaves out {len(damaged)} json file(s) that are damaged or hold "
+            f"NaN or Infinity ({names}); --skip-existing makes their images again"
+        )
+    console.say(f"Report: {report}")
 
 
 def _say_summary(options: CommandOptions, console: Console, tally: Tally, run: str) -> None:
-    """The one summary line (unless quiet and all went well), and the stage times if asked.
+    """The one summary line (unless ``-qq`` and all went well), and the stage times if asked.
 
     Its time is what the user waited for: the whole process, from its start
     (:func:`~heatmap_cli.pipeline.profiling.seconds_since_start`).
@@ -243,7 +273,7 @@ def _say_summary(options: CommandOptions, console: Console, tally: Tally, run: s
     summary = f"{tally.done} done, {tally.failed} failed"
     if tally.skipped:
         summary += f", {tally.skipped} skipped (already done)"
-    if not options.quiet or tally.failed:
+    if options.quiet < QUIET_ERRORS_ONLY or tally.failed:
         console.say(
             f"{summary} in {seconds_since_start():.1f}s ({run}); outputs in {options.out}"
         )
@@ -409,7 +439,27 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         # --activation none on a model that returns logits: its "probs" are those logits
         rendering = dataclasses.replace(rendering, scores="logits")
     return ImageJob(
-        engine, rendering, options.out, scales=scales, flip=options.flip, reading=_reading(options)
+        engine,
+        rendering,
+        options.out,
+        scales=scales,
+        flip=options.flip,
+        reading=_reading(options),
+        slides=_slide_settings(options, loaded),
+    )
+
+
+def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettings:
+    """How slides are read: ``--mpp`` (else the model's own), ``--slide-mpp``, ``--tissue``."""
+    from heatmap_cli.pipeline.slide_settings import SlideSettings
+
+    return SlideSettings(
+        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
+        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
+        slide_mpp=options.slide_mpp,
+        tissue=options.tissue,
+        tile=options.tile,
+        context=options.slide_context,
     )
 
 

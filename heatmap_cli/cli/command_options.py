@@ -52,10 +52,14 @@ class CommandOptions:
     scales: str | None
     flip: bool
     pooling: str
+    mpp: float | None
+    slide_mpp: float | None
+    tissue: str
+    slide_context: int | None
     skip_existing: bool
     report: bool
     ray: bool
     ray_address: str | None
     workers: int | None
-    quiet: bool
+    quiet: int
     debug: bool

@@ -33,10 +33,10 @@ from heatmap_cli.io import output_path
 from heatmap_cli.pipeline.engine import GridEngine, Tiling
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
     OutputOptions,
     RankedClass,
     RenderedClass,
-    image_ranking,
 )
 from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
 
@@ -212,7 +212,7 @@ def build_record(
     result: ImageResult,
     engine: GridEngine,
     options: OutputOptions,
-    classes: Sequence[RenderedClass],
+    summary: ImageSummary,
     files: Sequence[OutputFile] = (),
     reading: PhotoReading = DEFAULT_READING,
 ) -> OutputRecord:
@@ -221,8 +221,9 @@ def build_record(
     Args:
         result: The image's grid and passes.
         engine: The engine that scored it (model, weights, method, size, device, dtype).
-        options: The ranking's length and pooling, and what is drawn and written.
-        classes: The rendered classes (:func:`rendered_classes`).
+        options: The ranking's pooling, and what is drawn and written.
+        summary: The image's ranking and rendered classes
+            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`).
         files: The other files written for the image, with their sizes.
         reading: How the photo was decoded (the overlays' largest side, in the settings).
 
@@ -242,8 +243,8 @@ def build_record(
         common_grid=result.grid.common,
         geometry=result.grid.geometry,
         scores=options.scores,
-        classes=tuple(classes),
-        top_k=image_ranking(result, engine.categories, options),
+        classes=summary.classes,
+        top_k=summary.top_k,
         top_k_pooling=options.pooling,
         activation=engine.activation,
         model_output=engine.loaded.output,

@@ -10,11 +10,14 @@ top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
 * :mod:`~heatmap_cli.grid.dilate`: the same finer stride in one pass of an "a trous" network;
 * :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference.
 
-:func:`~heatmap_cli.grid.score.score_grid` runs any of them; :mod:`~heatmap_cli.grid.geometry`
-maps cells to pixels; :mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles.
-Nothing here imports the application (``pipeline``, ``cli``, ``io``, ``report``). Importing the
-package imports no torch: the registry and the methods' declarations are plain Python, and
-:func:`score_grid` is imported on first use.
+:func:`~heatmap_cli.grid.score.score_grid` runs any of them, converting a model once
+(:mod:`~heatmap_cli.grid.conversions`: the window it records, one conversion per model while it
+stays the same); :mod:`~heatmap_cli.grid.geometry` maps cells to pixels;
+:mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles. Nothing here imports the
+application (``pipeline``, ``cli``, ``io``, ``report``). Importing the package imports no torch:
+the registry and the methods' declarations are plain Python, and :func:`score_grid`,
+:func:`as_convolutional`, :func:`forget_conversions` and :func:`recorded_window` are imported on
+first use.
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ from heatmap_cli.grid.registry import (
 )
 
 if TYPE_CHECKING:
+    from heatmap_cli.grid.conversions import forget_conversions, recorded_window
     from heatmap_cli.grid.score import as_convolutional, score_grid
 
-_DEFERRED = {"as_convolutional": "heatmap_cli.grid.score", "score_grid": "heatmap_cli.grid.score"}
+_DEFERRED = {
+    "as_convolutional": "heatmap_cli.grid.score",
+    "score_grid": "heatmap_cli.grid.score",
+    "forget_conversions": "heatmap_cli.grid.conversions",
+    "recorded_window": "heatmap_cli.grid.conversions",
+}
 
 __all__ = [
     "CROPS",
@@ -51,8 +60,10 @@ __all__ = [
     "NetworkBuilder",
     "StrideRule",
     "as_convolutional",
+    "forget_conversions",
     "get_method",
     "method_names",
+    "recorded_window",
     "register_method",
     "score_grid",
     "unregister_method",
@@ -60,7 +71,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Imports :func:`score_grid` and :func:`as_convolutional` (and torch) on first use."""
+    """Imports the functions that need torch (and torch) on first use."""
     if name in _DEFERRED:
         return getattr(importlib.import_module(_DEFERRED[name]), name)
     raise AttributeError(f"module 'heatmap_cli.grid' has no attribute {name!r}")

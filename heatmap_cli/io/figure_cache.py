@@ -8,8 +8,13 @@ network's structure, so it is kept in a JSON file per key and read back by later
 
 The folder is :func:`~heatmap_cli.io.disk_cache.cache_dir`'s. A cache that cannot be read or
 written is never an error: the figure is measured again (and the write is skipped), so a
-read-only home or a damaged file only costs time. :data:`DISK_FIGURES` is the store the engine
-hands to the tiling estimate.
+read-only home or a damaged file only costs time. What is read is checked before it is believed:
+only a regular file of at most :data:`MAX_FILE_BYTES` is opened (a FIFO or a device in its place
+is never waited on), it must be a strict JSON object of finite numbers, and the caller's
+``plausible`` check (the tiling estimate's: the network's class count, a bytes-per-pixel figure
+within physical bounds) must accept it; anything else is measured again and the file replaced.
+Files are written atomically, so concurrent runs (Ray actors, two terminals) never see a
+half-written one. :data:`DISK_FIGURES` is the store the engine hands to the tiling estimate.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import hashlib
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,13 +35,18 @@ from heatmap_cli.io.disk_cache import CACHE_DIR_ENV, cache_dir, read_cached, wri
 __all__ = [
     "CACHE_DIR_ENV",
     "DISK_FIGURES",
+    "MAX_FILE_BYTES",
     "DiskFigureStore",
     "cache_dir",
     "cached_figures",
     "network_fingerprint",
 ]
 
+MAX_FILE_BYTES = 64 * 1024
+"""The largest cache file read (one holds a few numbers)."""
+
 Figures = Mapping[str, float]
+Plausible = Callable[[Figures], bool]
 
 
 def network_fingerprint(net: nn.Module, *extra: str) -> str:
@@ -78,20 +89,27 @@ def network_fingerprint(net: nn.Module, *extra: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_figures(kind: str, key: str, measure: Callable[[], Figures]) -> dict[str, float]:
+def cached_figures(
+    kind: str,
+    key: str,
+    measure: Callable[[], Figures],
+    plausible: Plausible | None = None,
+) -> dict[str, float]:
     """The figures stored under ``kind`` and ``key``, measured and stored on a miss.
 
     Args:
         kind: What the figures are (a file name prefix, e.g. ``"activation-bytes"``).
         key: A fingerprint of everything the figures depend on (hex digits).
         measure: Measures the figures when they are not cached, or cached unreadably.
+        plausible: Whether stored figures can be believed; those it refuses are measured
+            again and replaced.
 
     Returns:
         The figures, by name.
     """
     name = f"{kind}-{key}.json"
-    stored = _figures(read_cached(name))
-    if stored is not None:
+    stored = _figures(read_cached(name, max_bytes=MAX_FILE_BYTES))
+    if stored is not None and (plausible is None or plausible(stored)):
         return stored
     figures = {name: float(value) for name, value in measure().items()}
     write_cached(name, figures)
@@ -99,9 +117,10 @@ def cached_figures(kind: str, key: str, measure: Callable[[], Figures]) -> dict[
 
 
 def _figures(stored: object) -> dict[str, float] | None:
-    """Stored figures as ``{name: float}``; None if they are not such a mapping."""
+    """Stored figures as ``{name: float}``; None unless a mapping of finite numbers."""
     if not isinstance(stored, dict) or not all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in stored.values()
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        for value in stored.values()
     ):
         return None
     return {str(name): float(value) for name, value in stored.items()}
@@ -116,9 +135,13 @@ class DiskFigureStore:
         net: nn.Module,
         extra: Sequence[str],
         measure: Callable[[], Figures],
+        plausible: Plausible | None = None,
     ) -> dict[str, float]:
-        """The figures of ``kind`` for ``net`` and ``extra``, measured and stored on a miss."""
-        return cached_figures(kind, network_fingerprint(net, *extra), measure)
+        """The figures of ``kind`` for ``net`` and ``extra``, measured and stored on a miss.
+
+        Stored figures that ``plausible`` refuses are measured again and replaced.
+        """
+        return cached_figures(kind, network_fingerprint(net, *extra), measure, plausible)
 
 
 DISK_FIGURES = DiskFigureStore()

@@ -10,6 +10,7 @@ importing timm (which takes seconds).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,8 +178,8 @@ class DefaultSource(ModelSource):
         import torch
 
         from heatmap_cli.models.fitting import build_for_checkpoint
-        from heatmap_cli.models.timm_source import timm_loaded_model
-        from heatmap_cli.models.weights import Checkpoint, read_checkpoint
+        from heatmap_cli.models.timm_source import timm_loaded_model, timm_window
+        from heatmap_cli.models.weights import read_checkpoint
 
         weights = request.weights
         if weights is None:
@@ -198,8 +199,12 @@ class DefaultSource(ModelSource):
             with torch.device("meta"):
                 structure = build(None)
             renamed = rename_lukemelas_keys(checkpoint.tensors, structure)
-            checkpoint = Checkpoint(path, renamed, checkpoint.location)
+            checkpoint = dataclasses.replace(checkpoint, tensors=renamed)
         fitted = build_for_checkpoint(build, checkpoint, f"{DEFAULT_MODEL} ({_TIMM_ARCH})")
         # The packaged weights are Google's TF-Lite checkpoint, whose preprocessing is the one
         # timm records for the TF port: (x - 127) / 128 (mean = std = 0.5), bicubic, 224 x 224.
-        return timm_loaded_model(name, fitted.model, source, fitted.notes)
+        window, notes = None, fitted.notes
+        if weights is not None:  # the user's file: trained at the size it records, if any
+            own = timm_window(fitted.model)
+            window, notes = fitted.window(own, request.input_size, DEFAULT_MODEL)
+        return timm_loaded_model(name, fitted.model, source, notes, window)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +50,36 @@ from heatmap_cli.pipeline.thread_warnings import captured_warnings
 
 __all__ = [
     "DEFAULT_READING",
+    "Decoder",
     "ImageResult",
     "Outcome",
     "PhotoReading",
     "Prepared",
     "display_image",
     "prepare",
+    "read_file",
     "score_images",
     "small_image_note",
 ]
 
 
 _SCORED = np.empty((0, 0, 3), dtype=np.uint8)  # a scored pass's pixels, let go
+
+
+Decoder = Callable[[ImageInput, PhotoReading], DecodedPhoto]
+"""``decode(item, reading)`` -> the photo of ``item``, RGB in displayed orientation.
+
+The command's is :func:`read_file`; the notebook API also hands in photos already in memory.
+"""
+
+
+def read_file(item: ImageInput, reading: PhotoReading) -> DecodedPhoto:
+    """Decodes ``item.path`` in full, within ``reading.max_pixels`` (the command's decoder).
+
+    Raises:
+        ImageReadError: The file cannot be read as an image.
+    """
+    return read_photo(item.path, max_pixels=reading.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -164,14 +182,13 @@ def prepare(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     reading: PhotoReading = DEFAULT_READING,
+    decode: Decoder = read_file,
     ahead: Future[DecodedAhead] | None = None,
 ) -> Prepared:
     """Reads, orients and resizes one image for every pass (runs in a loader thread).
 
-    The photo is always decoded in full, never reduced with JPEG ``draft()``: libjpeg's reduced
-    decoding filters differently from the model's resize (logits move by 0.7-4% of their range
-    when decoding at 2-1x the network input), and the scores must not depend on how large the
-    overlays are drawn.
+    The photo is always decoded in full, never with JPEG ``draft()``: libjpeg's reduced decoding
+    filters unlike the model's resize (logits move by 0.7-4% of their range at 2-1x the input).
 
     Args:
         item: The image file and its output stem.
@@ -179,6 +196,7 @@ def prepare(
         scales: Factors of ``engine.settings.size``.
         flip: Also prepare each scale's mirror image.
         reading: The decoding limit and the display copy's size.
+        decode: What turns ``item`` into its photo (:func:`read_file` reads the file).
         ahead: The photo decoded ahead (``heatmap_cli.pipeline.read_ahead``), if it was.
 
     Returns:
@@ -191,7 +209,7 @@ def prepare(
     """
     with captured_warnings() as caught, timed("decode"):
         max_side = reading.max_display_side
-        photo = _read(item, reading, ahead, caught)
+        photo = _read(item, reading, decode, ahead, caught)
         image, original_size = photo.image, photo.original_size
         try:
             passes = plan_passes(
@@ -221,11 +239,15 @@ def prepare(
 
 
 def _read(
-    item: ImageInput, reading: PhotoReading, ahead: Future[DecodedAhead] | None, caught: list[str]
+    item: ImageInput,
+    reading: PhotoReading,
+    decode: Decoder,
+    ahead: Future[DecodedAhead] | None,
+    caught: list[str],
 ) -> DecodedPhoto:
     """The photo: decoded ahead if it was (its warnings added to ``caught``), else now."""
     if ahead is None:
-        return read_photo(item.path, max_pixels=reading.max_pixels)
+        return decode(item, reading)
     return decoded(ahead, caught)
 
 
@@ -342,13 +364,13 @@ def score_images(
     common: CommonGrid = "first",
     workers: int = 2,
     reading: PhotoReading = DEFAULT_READING,
+    decode: Decoder = read_file,
     ahead: Mapping[Path, Future[DecodedAhead]] | None = None,
 ) -> Iterator[Outcome]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
-    Decoding and resizing run in ``workers`` threads ahead of the network; network inputs with
-    the same size are stacked into batches of up to ``settings.batch_size``. Closing the
-    generator early (an interrupted caller) cancels the images not yet being read.
+    Decoding and resizing run in ``workers`` threads ahead of the network; same-size network
+    inputs are batched (``settings.batch_size``). Closing it early cancels the images not read.
 
     Args:
         items: Images to score.
@@ -358,7 +380,8 @@ def score_images(
         common: The grid passes are averaged on: ``"first"`` or ``"finest"``.
         workers: Loader threads.
         reading: The decoding limit and the display copy's size.
-        ahead: Photos decoded ahead, by path (``heatmap_cli.pipeline.read_ahead``).
+        decode: What turns an item into its photo (:func:`read_file` reads the file).
+        ahead: Photos decoded ahead by :func:`read_file`, by path (``pipeline.read_ahead``).
 
     Yields:
         Every input's :class:`Outcome` (its result or its exception), exactly once.
@@ -374,11 +397,10 @@ def score_images(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader")
     try:
         futures: deque[tuple[ImageInput, Future[Prepared]]] = deque()
-        iterator = iter(items)
+        iterator, how, ahead = iter(items), (engine, scales, flip, reading, decode), ahead or {}
         while True:
             while len(futures) < limit and (item := next(iterator, None)) is not None:
-                args = (item, engine, scales, flip, reading, (ahead or {}).get(item.path))
-                futures.append((item, pool.submit(prepare, *args)))
+                futures.append((item, pool.submit(prepare, item, *how, ahead.get(item.path))))
             if not futures:
                 break
             item, future = futures.popleft()

@@ -100,6 +100,11 @@ USAGE_ERRORS = {
     "missing input": (["MISSING"], "no such file or directory"),
     "ray option": (["--workers", "2"], "only works with --ray"),
     "outputs": (["--outputs", "gif"], "outputs must be a comma-separated subset"),
+    "tissue mask": (["--tissue", "MISSING"], "must be auto, off or a mask image file"),
+    "slide context": (["--slide-context", "wide"], "must be 'exact' or a number of pixels"),
+    "mpp": (["--mpp", "0"], "--mpp"),
+    "slide mpp": (["--slide-mpp", "-1"], "--slide-mpp"),
+    "errors only": (["-qq", "--stride", "7"], "does not divide the network's native stride 32"),
 }
 
 
@@ -107,7 +112,7 @@ USAGE_ERRORS = {
 def test_usage_errors_import_no_torch(case: str, tmp_path: Path, short_labels: Path):
     extra, expected = USAGE_ERRORS[case]
     extra = [str(short_labels) if arg == "LABELS" else arg for arg in extra]
-    inputs = [] if "MISSING" in extra else [str(COFFEE)]
+    inputs = [] if extra[0] == "MISSING" else [str(COFFEE)]
     args = [*inputs, *(str(tmp_path / "none.jpg") if a == "MISSING" else a for a in extra)]
     code, said, imported = command([*args, "-o", str(tmp_path / "out")], tmp_path)
     assert code == 2, said
