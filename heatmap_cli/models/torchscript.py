@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 
 from heatmap_cli.convert.fx import trace_model
+from heatmap_cli.convert.lifting import lift_modules
 from heatmap_cli.errors import ModelFileError, first_line
 
 __all__ = [
@@ -137,7 +138,9 @@ def program_graph_module(program: torch.export.ExportedProgram) -> fx.GraphModul
     """An exported program's module as a plain fx graph module in eval mode.
 
     The program's own module checks every call against the input shapes it was exported for;
-    the plain graph leaves that out (the converted network runs at other sizes).
+    the plain graph leaves that out (the converted network runs at other sizes). Its ATen
+    convolutions and batch norms are made modules again (:func:`lift_modules`), so that the
+    batch norms fold into the convolutions as a Python model's do.
 
     Raises:
         ConversionError: torch.fx cannot trace the program's module.
@@ -146,8 +149,9 @@ def program_graph_module(program: torch.export.ExportedProgram) -> fx.GraphModul
         module = program.module(check_guards=False)  # type: ignore[call-arg]
     except TypeError:  # torch before 2.9 checks shapes only in a pre-hook
         module = program.module()
-    # A plain GraphModule: no hooks or pytree wrapping.
-    return trace_model(module).eval()
+    graph_module = trace_model(module).eval()  # a plain GraphModule: no hooks or pytree wrapping
+    lift_modules(graph_module)
+    return graph_module
 
 
 def _brief(error: Exception) -> str:
