@@ -160,8 +160,9 @@ def _brief(error: Exception) -> str:
 
 
 def _not_converted(script: nn.Module, name: str, reason: str) -> ScriptConversion:
+    # The engine then says that it falls back to crops; this says why.
     note = (
-        f"{name}: TorchScript not converted to a graph by torch.export's converter ({reason}); "
-        "it runs window by window (crops), which is exact but slower"
+        f"{name}: TorchScript not converted to a graph by torch.export's converter ({reason}), "
+        "so it cannot run dense"
     )
     return ScriptConversion(script, converted=False, notes=(note,))
