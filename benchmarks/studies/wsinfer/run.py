@@ -101,8 +101,21 @@ def run_wsinfer(slide: Path, model: Path, work: Path, name: str, overlap: float 
         "--model-path", model / "torchscript_model.pt", "--patch-overlap-ratio", repr(overlap),
     ]  # fmt: skip
     measured = run_measured(command, log=work / "logs" / f"{name}.log", env=wsinfer_env(work))
-    measured["csv"] = str(results / "model-outputs-csv" / f"{slide.stem}.csv")
+    measured["csv"] = _stored(results / "model-outputs-csv" / f"{slide.stem}.csv")
     return measured
+
+
+def _stored(path: Path) -> str:
+    """A path as a record keeps it: relative to this folder where it lies inside it."""
+    return str(path.relative_to(HERE)) if path.is_relative_to(HERE) else str(path)
+
+
+def _found(stored: str | None) -> Path | None:
+    """A recorded path, if the file is still there."""
+    if not stored:
+        return None
+    path = Path(stored) if Path(stored).is_absolute() else HERE / stored
+    return path if path.exists() else None
 
 
 def count_patches(slide: Path, work: Path, name: str, overlap: float) -> dict:
@@ -129,7 +142,7 @@ def run_heatmap(
     arguments = shlex.split(template.format(slide=slide, model=model, out=out))
     measured = run_measured([heatmap, *arguments], log=work / "logs" / f"{name}.log")
     found = sorted(out.rglob(f"{slide.stem}*.csv")) if out.exists() else []
-    measured["csv"] = str(found[0]) if found else None
+    measured["csv"] = _stored(found[0]) if found else None
     return measured
 
 
@@ -186,17 +199,17 @@ def goals(record: dict) -> dict[str, object]:
     return checks
 
 
-def wsinfer_side(args: argparse.Namespace, slide: Path, model: Path) -> dict:
-    """WSInfer's default run, its patch counts and its stride-32 CPU time."""
+def wsinfer_side(args: argparse.Namespace, slide: Path, model: Path, runs: Path) -> dict:
+    """WSInfer's default run, its patch counts and its stride-32 CPU time (outputs in ``runs``)."""
     result: dict[str, object] = {}
-    default = run_wsinfer(slide, model, args.work, "wsinfer-default")
+    default = run_wsinfer(slide, model, runs, "wsinfer-default")
     result["default"] = default
-    fixed = count_patches(slide, args.work, "wsinfer-patches-default", 0.0)
+    fixed = count_patches(slide, runs, "wsinfer-patches-default", 0.0)
     overlap = 1 - STRIDE / PATCH
-    counted = count_patches(slide, args.work, "wsinfer-patches-stride32", overlap)
+    counted = count_patches(slide, runs, "wsinfer-patches-stride32", overlap)
     result.update(patching_default=fixed, patching_stride32=counted)
     if args.wsinfer_stride32 == "run":
-        run = run_wsinfer(slide, model, args.work, "wsinfer-stride32", overlap)
+        run = run_wsinfer(slide, model, runs, "wsinfer-stride32", overlap)
         result["stride32"] = run
         result["stride32_cpu_s"] = run["cpu_s"]
         result["stride32_cpu_from"] = "measured"
@@ -205,6 +218,15 @@ def wsinfer_side(args: argparse.Namespace, slide: Path, model: Path) -> dict:
         result["stride32_cpu_s"] = round(estimate, 1)
         result["stride32_cpu_from"] = "estimated: patching + default run's CPU per patch x count"
     return result
+
+
+def reused_wsinfer(side: int) -> dict[str, object]:
+    """The WSInfer block of this slide's latest record that has one (its CSV still in work/)."""
+    for path in sorted((HERE / "results").glob(f"wsinfer-{side}-*.json"), reverse=True):
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        if _found(earlier.get("wsinfer", {}).get("default", {}).get("csv")):
+            return {"wsinfer": earlier["wsinfer"], "wsinfer_reused_from": path.name}
+    return {}
 
 
 def markdown(record: dict) -> str:
@@ -248,27 +270,32 @@ def main() -> int:
     parser.add_argument("--heatmap", type=Path, default=REPO / ".venv" / "bin" / "heatmap")
     parser.add_argument("--heatmap-dense", default=DENSE_ARGS)
     parser.add_argument("--heatmap-exact", default=EXACT_ARGS)
-    parser.add_argument("--skip-wsinfer", action="store_true", help="reuse nothing, run heatmap")
+    parser.add_argument(
+        "--skip-wsinfer", action="store_true", help="reuse the latest WSInfer record of the slide"
+    )
     parser.add_argument("--skip-heatmap", action="store_true")
     parser.add_argument("--wsinfer-stride32", choices=("estimate", "run"), default="estimate")
     args = parser.parse_args()
     side = 4096 if args.quick else args.side
     slide, model, facts = prepare(args.work, side)
+    runs = args.work / f"runs-{side}"  # each tool's outputs and logs, per slide size
     record: dict[str, object] = {"machine": machine(), "slide": facts, "model": str(model)}
     if not args.skip_wsinfer:
-        record["wsinfer"] = wsinfer_side(args, slide, model)
+        record["wsinfer"] = wsinfer_side(args, slide, model, runs)
+    else:
+        record.update(reused_wsinfer(side))
     if not args.skip_heatmap:
         record["heatmap"] = str(args.heatmap)
         for key, template in (("dense", args.heatmap_dense), ("exact", args.heatmap_exact)):
             name = f"heatmap_{key}"
-            record[name] = run_heatmap(args.heatmap, template, slide, model, args.work, name)
+            record[name] = run_heatmap(args.heatmap, template, slide, model, runs, name)
     from compare import compare_csv  # pandas: imported after the measured runs
 
-    reference = record.get("wsinfer", {}).get("default", {}).get("csv")
+    reference = _found(record.get("wsinfer", {}).get("default", {}).get("csv"))
     for key in ("dense", "exact"):
-        ours = record.get(f"heatmap_{key}", {}).get("csv")
-        if reference and ours and Path(reference).exists():
-            record[f"{key}_vs_wsinfer"] = compare_csv(Path(reference), Path(ours))
+        ours = _found(record.get(f"heatmap_{key}", {}).get("csv"))
+        if reference and ours:
+            record[f"{key}_vs_wsinfer"] = compare_csv(reference, ours)
     record["goals"] = goals(record)
     record["machine_after"] = machine()["load_average"]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
