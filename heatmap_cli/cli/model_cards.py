@@ -30,6 +30,7 @@ from heatmap_cli.models.catalog import default_card, imagenet_categories, torchv
 from heatmap_cli.models.default import PACKAGE_NAME, package_weights_file
 from heatmap_cli.models.files import file_sha256
 from heatmap_cli.models.label_files import check_label_count
+from heatmap_cli.models.wsinfer_folder import folder_config
 from heatmap_cli.versions import installed_version
 
 __all__ = ["ModelRequest", "card_key", "find_card", "keep_card", "known_categories", "known_window"]
@@ -190,6 +191,8 @@ def known_categories(request: ModelRequest) -> tuple[str, ...] | None:
     """The class names a request's model has, known without a card; None if unknown."""
     if request.labels is not None:
         return request.labels[1]
+    if request.weights is None and request.source.family == "wsinfer":
+        return folder_config(request.name).class_names  # its config.json, read as loading does
     if request.weights is None and request.source.family in ("default", "torchvision"):
         listed = torchvision_models().get(request.name.strip().lower(), {}).get("categories")
         if request.source.family == "default" or listed == "imagenet":
@@ -201,6 +204,8 @@ def known_window(request: ModelRequest) -> tuple[int, int] | None:
     """The window a request's model has, known without a card; None if unknown."""
     if request.input_size is not None:
         return request.input_size
+    if request.weights is None and request.source.family == "wsinfer":
+        return folder_config(request.name).window
     if request.weights is None and request.source.family == "torchvision":
         height, width = torchvision_models()[request.name.strip().lower()]["input_size"]
         return int(height), int(width)

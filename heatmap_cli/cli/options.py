@@ -115,8 +115,8 @@ mixed sizes.
     default=DEFAULT_MODEL,
     show_default=True,
     help="Model: the offline default, a torchvision name, timm/NAME, a model file (torch.export "
-    ".pt2 or TorchScript), or your own code as path/to/file.py:callable or "
-    "package.module:callable (this imports and runs that code).",
+    ".pt2 or TorchScript), a WSInfer model folder (config.json + TorchScript), or your own code "
+    "as path/to/file.py:callable or package.module:callable (this imports and runs that code).",
 )
 @click.option(
     "--weights",

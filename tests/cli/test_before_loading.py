@@ -147,6 +147,42 @@ def test_list_models_imports_no_torch(tmp_path: Path):
     assert not imported & {*LIBRARIES, *ARRAYS}
 
 
+WSINFER_CONFIG = {
+    "spec_version": "1.0",
+    "architecture": "resnet34",
+    "num_classes": 2,
+    "class_names": ["Other", "Tumor"],
+    "patch_size_pixels": 350,
+    "spacing_um_px": 0.25,
+    "transform": [{"name": "Resize", "arguments": {"size": 224}}, {"name": "ToTensor"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "expected"),
+    [
+        ("folder", ["--class", "tumour"], "did you mean Tumor (1)"),
+        ("folder", ["--size", "200"], "below the model's 224-pixel window"),
+        ("folder/", ["--class", "5"], "out of range 0..1"),
+        ("missing/", [], "missing: no such folder"),
+        ("empty", [], "empty: no config.json in it"),
+    ],
+    ids=["class", "size", "class index", "no folder", "no config"],
+)
+def test_a_wsinfer_folder_is_a_path_checked_without_torch(
+    tmp_path: Path, model: str, extra: list[str], expected: str
+):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(WSINFER_CONFIG))
+    (tmp_path / "empty").mkdir()
+    args = [str(COFFEE), "--model", model, *extra, "-o", str(tmp_path / "out")]
+    code, said, imported = command(args, tmp_path)
+    assert code == 2, said
+    assert expected in said
+    assert "Unknown model" not in said
+    assert not imported & {*LIBRARIES, *ARRAYS}, imported
+
+
 def test_a_resume_with_every_image_done_loads_no_model(tmp_path: Path):
     out = tmp_path / "out"
     first = CliRunner().invoke(main, [str(COFFEE), "-o", str(out), "-q", "--stride", "16"])
