@@ -51,7 +51,7 @@ from heatmap_cli.io.slides import open_slide
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.limits import release_free_memory
 from heatmap_cli.pipeline.profiling import timed
-from heatmap_cli.pipeline.rendering import OutputOptions, RenderedClass, overlay_label
+from heatmap_cli.pipeline.rendering import OutputOptions, RenderedClass, draw_class
 from heatmap_cli.pipeline.scoring import PhotoReading
 from heatmap_cli.pipeline.slides import SlideScores, SlideSettings, score_slide
 from heatmap_cli.pipeline.slides.summary import (
@@ -62,7 +62,7 @@ from heatmap_cli.pipeline.slides.summary import (
     rank_slide,
     slide_peak,
 )
-from heatmap_cli.render import colour_scales, is_diverging, render_class_overlay
+from heatmap_cli.render import colour_scales, is_diverging
 
 __all__ = ["SlideOutcome", "kept_classes", "slide_settings", "store_folder", "write_slide"]
 
@@ -314,19 +314,7 @@ def _write_pictures(
         )
         values = np.where(np.isfinite(values), values, np.float32(rendered.scale.low))
         with timed("render"):
-            picture = render_class_overlay(
-                thumbnail,
-                values,
-                centers,
-                label=overlay_label(rendered, options),
-                label_corner="top-left" if options.label == "corner" else "auto",
-                cmap=options.cmap,
-                alpha=options.alpha,
-                vmin=rendered.scale.low,
-                vmax=rendered.scale.high,
-                colorbar=options.colorbar,
-                colorbar_label="probability" if options.probabilities else "logit",
-            )
+            picture = draw_class(thumbnail, values, centers, rendered, options)
         assert rendered.overlay is not None
         write_image(folder / rendered.overlay, picture, image_format=options.image_format)
         names.append(rendered.overlay)

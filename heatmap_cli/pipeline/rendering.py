@@ -293,10 +293,38 @@ def render_overlay(
     grid, display = result.grid, result.display
     height, width = grid.geometry.original_size
     to_display = np.array([display.shape[1] / width, display.shape[0] / height], np.float32)
-    return render_class_overlay(
+    return draw_class(
         display,
         drawn_scores(grid, options)[rendered.index],
         grid.geometry.centers() * to_display,
+        rendered,
+        options,
+    )
+
+
+def draw_class(
+    picture: np.ndarray,
+    values: np.ndarray,
+    centers: np.ndarray,
+    rendered: RenderedClass,
+    options: OutputOptions,
+) -> np.ndarray:
+    """One class's drawn values over a picture, with the label and colour scale it was given.
+
+    Args:
+        picture: uint8 ``(H, W, 3)``, the photo's display copy or a slide's thumbnail.
+        values: float ``(h, w)`` drawn scores of ``rendered``'s class.
+        centers: float32 ``(h, w, 2)`` window centres as (x, y) in ``picture``'s pixels.
+        rendered: The class, its peak and its colour scale.
+        options: The look (colour map, opacity, colour bar, label).
+
+    Returns:
+        uint8 ``(H, W[+bar], 3)``.
+    """
+    return render_class_overlay(
+        picture,
+        values,
+        centers,
         label=overlay_label(rendered, options),
         label_corner="top-left" if options.label == "corner" else "auto",
         cmap=options.cmap,

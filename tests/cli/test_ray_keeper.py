@@ -172,7 +172,7 @@ def test_a_killed_command_leaves_no_ray_process_and_no_writer(tmp_path: Path) ->
         "--device", "cpu",
     ]  # fmt: skip
     watcher = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.orphans", str(out), "5", "--", *command],
+        [sys.executable, "-m", "tests.helpers.orphans", str(out), "30", "--", *command],
         cwd=REPO,
         env={
             **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
