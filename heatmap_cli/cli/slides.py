@@ -255,6 +255,7 @@ def _write_npz(
         probs=probs[keep].astype(options.npz_dtype, copy=False),
         **extra,
         tissue=scores.tissue,
+        full_context=scores.full_context,
         centers=geometry.centers(),
         window=np.array([width, height], dtype=np.float32),
         window_input=np.array(geometry.window[::-1], dtype=np.int64),
@@ -375,6 +376,7 @@ def _slide_json(
     source: tuple[str, str], scores: SlideScores, settings: SlideSettings
 ) -> dict[str, object]:
     geometry = scores.geometry
+    full = int(scores.full_context.sum())
     return {
         "reader": source[0],
         "vendor": source[1],
@@ -397,5 +399,8 @@ def _slide_json(
             "resumed": scores.resumed,
             "side": scores.tile_side,
             "context": "exact" if settings.context is None else settings.context,
+            # the tissue cells equal to one pass over the slide (the rest: fields cut at tiles)
+            "full_context_cells": full,
+            "full_context_fraction": full / max(1, int(scores.tissue.sum())),
         },
     }

@@ -40,8 +40,11 @@ def test_a_slide_gets_its_grid_tables_pictures_and_record(tiny, slides, tmp_path
     )
     assert record["kind"] == "slide" and record["original_size"] == {"width": 520, "height": 400}
     assert 0 < slide["tissue"]["fraction"] < 1
+    assert slide["tiles"]["context"] == "exact" and slide["tiles"]["full_context_fraction"] == 1
+    assert slide["tiles"]["full_context_cells"] == slide["tissue"]["cells"]
     with np.load(out / "a.npz") as grid:
         tissue, centers, probs = grid["tissue"], grid["centers"], grid["probs"]
+        assert (grid["full_context"] == tissue).all()
         assert probs.shape == (len(CATEGORIES), *tissue.shape)
         assert np.isnan(probs[:, ~tissue]).all() and np.isfinite(probs[:, tissue]).all()
         # level-0 centres: window 32 model pixels = 64 level-0 pixels, stride 8 = 16

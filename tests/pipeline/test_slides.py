@@ -257,6 +257,27 @@ def test_a_context_as_wide_as_the_receptive_field_gives_the_exact_grid(svs):
     assert np.abs(narrow.logits - exact.logits).max() > 1e-3  # zeros seen at tile edges
 
 
+@pytest.mark.parametrize(("context", "cut"), [(0, True), (8, False)])  # the field: 7 pixels out
+def test_the_cells_said_to_have_their_whole_field_equal_one_pass(svs, context, cut):
+    engine = engine_for()
+    with open_slide(svs) as slide:
+        exact = score_slide(slide, engine, SlideSettings(model_mpp=0.5, tile=96))
+        other = score_slide(slide, engine, SlideSettings(model_mpp=0.5, tile=96, context=context))
+    assert exact.tiles > 4 and (exact.full_context == exact.tissue).all()
+    full, tissue = other.full_context, other.tissue
+    assert not full[~tissue].any() and full[tissue].any()
+    np.testing.assert_allclose(other.logits[:, full], exact.logits[:, full], atol=2e-5)
+    departed = np.abs(other.logits - exact.logits).max(axis=0) > 1e-4
+    assert not (departed & full).any()
+    assert (departed[tissue].any() and not full[tissue].all()) == cut
+
+
+def test_crops_cells_all_have_their_whole_field(svs):
+    with open_slide(svs) as slide:
+        scores = score_slide(slide, engine_for(method="crops"), SlideSettings(model_mpp=0.5))
+    assert (scores.full_context == scores.tissue).all()
+
+
 def test_dense_grids_are_averaged_down_for_drawing():
     from heatmap_cli.pipeline.slides.geometry import SlideGeometry
     from heatmap_cli.pipeline.slides.summary import display_grid

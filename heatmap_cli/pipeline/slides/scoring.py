@@ -55,6 +55,7 @@ __all__ = [
     "Progress",
     "SlideScores",
     "SlideSettings",
+    "full_context",
     "parse_context",
     "plan_slide_tiles",
     "score_slide",
@@ -83,6 +84,9 @@ class SlideScores:
         thumbnail: uint8 ``(h, w, 3)``: the whole slide, small.
         thumbnail_downsample: Level-0 pixels per thumbnail pixel.
         mask: bool ``(h, w)``: the tissue mask on the thumbnail (all True with tissue off).
+        full_context: bool ``(rows, cols)``: the tissue cells scored with their whole receptive
+            field, so equal to one pass over the slide (all of them with the exact context,
+            and with crops, whose cells are their own windows).
         tiles: Tiles that hold tissue (scored now or before).
         resumed: Of those, the tiles an earlier run had scored.
         tile_side: The tile side used (None: blocks of crops).
@@ -95,6 +99,7 @@ class SlideScores:
     thumbnail: np.ndarray
     thumbnail_downsample: float
     mask: np.ndarray
+    full_context: np.ndarray
     tiles: int
     resumed: int
     tile_side: int | None
@@ -150,6 +155,51 @@ def tile_margins(
         return receptive_field(engine.network, geometry.covered).cells_dropped(geometry.window)
     cells = -(-max(0, context) // geometry.stride)
     return (cells, cells), (cells, cells)
+
+
+def full_context(
+    engine: GridEngine, geometry: SlideGeometry, tiles: Sequence[Tile], tissue: np.ndarray
+) -> np.ndarray:
+    """The tissue cells whose tile held their whole receptive field: bool ``(rows, cols)``.
+
+    A kept cell equals the cell of one pass over the slide when its tile reaches the cell's
+    field on every side, or stops where one pass stops too (the grid's first and last cells).
+    A tile read with a limited context cuts the field of the cells near its edges: they see
+    zeros where one pass sees neighbours.
+
+    Args:
+        engine: The converted model.
+        geometry: The slide's grid.
+        tiles: The tiles scored (their kept cells fill the tissue cells).
+        tissue: bool ``(rows, cols)``: the cells scored.
+    """
+    if not engine.grid_method.tileable:  # crops: every cell is its own window
+        return tissue.copy()
+    margins = tile_margins(engine, geometry, None)
+    out = np.zeros(geometry.shape, dtype=bool)
+    for t in tiles:
+        rows = _within_field(t.top, t.height, t.out_rows, margins[0], geometry, 0)
+        cols = _within_field(t.left, t.width, t.out_cols, margins[1], geometry, 1)
+        out[t.out_rows, t.out_cols] = rows[:, None] & cols[None, :]
+    return out & tissue
+
+
+def _within_field(
+    start: int,
+    length: int,
+    kept: slice,
+    margin: tuple[int, int],
+    geometry: SlideGeometry,
+    axis: int,
+) -> np.ndarray:
+    """One axis of :func:`full_context` for one tile: bool ``(kept cells,)``."""
+    stride, count = geometry.stride, geometry.shape[axis]
+    first = start // stride  # first cell the tile reads
+    stop = first + (length - geometry.window[axis]) // stride + 1
+    cells = np.arange(kept.start, kept.stop)
+    return ((cells - margin[0] >= first) | (first == 0)) & (
+        (cells + margin[1] < stop) | (stop == count)
+    )
 
 
 def shrink_to_tissue(
@@ -322,6 +372,7 @@ def score_slide(
         thumbnail=thumbnail,
         thumbnail_downsample=downsample,
         mask=mask,
+        full_context=full_context(engine, geometry, [tiles[i] for i in needed], tissue),
         tiles=len(needed),
         resumed=resumed,
         tile_side=side,
