@@ -27,6 +27,7 @@ from heatmap_cli.cli.writers import write_outputs
 from heatmap_cli.errors import HeatmapError
 from heatmap_cli.io import ImageInput
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.fidelity import Fidelity, image_fidelity
 from heatmap_cli.pipeline.limits import (
     is_out_of_memory,
     out_of_memory,
@@ -34,7 +35,13 @@ from heatmap_cli.pipeline.limits import (
     release_free_memory,
 )
 from heatmap_cli.pipeline.ranking import describe_ranking
-from heatmap_cli.pipeline.rendering import OutputOptions, image_ranking
+from heatmap_cli.pipeline.rendering import (
+    OutputOptions,
+    RenderedClass,
+    image_ranking,
+    rendered_classes,
+    with_exact_peaks,
+)
 from heatmap_cli.pipeline.scoring import (
     DEFAULT_READING,
     ImageResult,
@@ -57,6 +64,7 @@ class Processed:
         warnings: Warnings about the image (read, upscaled...), one line each.
         notes: Notes of the engine that appeared while it was scored (``--compile`` failing).
         redo: Why an image that had a json was made again (``--skip-existing``); None if not.
+        remarks: Notes about the image's map (its fidelity check), one line each.
     """
 
     row: ManifestRow
@@ -64,6 +72,7 @@ class Processed:
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     redo: str | None = None
+    remarks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """A json form, to cross process boundaries (``heatmap_cli.cli.ray_runner``)."""
@@ -78,6 +87,7 @@ class Processed:
             warnings=tuple(data.get("warnings") or ()),  # type: ignore[arg-type]
             notes=tuple(data.get("notes") or ()),  # type: ignore[arg-type]
             redo=data.get("redo"),  # type: ignore[arg-type]
+            remarks=tuple(data.get("remarks") or ()),  # type: ignore[arg-type]
         )
 
 
@@ -138,7 +148,12 @@ class ImageJob:
         show_library_warnings_every_time()  # each damaged photo gets its own warning line
         notes_shown = len(engine.notes)  # said already; --compile may add one later
         outcomes = score_images(
-            items, engine, scales=self.scales, flip=self.flip, reading=self.reading
+            items,
+            engine,
+            scales=self.scales,
+            flip=self.flip,
+            reading=self.reading,
+            keep_inputs=self.rendering.fidelity > 0,
         )
         try:
             for outcome in outcomes:
@@ -163,24 +178,46 @@ class ImageJob:
     def _finish(self, outcome: Outcome, debug: bool) -> Processed:
         """Writes one image's outputs; its row says done, or failed and why."""
         path, stem = outcome.item
+        rendering, categories = self.rendering, self.engine.categories
         try:
             result = outcome.unwrap()
-            written = self._write(result)
+            classes = rendered_classes(result, categories, rendering)
+            fidelity, remarks = self._fidelity(result, classes, debug)
+            classes = with_exact_peaks(classes, fidelity, rendering)
+            written = self._write(result, classes, fidelity)
         except Exception as error:  # one image's failure never stops the batch
             if debug:
                 raise
             return Processed(ManifestRow.failed(path, stem, describe_failure(path, error)))
-        rendering, categories = self.rendering, self.engine.categories
         ranking = [dataclasses.asdict(r) for r in image_ranking(result, categories, rendering)]
         files = [written_path.relative_to(self.out) for written_path in written]
         table = describe_ranking(result.grid.passes, categories, rendering.top_k, rendering.pooling)
         row = ManifestRow.finished(path, stem, "done", ranking, files)
-        return Processed(row, table=table, warnings=result.notes)
+        return Processed(row, table=table, warnings=result.notes, remarks=remarks)
 
-    def _write(self, result: ImageResult) -> list[Path]:
+    def _fidelity(
+        self, result: ImageResult, classes: Sequence[RenderedClass], debug: bool
+    ) -> tuple[Fidelity | None, tuple[str, ...]]:
+        """The image's fidelity check and its note; a check that fails costs only itself."""
+        peaks = [c.cell for c in classes]
+        try:
+            fidelity = image_fidelity(result, self.engine, peaks, self.rendering.fidelity)
+        except Exception as error:  # the map is good work: it is written without the check
+            if debug:
+                raise
+            reason = describe_failure(result.item.path, error)
+            return None, (f"the fidelity check failed, the map is written without it: {reason}",)
+        note = None if fidelity is None else fidelity.note()
+        return fidelity, (note,) if note else ()
+
+    def _write(
+        self, result: ImageResult, classes: Sequence[RenderedClass], fidelity: Fidelity | None
+    ) -> list[Path]:
         """``write_outputs``, with running out of memory said as what to lower."""
         try:
-            return write_outputs(result, self.engine, self.rendering, self.out, self.reading)
+            return write_outputs(
+                result, self.engine, self.rendering, self.out, self.reading, classes, fidelity
+            )
         except Exception as error:
             if is_out_of_memory(error):
                 raise out_of_memory(
@@ -256,6 +293,9 @@ class Batch:
             self.tally.done += 1
         for note in processed.notes:
             say(f"Note: {note}")
+        if not self.quiet:
+            for remark in processed.remarks:
+                say(f"Note: {path}: {remark}")
         if processed.redo and not self.quiet:
             say(f"Redoing {path}: {processed.redo}")
         if row.status == "failed":

@@ -72,6 +72,7 @@ class CommandOptions:
     size: int | str
     stride: int | None
     method: str
+    fidelity: int
     scores: str
     device: str
     fp32: bool
@@ -426,4 +427,5 @@ def _rendering(options: CommandOptions, categories: Sequence[str]) -> OutputOpti
         image_format=options.image_format,
         npz_classes=options.npz_classes,
         npz_dtype=options.npz_dtype,
+        fidelity=options.fidelity,
     )

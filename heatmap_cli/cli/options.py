@@ -45,6 +45,7 @@ from heatmap_cli.errors import HeatmapError, UsageError, command_line_names
 from heatmap_cli.pipeline.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, MAX_TOP_K
 
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
+DEFAULT_FIDELITY = 8  # kept in sync with heatmap_cli.pipeline.fidelity.DEFAULT_FIDELITY (test)
 
 
 class _Command(click.Command):
@@ -181,6 +182,15 @@ mixed sizes.
     show_default=True,
     help="dense (native stride), dilate or stitch (finer strides), crops (exact reference); "
     "auto: dense, or dilate for a finer stride.",
+)
+@click.option(
+    "--fidelity",
+    type=click.IntRange(min=0),
+    default=DEFAULT_FIDELITY,
+    show_default=True,
+    metavar="N",
+    help="Check each map against the classifier on its windows (exact) at the rendered "
+    "classes' peaks and N more cells; the json's fidelity says how far it is (0: no check).",
 )
 @click.option(
     "--scores",

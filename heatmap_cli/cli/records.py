@@ -30,6 +30,7 @@ from typing import NamedTuple
 from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.io import output_path
 from heatmap_cli.pipeline.engine import GridEngine, Tiling
+from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.rendering import (
     OutputOptions,
@@ -88,6 +89,10 @@ class OutputRecord:
         device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
         dtype: The dtype it computed in (``"float32"``, ``"bfloat16"`` under CUDA autocast...).
         files: Every other file written for the image, with its size.
+        fidelity: The map checked against exact windows (``heatmap_cli.pipeline.fidelity``);
+            None when ``--fidelity 0``.
+        exact_cells: How many cells of the map were evaluated exactly (as crops); None for a
+            method that evaluates none.
     """
 
     image: Path
@@ -110,6 +115,8 @@ class OutputRecord:
     device: str
     dtype: str
     files: tuple[OutputFile, ...] = ()
+    fidelity: Fidelity | None = None
+    exact_cells: int | None = None
 
     @property
     def tiling(self) -> Tiling:
@@ -151,6 +158,8 @@ class OutputRecord:
             "scores": self.scores,
             "activation": self.activation,
             "model_output": self.model_output,
+            "exact_cells": self.exact_cells,
+            "fidelity": None if self.fidelity is None else self.fidelity.to_json(),
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
@@ -263,6 +272,7 @@ def run_settings(
         "format": options.image_format,
         "npz_classes": options.npz_classes,
         "npz_dtype": options.npz_dtype,
+        "fidelity": options.fidelity,
     }
 
 
@@ -299,6 +309,7 @@ def build_record(
     classes: Sequence[RenderedClass],
     files: Sequence[OutputFile] = (),
     reading: PhotoReading = DEFAULT_READING,
+    fidelity: Fidelity | None = None,
 ) -> OutputRecord:
     """The one place an image's json record is assembled.
 
@@ -309,6 +320,7 @@ def build_record(
         classes: The rendered classes (:func:`rendered_classes`).
         files: The other files written for the image, with their sizes.
         reading: How the photo was decoded (the overlays' largest side, in the settings).
+        fidelity: The image's fidelity check, if any.
 
     Returns:
         The record; :meth:`OutputRecord.to_json` is what the json holds.
@@ -336,4 +348,6 @@ def build_record(
         device=str(engine.device),
         dtype=engine.precision,
         files=tuple(files),
+        fidelity=fidelity,
+        exact_cells=None if result.grid.exact is None else int(result.grid.exact.sum()),
     )

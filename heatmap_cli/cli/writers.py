@@ -31,6 +31,7 @@ import numpy as np
 from heatmap_cli.cli.records import OutputFile, build_record, completion_marker
 from heatmap_cli.io import output_path, staged_files, write_image, write_json, write_npz
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.ranking import rank_image
@@ -87,11 +88,14 @@ def write_grid(
     classes, kept for the ``k`` stored), ``class_indices`` ``(k,)`` when not all are kept,
     ``centers`` ``(rows, cols, 2)`` and ``window`` ``(2,)`` (width, height) in original pixels,
     ``window_input`` ``(2,)`` and ``stride`` in input pixels, ``input_size`` ``(H, W)`` and
-    ``classes``, the names of all ``K`` classes.
+    ``classes``, the names of all ``K`` classes; ``exact`` bool ``(rows, cols)``, the cells
+    evaluated as crops, when the grid says.
     """
     geometry = grid.geometry
     rows = slice(None) if class_indices is None else np.asarray(class_indices, dtype=np.int64)
     extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
+    if grid.exact is not None:
+        extra["exact"] = grid.exact
     with timed("encode+write"):
         write_npz(
             path,
@@ -113,6 +117,8 @@ def write_outputs(
     options: OutputOptions,
     out_dir: Path,
     reading: PhotoReading = DEFAULT_READING,
+    classes: Sequence[RenderedClass] | None = None,
+    fidelity: Fidelity | None = None,
 ) -> list[Path]:
     """Renders and writes every output of one image: pictures, npz, and the json last.
 
@@ -128,6 +134,9 @@ def write_outputs(
         options: What to render and write, and how.
         out_dir: The output folder.
         reading: How the photo was decoded (recorded in the json's settings).
+        classes: The rendered classes, when the caller has them already (with their exact
+            peaks); default :func:`rendered_classes`.
+        fidelity: The image's fidelity check, for the json; None: not checked.
 
     Returns:
         The paths written, the json last.
@@ -137,7 +146,8 @@ def write_outputs(
     """
     stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
     with staged_files(marker.parent, stem.name) as staging, _WriterJobs() as jobs:
-        classes = rendered_classes(result, engine.categories, options)
+        if classes is None:
+            classes = rendered_classes(result, engine.categories, options)
         grid_names = []
         if "npz" in options.outputs:
             grid_names.append(output_path(out_dir, stem, ".npz").name)
@@ -150,7 +160,7 @@ def write_outputs(
         names += grid_names
         jobs.wait()
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
-        record = build_record(result, engine, options, classes, files, reading)
+        record = build_record(result, engine, options, classes, files, reading, fidelity)
         write_json(staging.folder / marker.name, record.to_json())
         return staging.commit([*names, marker.name])
 

@@ -13,6 +13,7 @@ change them). An image whose pass would not fit the memory budget is evaluated i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import warnings
@@ -32,7 +33,7 @@ from heatmap_cli.errors import (
     first_line,
     setting,
 )
-from heatmap_cli.grid import GridMethod, get_method, method_names, score_grid
+from heatmap_cli.grid import GridMethod, get_method
 from heatmap_cli.grid.geometry import GridGeometry, covered_input
 from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.grid.tiling import (
@@ -46,12 +47,14 @@ from heatmap_cli.grid.tiling.field import net_device_dtype
 from heatmap_cli.io.figure_cache import DISK_FIGURES
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.pipeline.activations import resolve_activation
+from heatmap_cli.pipeline.exact import ExactWindows, exact_classifier, exact_windows
 from heatmap_cli.pipeline.limits import (
     DEFAULT_MAX_ASPECT,
     DEFAULT_MAX_INPUT_PIXELS,
     check_input_size,
     release_free_memory,
 )
+from heatmap_cli.pipeline.methods import method_choices
 from heatmap_cli.pipeline.preprocess import plan_geometry
 
 __all__ = [
@@ -66,14 +69,6 @@ __all__ = [
     "parse_size",
     "resolve_device",
 ]
-
-
-def method_choices() -> tuple[str, ...]:
-    """``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every method.
-
-    ``heatmap_cli.grid.registry.register_method`` adds one.
-    """
-    return ("auto", *method_names())
 
 
 # Models that cannot be converted have no derived stride; crops then step by this default.
@@ -253,8 +248,9 @@ def build_grid_network(
         method = "dense" if stride in (None, native) else "dilate"
     grid_method = get_method(method)
     stride = grid_method.resolve_stride(stride, native)
-    if grid_method.build is None:  # crops: the caller's unmodified model, window by window
-        return GridNetwork(model, method, stride, native, 0, tuple(notes))
+    if grid_method.build is None:  # crops: the unmodified model (norms folded), window by window
+        classifier, folded = exact_classifier(model, fold=True)
+        return GridNetwork(classifier, method, stride, native, folded, tuple(notes))
     network, folded = converted, 0
     if grid_method.folds_norms:
         # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on the
@@ -451,15 +447,21 @@ class GridEngine:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
         return self.score_batch(pixels)[0]
 
-    def score_batch(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling]:
-        """Logit grids for a batch of equally sized images, and how they were evaluated.
+    def score_batch(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling, np.ndarray]:
+        """Logit grids for a batch of equally sized images, how they were evaluated, which exactly.
 
         Args:
             pixels: uint8 ``(N, H, W, 3)`` resized images.
 
         Returns:
-            float32 ``(N, K, rows, cols)`` logits on the CPU, and the tiling of each image.
+            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling of each image, and bool
+            ``(N, rows, cols)``: the cells evaluated as crops (all of them for ``crops``).
         """
+        grid, tiling = self._score_grid(pixels)
+        exact = np.full((grid.shape[0], *grid.shape[2:]), self.grid_method.build is None)
+        return grid, tiling, exact
+
+    def _score_grid(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling]:
         tile = self.tile_for((pixels.shape[1], pixels.shape[2]))
         if tile is not None:
             scored = [self._score_tiled(image, tile) for image in pixels]
@@ -467,24 +469,29 @@ class GridEngine:
             # A huge image comes alone: no copy of its grid (250 MB at 8192x8192)
             batch = grids[0] if len(grids) == 1 else torch.cat(grids)
             return batch, Tiling(tile, scored[0][1])
+        if self.grid_method.build is None:  # crops: the model on every window
+            return self.exact.grid(pixels, self.stride), UNTILED
         x = normalize(
             pixels, self.loaded.mean, self.loaded.std, device=self.device, dtype=self.dtype
         )
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(), torch.inference_mode():
-            if self.grid_method.build is None:  # crops: the model on every window
-                grid = score_grid(
-                    self.network,
-                    x,
-                    stride=self.stride,
-                    method=self.method,
-                    input_size=self.window,
-                    batch_size=self.settings.batch_size,
-                )
-            else:
-                grid = self._forward(covered_input(x, self.window, self.stride))
+            grid = self._forward(covered_input(x, self.window, self.stride))
         return grid.float().cpu(), UNTILED
+
+    @functools.cached_property
+    def exact(self) -> ExactWindows:
+        """The unmodified classifier on chosen windows (crops, refinement, fidelity checks).
+
+        ``crops`` runs the engine's network (the classifier, norms folded); other methods the
+        caller's model itself, for their few fidelity windows.
+        """
+        classifier = self.network if self.grid_method.build is None else self.loaded.model
+        budget = self.settings.memory_budget or default_memory_budget(self.device)
+        return exact_windows(
+            classifier, self.loaded, self.device, self.dtype, budget, self._autocast
+        )
 
     def tile_for(self, input_size: tuple[int, int]) -> int | None:
         """The tile side for images of ``input_size``, or None to evaluate them whole.

@@ -10,6 +10,7 @@ class's peak, its location, its label and its map come from the scores that are 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 
 from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.io import IMAGE_FORMATS, slug
+from heatmap_cli.pipeline.fidelity import DEFAULT_FIDELITY, LABEL_TOLERANCE, Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.ranking import rank_image
 from heatmap_cli.pipeline.scoring import ImageResult
@@ -28,6 +30,7 @@ from heatmap_cli.render import (
     check_scale,
     colour_scales,
     is_diverging,
+    peak_cell,
     peak_location,
     render_class_overlay,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "parse_outputs",
     "render_overlay",
     "rendered_classes",
+    "with_exact_peaks",
 ]
 
 OUTPUTS: tuple[str, ...] = ("png", "npz", "json")
@@ -117,6 +121,8 @@ class OutputOptions:
         image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
         npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
         npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
+        fidelity: Cells checked against exact windows besides the rendered classes' peaks
+            (``heatmap_cli.pipeline.fidelity``); 0 checks none, not even the peaks.
 
     Raises:
         InvalidOptionError: For any value that cannot work (checked when constructed).
@@ -138,8 +144,13 @@ class OutputOptions:
     image_format: str = "png"
     npz_classes: str = "all"
     npz_dtype: str = "float32"
+    fidelity: int = DEFAULT_FIDELITY
 
     def __post_init__(self) -> None:
+        if isinstance(self.fidelity, bool) or not isinstance(self.fidelity, int):
+            raise InvalidOptionError(f"fidelity must be a number of cells, got {self.fidelity!r}")
+        if self.fidelity < 0:
+            raise InvalidOptionError(f"fidelity must be 0 or more cells, got {self.fidelity}")
         if self.scores not in ("probs", "logits"):
             raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
         check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)
@@ -175,6 +186,10 @@ class RenderedClass:
         y: Likewise, vertically.
         overlay: File name of its overlay picture, next to the json; None when not written.
         scale: The colour scale its map is drawn on.
+        row: The peak cell's row in the grid.
+        col: Its column.
+        exact_peak: The exact window's score at the peak cell, in the units of ``peak``
+            (``heatmap_cli.pipeline.fidelity``); None when not checked.
     """
 
     index: int
@@ -184,6 +199,14 @@ class RenderedClass:
     y: float
     overlay: str | None
     scale: ColourScale
+    row: int = 0
+    col: int = 0
+    exact_peak: float | None = None
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """``(row, col)`` of the peak cell."""
+        return (self.row, self.col)
 
 
 @dataclass(frozen=True)
@@ -230,10 +253,29 @@ def rendered_classes(
     for index, scale in zip(chosen, scales, strict=True):
         name = categories[index]
         peak, x, y = peak_location(values[index], centers)
+        row, col = peak_cell(values[index])
         picture = f"{result.item.stem.name}_{index}_{slug(name)}{suffix}"
         overlay = picture if "png" in options.outputs else None
-        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale))
+        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale, row, col))
     return tuple(classes)
+
+
+def with_exact_peaks(
+    classes: Sequence[RenderedClass], fidelity: Fidelity | None, options: OutputOptions
+) -> tuple[RenderedClass, ...]:
+    """The rendered classes with their exact peak values from a fidelity check.
+
+    Args:
+        classes: The rendered classes (:func:`rendered_classes`).
+        fidelity: The image's check (its cells include every class's peak cell); None: off.
+        options: What is drawn (probabilities or logits: the exact value's units).
+    """
+    if fidelity is None:
+        return tuple(classes)
+    return tuple(
+        dataclasses.replace(c, exact_peak=fidelity.exact_score(c.cell, c.index, options.scores))
+        for c in classes
+    )
 
 
 def image_ranking(
@@ -255,6 +297,9 @@ def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None
     if options.label == "none":
         return None
     value = f"p={rendered.peak:.2f}" if options.probabilities else f"logit={rendered.peak:.2f}"
+    exact = rendered.exact_peak
+    if exact is not None and abs(exact - rendered.peak) > LABEL_TOLERANCE:
+        value += f" (exact {exact:.2f})"
     return f"{rendered.name}  {value}  [{rendered.scale.describe()}]"
 
 

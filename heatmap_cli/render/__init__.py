@@ -22,6 +22,7 @@ from heatmap_cli.render.heat import (
     cell_values_to_image,
     margin_fade,
     normalize_scores,
+    peak_cell,
     peak_location,
 )
 from heatmap_cli.render.scale import (
@@ -60,6 +61,7 @@ __all__ = [
     "margin_fade",
     "normalize_scores",
     "overlay",
+    "peak_cell",
     "peak_location",
     "render_class_overlay",
     "sheet_tile",

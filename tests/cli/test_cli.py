@@ -60,7 +60,9 @@ def check_npz_contract(npz: Path, num_classes: int, categories: tuple[str, ...])
         "stride",
         "input_size",
         "classes",
+        "exact",
     }
+    assert arrays["exact"].dtype == bool and arrays["exact"].shape == arrays["logits"].shape[1:]
     logits, probs, centers = arrays["logits"], arrays["probs"], arrays["centers"]
     assert logits.dtype == np.float32 and probs.dtype == np.float32
     assert logits.ndim == 3 and logits.shape[0] == num_classes

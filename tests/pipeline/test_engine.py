@@ -124,8 +124,8 @@ def test_tiled_batches_say_how_they_were_tiled() -> None:
     whole = GridEngine(loaded(model), GridSettings(device="cpu"))
     tiled = GridEngine(loaded(copy.deepcopy(model)), GridSettings(device="cpu", tile=60))
     pixels = random_pixels(2, 8, 9)  # 100 x 108 pixels: more than one 60-pixel tile each way
-    grid, tiling = whole.score_batch(pixels)
-    tiled_grid, tiled_tiling = tiled.score_batch(pixels)
+    grid, tiling, _ = whole.score_batch(pixels)
+    tiled_grid, tiled_tiling, _ = tiled.score_batch(pixels)
     assert tiling == Tiling() and not tiling.tiled
     assert tiled_tiling.tiled and tiled_tiling.tile == 60 and tiled_tiling.tiles >= 4
     assert (grid - tiled_grid).abs().max().item() < 1e-5
