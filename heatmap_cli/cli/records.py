@@ -31,6 +31,7 @@ from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.io import output_path
 from heatmap_cli.pipeline.engine import GridEngine, Tiling
 from heatmap_cli.pipeline.fidelity import Fidelity
+from heatmap_cli.pipeline.methods import image_method
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.rendering import (
     OutputOptions,
@@ -49,6 +50,7 @@ __all__ = [
     "run_settings",
     "software_versions",
 ]
+
 
 class OutputFile(NamedTuple):
     """One file written for an image, as its json lists it (``{"name", "bytes"}``).
@@ -70,7 +72,9 @@ class OutputRecord:
         image: The input file.
         model: The model name as given.
         weights: Where the weights came from.
-        method: The grid method used.
+        method: The grid method that made the map: ``crops`` (every cell exact), ``refine``
+            (some), ``dense``... (``--method auto`` decides per image).
+        method_reason: Why that method ran ("asked for", or ``auto``'s figures).
         native_stride: The converted network's own stride (None when it cannot be converted).
         size: ``--size``, the shorter side before snapping (or ``"native"``).
         passes: Every pass that went in, in evaluation order (one for a plain run).
@@ -99,6 +103,7 @@ class OutputRecord:
     model: str
     weights: str
     method: str
+    method_reason: str
     native_stride: int | None
     size: int | str
     passes: tuple[Pass, ...]
@@ -133,6 +138,7 @@ class OutputRecord:
             "model": self.model,
             "weights": self.weights,
             "method": self.method,
+            "method_reason": self.method_reason,
             "native_stride": self.native_stride,
             "size": self.size,
             "multiscale": {
@@ -327,11 +333,13 @@ def build_record(
     """
     passes = result.grid.passes
     scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
+    method = image_method(passes, engine.settings.method, engine.method)
     return OutputRecord(
         image=result.item.path,
         model=engine.loaded.name,
         weights=engine.loaded.source,
-        method=engine.method,
+        method=method.method,
+        method_reason=method.reason,
         native_stride=engine.native_stride,
         size=engine.settings.size,
         passes=result.grid.passes,

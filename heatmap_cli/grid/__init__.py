@@ -7,7 +7,8 @@ top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
 * :mod:`~heatmap_cli.grid.dense`: one pass of the converted network, at its native stride;
 * :mod:`~heatmap_cli.grid.stitch`: a finer stride ``s/f`` from ``f*f`` shifted passes;
 * :mod:`~heatmap_cli.grid.dilate`: the same finer stride in one pass of an "a trous" network;
-* :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference.
+* :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference;
+* :mod:`~heatmap_cli.grid.refine`: dense, then exact windows where its answer is in doubt.
 
 :func:`~heatmap_cli.grid.score.score_grid` runs any of them; :mod:`~heatmap_cli.grid.geometry`
 maps cells to pixels; :mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles.
@@ -32,12 +33,14 @@ from heatmap_cli.grid.dense import DENSE  # isort: skip
 from heatmap_cli.grid.stitch import STITCH  # isort: skip
 from heatmap_cli.grid.dilate import DILATE  # isort: skip
 from heatmap_cli.grid.crops import CROPS  # isort: skip
+from heatmap_cli.grid.refine import REFINE  # isort: skip
 from heatmap_cli.grid.score import as_convolutional, score_grid  # isort: skip
 
 __all__ = [
     "CROPS",
     "DENSE",
     "DILATE",
+    "REFINE",
     "STITCH",
     "GridFunction",
     "GridMethod",

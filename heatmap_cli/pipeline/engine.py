@@ -54,7 +54,7 @@ from heatmap_cli.pipeline.limits import (
     check_input_size,
     release_free_memory,
 )
-from heatmap_cli.pipeline.methods import method_choices
+from heatmap_cli.pipeline.methods import ScoredBatch, method_choices, refiner_for
 from heatmap_cli.pipeline.preprocess import plan_geometry
 
 __all__ = [
@@ -331,7 +331,8 @@ class GridEngine:
             stride=settings.stride,
             batch_size=settings.batch_size,
         )
-        self.method, self.stride = built.method, built.stride
+        self.stride, self.refiner = built.stride, refiner_for(settings.method, built, self)
+        self.method = built.method if self.refiner is None else self.refiner.requested
         self.grid_method: GridMethod = get_method(built.method)
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
         self.notes: list[str] = [*loaded.notes, *built.notes]
@@ -447,19 +448,22 @@ class GridEngine:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
         return self.score_batch(pixels)[0]
 
-    def score_batch(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling, np.ndarray]:
+    def score_batch(self, pixels: np.ndarray) -> ScoredBatch:
         """Logit grids for a batch of equally sized images, how they were evaluated, which exactly.
 
         Args:
             pixels: uint8 ``(N, H, W, 3)`` resized images.
 
         Returns:
-            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling of each image, and bool
-            ``(N, rows, cols)``: the cells evaluated as crops (all of them for ``crops``).
+            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling of each image, bool
+            ``(N, rows, cols)``: the cells evaluated as crops, and for ``auto``/``refine`` the
+            method each image's grid got (``pipeline.methods``).
         """
         grid, tiling = self._score_grid(pixels)
+        if self.refiner is not None:
+            return self.refiner(grid, tiling, pixels, self.stride)
         exact = np.full((grid.shape[0], *grid.shape[2:]), self.grid_method.build is None)
-        return grid, tiling, exact
+        return ScoredBatch(grid, tiling, exact, ())
 
     def _score_grid(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling]:
         tile = self.tile_for((pixels.shape[1], pixels.shape[2]))
@@ -484,14 +488,14 @@ class GridEngine:
     def exact(self) -> ExactWindows:
         """The unmodified classifier on chosen windows (crops, refinement, fidelity checks).
 
-        ``crops`` runs the engine's network (the classifier, norms folded); other methods the
-        caller's model itself, for their few fidelity windows.
+        ``crops`` runs the engine's network (the classifier, norms folded), ``refine`` and
+        ``auto`` a folded copy, the others the caller's model (a few fidelity windows).
         """
         classifier = self.network if self.grid_method.build is None else self.loaded.model
         budget = self.settings.memory_budget or default_memory_budget(self.device)
-        return exact_windows(
-            classifier, self.loaded, self.device, self.dtype, budget, self._autocast
-        )
+        running = (self.device, self.dtype, budget, self._autocast, self.figures)
+        # refine and auto run many windows: worth a copy with folded norms
+        return exact_windows(classifier, self.loaded, *running, fold=self.refiner is not None)
 
     def tile_for(self, input_size: tuple[int, int]) -> int | None:
         """The tile side for images of ``input_size``, or None to evaluate them whole.

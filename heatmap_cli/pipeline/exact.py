@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from heatmap_cli.convert.folding import fold_classifier_norms
-from heatmap_cli.grid.crops import PixelWindows, crops_grid_of, exact_logits
+from heatmap_cli.grid.crops import PixelWindows, cell_corners, exact_logits
 from heatmap_cli.grid.geometry import grid_shape
 from heatmap_cli.grid.tiling import MEMORY_SAFETY_FACTOR, FigureStore, estimate_activation_bytes
 from heatmap_cli.models import LoadedModel
 
 __all__ = [
+    "BATCH_TRIALS",
     "CPU_WINDOW_PIXELS",
     "CUDA_WINDOW_PIXELS",
     "ExactWindows",
@@ -60,6 +61,7 @@ def windows_per_pass(
     *,
     bytes_per_window: int | None = None,
     memory_budget: int | None = None,
+    at_most: int | None = None,
 ) -> int:
     """How many windows one forward pass of exact windows takes.
 
@@ -69,13 +71,15 @@ def windows_per_pass(
         bytes_per_window: Peak activation bytes of one window's pass (:func:`window_bytes`);
             None: not capped by memory.
         memory_budget: Activation memory allowed for one pass, in bytes.
+        at_most: The count wanted; default :data:`CPU_WINDOW_PIXELS` (CPU) or
+            :data:`CUDA_WINDOW_PIXELS` (others) worth of windows.
 
     Returns:
-        At least 1: :data:`CPU_WINDOW_PIXELS` (CPU) or :data:`CUDA_WINDOW_PIXELS` (others) worth
-        of windows, no more than the memory budget holds.
+        At least 1: ``at_most``, or fewer when the memory budget holds fewer.
     """
     pixels = CPU_WINDOW_PIXELS if device.type == "cpu" else CUDA_WINDOW_PIXELS
-    count = min(_MAX_WINDOWS_PER_PASS, max(1, round(pixels / (window[0] * window[1]))))
+    count = round(pixels / (window[0] * window[1])) if at_most is None else at_most
+    count = min(_MAX_WINDOWS_PER_PASS, max(1, count))
     if bytes_per_window and memory_budget:
         count = min(count, int(memory_budget / (bytes_per_window * MEMORY_SAFETY_FACTOR)))
     return max(1, count)
@@ -122,9 +126,20 @@ def exact_classifier(model: nn.Module, *, fold: bool) -> tuple[nn.Module, int]:
     return folded if folded is not None else (model, 0)
 
 
+BATCH_TRIALS = (0.5, 1, 2, 4)
+"""Multiples of the starting batch size tried on the first long run of exact windows."""
+
+
 @dataclass
 class ExactWindows:
     """The classifier on chosen windows of resized uint8 photos, on one device.
+
+    The best batch size depends on the machine and on what else runs on it (on 2 shared CPU
+    cores, 8 windows per pass were fastest when idle and 64 under a load of 20), so the first
+    run of at least :attr:`trial_windows` windows tries each of :data:`BATCH_TRIALS` times the
+    starting batch size (twice each, timing the second: a new shape costs a first-call setup)
+    and keeps the fastest for every later pass. The trials do real work: their windows are
+    part of the answer.
 
     Attributes:
         classifier: The unmodified classifier (or its folded copy), on ``device``.
@@ -133,8 +148,12 @@ class ExactWindows:
         std: Per-channel normalization std, 0..1.
         device: Where it runs.
         dtype: The dtype of its inputs.
-        batch_size: Windows per forward pass (:func:`windows_per_pass`).
+        batch_size: Windows per forward pass (:func:`windows_per_pass`; then the fastest one
+            tried).
+        max_batch_size: The largest batch the memory budget allows, asked for when the trials
+            start (it takes a shape-only run of the classifier, once per structure).
         autocast: Enters the engine's autocast (a null context where it has none).
+        tuned: Whether the batch sizes have been tried, and ``tried`` which.
         windows: Windows evaluated so far, and ``seconds`` the time they took: the measured
             cost that ``--method auto`` budgets with.
     """
@@ -146,13 +165,24 @@ class ExactWindows:
     device: torch.device
     dtype: torch.dtype
     batch_size: int
+    max_batch_size: Callable[[], int] = lambda: _MAX_WINDOWS_PER_PASS
     autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+    tuned: bool = False
+    tried: tuple[int, ...] = ()
     windows: int = 0
     seconds: float = 0.0
 
-    def _source(self, pixels: np.ndarray) -> PixelWindows:
-        batch = pixels if pixels.ndim == 4 else pixels[None]
-        return PixelWindows(batch, self.mean, self.std, self.device, self.dtype)
+    @property
+    def trials(self) -> list[int]:
+        """The batch sizes tried, smallest first."""
+        largest = self.max_batch_size()
+        sizes = {min(largest, max(1, round(self.batch_size * m))) for m in BATCH_TRIALS}
+        return sorted(sizes)
+
+    @property
+    def trial_windows(self) -> int:
+        """Windows the trials take; runs of fewer windows are not used to tune."""
+        return 2 * sum(self.trials)
 
     def logits(self, pixels: np.ndarray, corners: np.ndarray) -> np.ndarray:
         """float32 ``(n, K)`` logits of the windows at ``corners`` (n may be 0).
@@ -163,15 +193,7 @@ class ExactWindows:
         """
         if not len(corners):
             return np.zeros((0, 0), np.float32)
-        with self._timed(len(corners)), self.autocast():
-            scores = exact_logits(
-                self.classifier,
-                self._source(pixels),
-                corners,
-                self.window,
-                batch_size=self.batch_size,
-            )
-        return scores.float().cpu().numpy()
+        return self._evaluate(self._source(pixels), corners).float().cpu().numpy()
 
     def grid(
         self,
@@ -179,27 +201,87 @@ class ExactWindows:
         stride: int,
         progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """float32 ``(N, K, rows, cols)`` logits on the CPU: every window of ``pixels``."""
+        """float32 ``(N, K, rows, cols)`` logits on the CPU: every window of ``pixels``.
+
+        Args:
+            pixels: uint8 ``(N, H, W, 3)`` resized photos of one size.
+            stride: Spacing of the windows in pixels.
+            progress: Called as ``progress(done, total)`` windows after each pass.
+        """
         source = self._source(pixels)
         count = source.pixels.shape[0]
         rows, cols = grid_shape(source.size, self.window, stride)
-        with self._timed(count * rows * cols), self.autocast():
-            grid = crops_grid_of(
-                source, count, self.classifier, stride, self.window, self.batch_size, progress
-            )
-        return grid.float().cpu()
+        cells = np.stack(
+            np.meshgrid(np.arange(count), np.arange(rows), np.arange(cols), indexing="ij"), -1
+        ).reshape(-1, 3)
+        logits = self._evaluate(source, cell_corners(cells, stride), progress)
+        return logits.float().cpu().reshape(count, rows, cols, -1).permute(0, 3, 1, 2).contiguous()
 
     @property
     def seconds_per_window(self) -> float | None:
         """Measured wall seconds per exact window so far; None before any."""
         return self.seconds / self.windows if self.windows else None
 
-    @contextlib.contextmanager
-    def _timed(self, count: int) -> Iterator[None]:
+    def _source(self, pixels: np.ndarray) -> PixelWindows:
+        batch = pixels if pixels.ndim == 4 else pixels[None]
+        return PixelWindows(batch, self.mean, self.std, self.device, self.dtype)
+
+    def _evaluate(
+        self,
+        source: PixelWindows,
+        corners: np.ndarray,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """``(n, K)`` logits on the device; tunes the batch size on a first long run."""
+        parts: list[torch.Tensor] = []
+        done, total = 0, len(corners)
+        if not self.tuned and total >= 2 * sum(self.batch_size * m for m in BATCH_TRIALS):
+            timings: dict[int, float] = {}
+            self.tried = tuple(self.trials)
+            for size in self.tried:
+                for _ in range(2):  # the second call is timed: a new shape's setup is not
+                    timings[size] = self._run(source, corners[done : done + size], size, parts)
+                    done += size
+                    if progress is not None:
+                        progress(done, total)
+            self.batch_size = min(timings, key=lambda size: timings[size] / size)
+            self.tuned = True
+        if done < total:
+
+            def moved(count: int, _: int) -> None:
+                if progress is not None:
+                    progress(done + count, total)
+
+            self._run(source, corners[done:], self.batch_size, parts, moved)
+        return torch.cat(parts)
+
+    def _run(
+        self,
+        source: PixelWindows,
+        corners: np.ndarray,
+        batch_size: int,
+        parts: list[torch.Tensor],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> float:
+        """Evaluates ``corners`` into ``parts``; returns the wall seconds it took."""
         started = time.perf_counter()
-        yield
-        self.seconds += time.perf_counter() - started
-        self.windows += count
+        with self.autocast():
+            parts.append(
+                exact_logits(
+                    self.classifier,
+                    source,
+                    corners,
+                    self.window,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the time of the work, not of its launch
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.windows += len(corners)
+        return seconds
 
 
 def exact_windows(
@@ -209,11 +291,14 @@ def exact_windows(
     dtype: torch.dtype,
     memory_budget: int,
     autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    figures: FigureStore | None = None,
+    *,
+    fold: bool = False,
 ) -> ExactWindows:
     """The :class:`ExactWindows` of a classifier with a loaded model's window and normalization.
 
-    The batch is :func:`windows_per_pass`; off the CPU it is also capped by the memory budget,
-    from a shape-only run of one window (there the batches are large).
+    The batch starts at :func:`windows_per_pass`, and is tried up to four times that, within
+    the memory budget (a shape-only run of one window measures what a window takes).
 
     Args:
         classifier: What runs the windows (the model, or its folded copy), on ``device``.
@@ -222,10 +307,31 @@ def exact_windows(
         dtype: The dtype of its inputs.
         memory_budget: Activation memory allowed for one pass, in bytes.
         autocast: Enters the engine's autocast.
+        figures: Where the shape-only figure is kept across runs.
+        fold: Run a copy of ``classifier`` with its batch norms folded (for many windows).
     """
+    classifier = exact_classifier(classifier, fold=fold)[0]
     window = loaded.input_size
-    per_window = window_bytes(classifier, window, dtype) if device.type != "cpu" else None
-    count = windows_per_pass(
-        window, device, bytes_per_window=per_window, memory_budget=memory_budget
+    count = windows_per_pass(window, device)
+
+    def largest() -> int:
+        per_window = window_bytes(classifier, window, dtype, figures)
+        return windows_per_pass(
+            window,
+            device,
+            bytes_per_window=per_window,
+            memory_budget=memory_budget,
+            at_most=round(count * max(BATCH_TRIALS)),
+        )
+
+    return ExactWindows(
+        classifier,
+        window,
+        loaded.mean,
+        loaded.std,
+        device,
+        dtype,
+        count,
+        max_batch_size=largest,
+        autocast=autocast,
     )
-    return ExactWindows(classifier, window, loaded.mean, loaded.std, device, dtype, count, autocast)

@@ -132,6 +132,9 @@ class Pass:
         exact: bool ``(rows, cols)`` on ``geometry``, unmirrored: the cells evaluated as crops
             (all of them for ``crops``, the refined ones for ``refine``); None when the scorer
             does not say.
+        method: The method that made this pass's grid, where the engine chose it per input
+            (``auto``, ``refine``: ``heatmap_cli.pipeline.methods``); None otherwise.
+        method_reason: Why, in a few words.
     """
 
     scale: float
@@ -142,6 +145,8 @@ class Pass:
     tiling: Tiling = UNTILED
     logits: np.ndarray | None = None
     exact: np.ndarray | None = None
+    method: str | None = None
+    method_reason: str | None = None
 
 
 @dataclass(frozen=True)

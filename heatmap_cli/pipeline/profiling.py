@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["PROFILE_ENV", "STAGES", "StageTimes", "profile_line", "record_start_up", "timed"]
+__all__ = [
+    "PROFILE_ENV",
+    "STAGES",
+    "StageTimes",
+    "profile_line",
+    "record_start_up",
+    "run_seconds",
+    "timed",
+]
 
 PROFILE_ENV = "HEATMAP_PROFILE"
 """The environment variable that turns the stage times on."""
@@ -66,6 +74,11 @@ def record_start_up() -> None:
     """
     if _TIMES.enabled:
         _TIMES.add("import", time.perf_counter() - _LOADED)
+
+
+def run_seconds() -> float:
+    """Wall seconds since the run started (since this module was loaded, with the command's)."""
+    return time.perf_counter() - _LOADED
 
 
 @contextlib.contextmanager

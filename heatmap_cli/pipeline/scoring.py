@@ -305,7 +305,7 @@ class _Batches:
             return
         try:
             with timed("network"):
-                grids, tiling, exact = self._engine.score_batch(_stacked(live))
+                scored = self._engine.score_batch(_stacked(live))
         except Exception as error:  # one failing batch must not stop the others
             failure = _memory_said(
                 error,
@@ -317,13 +317,26 @@ class _Batches:
                 image.failed = True
                 yield Outcome(image.prepared.item, failure)
             return
-        for (image, index), grid, cells in zip(live, grids.numpy(), exact, strict=True):
+        grids, choices = scored.grid.numpy(), scored.choices or (None,) * len(live)
+        for (image, index), grid, cells, choice in zip(
+            live, grids, scored.exact, choices, strict=True
+        ):
             if image.failed:
                 continue
             try:
                 spec, activation = image.scored(index), self._engine.activation
-                finished = finish_pass(spec, grid, tiling, activation=activation, exact=cells)
-                image.average.add(index, *finished)
+                logits, summary = finish_pass(
+                    spec,
+                    grid,
+                    scored.tiling,
+                    activation=activation,
+                    exact=cells,  # type: ignore[arg-type]
+                )
+                if choice is not None:
+                    summary = dataclasses.replace(
+                        summary, method=choice.method, method_reason=choice.reason
+                    )
+                image.average.add(index, logits, summary)
                 if image.average.complete:
                     yield Outcome(image.prepared.item, image.result())
             except Exception as error:

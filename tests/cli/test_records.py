@@ -51,7 +51,8 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     document = json.loads(json.dumps(record.to_json()))
 
     assert list(document) == [
-        *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
+        *("image", "model", "weights", "method", "method_reason", "native_stride", "size"),
+        "multiscale",
         *("tiling", "original_size", "input_size", "window", "window_input", "stride", "grid"),
         *("scores", "activation", "model_output", "exact_cells", "fidelity", "classes"),
         *("top_k", "top_k_pooling"),

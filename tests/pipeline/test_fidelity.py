@@ -110,7 +110,8 @@ def test_with_scales_and_flip_exact_is_what_crops_give_with_the_same_options(tmp
 
 
 def test_a_padding_free_net_is_exact_and_a_net_built_to_disagree_is_not(tmp_path) -> None:
-    free = GridEngine(as_loaded(seeded(VolumeHeadNet), window=WINDOW), GridSettings(size=70))
+    dense = GridSettings(size=70, method="dense")
+    free = GridEngine(as_loaded(seeded(VolumeHeadNet), window=WINDOW), dense)
     result = score_one(free, photo(tmp_path))
     fidelity = image_fidelity(result, free, [(0, 0)], count=8)
     assert fidelity is not None
@@ -118,7 +119,7 @@ def test_a_padding_free_net_is_exact_and_a_net_built_to_disagree_is_not(tmp_path
     assert fidelity.note() is None
 
     loaded = as_loaded(EdgeSensitiveNet(), window=EdgeSensitiveNet.WINDOW, categories=["b", "d"])
-    edgy = GridEngine(loaded, GridSettings(size=64))
+    edgy = GridEngine(loaded, GridSettings(size=64, method="dense"))
     white = tmp_path / "white.png"
     Image.new("RGB", (96, 64), "white").save(white)
     result = score_one(edgy, ImageInput(white, Path("white")))
@@ -169,7 +170,8 @@ def test_spread_cells_are_distinct_inside_and_spread(shape, count) -> None:
 
 
 def test_an_image_smaller_than_the_fidelity_count_checks_every_cell(tmp_path) -> None:
-    engine = GridEngine(as_loaded(seeded(PooledHeadNet), window=WINDOW), GridSettings(size=44))
+    settings = GridSettings(size=44, method="dense")
+    engine = GridEngine(as_loaded(seeded(PooledHeadNet), window=WINDOW), settings)
     result = score_one(engine, photo(tmp_path, (44, 60)))
     fidelity = image_fidelity(result, engine, [(0, 1)], count=50)
     assert fidelity is not None

@@ -474,3 +474,29 @@ def test_command_report_keeps_earlier_images_and_failures_on_resume(tmp_path: Pa
         assert entry["top"][0][1] == record["top_k"][0]["name"]
     assert [f["image"] for f in report["failures"]] == [str(photos / "broken.jpg")]
     assert not report["failures"][0]["reason"].startswith(str(photos))
+
+
+def test_report_carries_each_images_fidelity_and_exact_peaks(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = write_outputs(out, "one")
+    record["classes"][0]["exact_peak"] = 0.125
+    record["fidelity"] = {
+        "cells": [[0, 0], [1, 2], [3, 4]],
+        "top1_agreement": 2 / 3,
+        "max_abs_diff": 0.5,
+        "mean_abs_diff": 0.25,
+    }
+    (out / "one.json").write_text(json.dumps(record), encoding="utf-8")
+    write_outputs(out, "two", seed=1)  # an older json: no fidelity, no exact peak
+
+    write_report(out)
+
+    one, two = embedded_report(out)["images"]
+    assert one["rendered"][0][4] == 0.125
+    assert one["fidelity"] == {
+        "top1_agreement": 2 / 3,
+        "max_abs_diff": 0.5,
+        "mean_abs_diff": 0.25,
+        "cells": 3,
+    }
+    assert two["rendered"][0][4] is None and two["fidelity"] is None
