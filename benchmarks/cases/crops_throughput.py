@@ -55,7 +55,8 @@ def _machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {torch.get_num_threads()} threads, load average {load:.1f}, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} threads, load average {load:.1f}, torch {torch.__version__}"
 
 
 def _timed(call: Callable[[], object]) -> tuple[float, float]:

@@ -39,8 +39,11 @@ __all__ = [
     "DEFAULT_REFINE_SHARE",
     "REFINE",
     "RefinePlan",
+    "Refinement",
+    "corrected",
     "refine_cells",
     "refine_grid",
+    "refine_together",
 ]
 
 DEFAULT_REFINE_SHARE = 0.3
@@ -109,6 +112,78 @@ def _margins(logits: np.ndarray) -> np.ndarray:
     return (top2[1] - top2[0]).astype(np.float64)
 
 
+class Refinement:
+    """One grid's refinement, step by step: :meth:`wanted` cells, then :meth:`give` their logits.
+
+    Stepwise, so that a caller can gather the cells several grids want into one batch of exact
+    windows (:func:`refine_together`); :func:`refine_cells` runs one grid alone.
+
+    Args:
+        dense: float ``(K, rows, cols)`` dense logits.
+        plan: The budget and its rounds.
+        start: ``(logits, exact)`` of an earlier refinement of ``dense`` to go on from: its
+            exact cells are kept, not evaluated again, and count in the budget.
+    """
+
+    def __init__(
+        self,
+        dense: np.ndarray,
+        plan: RefinePlan,
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self.dense, self.plan = np.asarray(dense), plan
+        if start is None:
+            self.logits = np.array(dense, dtype=np.float32, copy=True)
+            self.exact = np.zeros(self.logits.shape[1:], dtype=bool)
+        else:
+            self.logits = np.where(start[1][None], start[0], dense).astype(np.float32)
+            self.exact = np.array(start[1], dtype=bool, copy=True)
+        self._dense_top, self._margins = self.dense.argmax(axis=0), _margins(self.dense)
+        self._left = max(0, plan.budget - int(self.exact.sum()))
+        self._round = -1  # the lattice comes first
+        self._pending = self._next()
+
+    @property
+    def done(self) -> bool:
+        """Whether no cell is wanted any more."""
+        return not len(self._pending)
+
+    def wanted(self) -> np.ndarray:
+        """The cells whose exact logits this step needs: int ``(n, 2)`` (none when done)."""
+        return self._pending
+
+    def give(self, logits: np.ndarray) -> None:
+        """The exact logits ``(n, K)`` of :meth:`wanted`'s cells; then the next step's cells."""
+        cells = self._pending
+        if len(cells):
+            self.logits[:, cells[:, 0], cells[:, 1]] = np.asarray(logits, np.float32).T
+            self.exact[cells[:, 0], cells[:, 1]] = True
+            self._left -= len(cells)
+        self._pending = self._next()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 ``(K, rows, cols)`` refined logits (corrected), bool ``(rows, cols)`` exact."""
+        return corrected(self.dense, self.logits, self.exact, self.plan.radius), self.exact
+
+    def _next(self) -> np.ndarray:
+        """The next round's cells: the lattice, then the doubtful ones, within the budget."""
+        while self._round < self.plan.rounds and self._left > 0:
+            self._round += 1
+            if self._round == 0:
+                wanted = _lattice(self.exact.shape, self.plan.lattice)
+            else:
+                top = self.logits.argmax(axis=0)
+                wrong = self.exact & (top != self._dense_top)
+                wanted = _spread(wrong, _NEIGHBOURS_8) | _boundaries(top)
+            cells = np.argwhere(wanted & ~self.exact)
+            if len(cells) > self._left:  # the most doubtful first: the smallest dense margins
+                order = np.argsort(self._margins[cells[:, 0], cells[:, 1]], kind="stable")
+                cells = cells[np.sort(order[: self._left])]
+            if len(cells) or self._round > 0:  # an empty doubt round ends the refinement
+                return cells
+        return np.zeros((0, 2), dtype=np.int64)
+
+
 def refine_cells(
     dense: np.ndarray,
     evaluate: CellEvaluator,
@@ -129,34 +204,29 @@ def refine_cells(
         float32 ``(K, rows, cols)`` refined logits, and bool ``(rows, cols)``: the cells
         evaluated exactly (their logits are the exact ones).
     """
-    if start is None:
-        logits = np.array(dense, dtype=np.float32, copy=True)
-        exact = np.zeros(logits.shape[1:], dtype=bool)
-    else:
-        logits = np.where(start[1][None], start[0], dense).astype(np.float32)
-        exact = np.array(start[1], dtype=bool, copy=True)
-    dense_top, margins = np.asarray(dense).argmax(axis=0), _margins(np.asarray(dense))
-    left = [max(0, plan.budget - int(exact.sum()))]
+    refinement = Refinement(dense, plan, start)
+    while not refinement.done:
+        refinement.give(evaluate(refinement.wanted()))
+    return refinement.result()
 
-    def take(wanted: np.ndarray) -> int:
-        cells = np.argwhere(wanted & ~exact)
-        if len(cells) > left[0]:  # the most doubtful first: the smallest dense margins
-            order = np.argsort(margins[cells[:, 0], cells[:, 1]], kind="stable")
-            cells = cells[np.sort(order[: left[0]])]
-        if not len(cells):
-            return 0
-        logits[:, cells[:, 0], cells[:, 1]] = np.asarray(evaluate(cells), np.float32).T
-        exact[cells[:, 0], cells[:, 1]] = True
-        left[0] -= len(cells)
-        return len(cells)
 
-    take(_lattice(exact.shape, plan.lattice))
-    for _ in range(plan.rounds):
-        top = logits.argmax(axis=0)
-        wrong = exact & (top != dense_top)
-        if not left[0] or not take(_spread(wrong, _NEIGHBOURS_8) | _boundaries(top)):
-            break
-    return corrected(dense, logits, exact, plan.radius), exact
+def refine_together(
+    refinements: list[Refinement], evaluate: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """Runs several grids' refinements in step: each round's cells of all in one evaluation.
+
+    Args:
+        refinements: One per image.
+        evaluate: int ``(n, 3)`` ``(image, row, col)`` cells -> float ``(n, K)`` exact logits,
+            ``image`` indexing ``refinements``.
+    """
+    while live := [(k, r) for k, r in enumerate(refinements) if not r.done]:
+        cells = [np.c_[np.full(len(r.wanted()), k), r.wanted()] for k, r in live]
+        logits = evaluate(np.concatenate(cells))
+        start = 0
+        for (_, refinement), part in zip(live, cells, strict=True):
+            refinement.give(logits[start : start + len(part)])
+            start += len(part)
 
 
 def corrected(
@@ -210,19 +280,18 @@ def refine_grid(
     """
     dense = dilate_grid(net, x, stride, window, batch_size)
     classifier, windows = source_model(net), NormalizedWindows(x)
-    refined = []
-    for image in range(x.shape[0]):
 
-        def evaluate(cells: np.ndarray, image: int = image) -> np.ndarray:
-            corners = cell_corners(np.c_[np.full(len(cells), image), cells], stride)
-            found = exact_logits(classifier, windows, corners, window, batch_size=batch_size)
-            return found.float().cpu().numpy()
+    def evaluate(cells: np.ndarray) -> np.ndarray:
+        corners = cell_corners(cells, stride)
+        found = exact_logits(classifier, windows, corners, window, batch_size=batch_size)
+        return found.float().cpu().numpy()
 
-        grid = dense[image].float().cpu().numpy()
-        budget = round(DEFAULT_REFINE_SHARE * grid.shape[1] * grid.shape[2])
-        logits, _ = refine_cells(grid, evaluate, RefinePlan(budget))
-        refined.append(torch.from_numpy(logits))
-    return torch.stack(refined).to(dense.device, dense.dtype)
+    grids = dense.float().cpu().numpy()
+    budget = round(DEFAULT_REFINE_SHARE * grids.shape[2] * grids.shape[3])
+    refinements = [Refinement(grid, RefinePlan(budget)) for grid in grids]
+    refine_together(refinements, evaluate)
+    refined = np.stack([r.result()[0] for r in refinements])
+    return torch.from_numpy(refined).to(dense.device, dense.dtype)
 
 
 def _refine_network(net: nn.Module, stride: int, batch_size: int) -> nn.Module:

@@ -31,7 +31,12 @@ import torch
 from heatmap_cli.errors import setting
 from heatmap_cli.grid import method_names
 from heatmap_cli.grid.crops import cell_corners
-from heatmap_cli.grid.refine import DEFAULT_REFINE_SHARE, RefinePlan, refine_cells
+from heatmap_cli.grid.refine import (
+    DEFAULT_REFINE_SHARE,
+    Refinement,
+    RefinePlan,
+    refine_together,
+)
 from heatmap_cli.pipeline.exact import ExactWindows
 from heatmap_cli.pipeline.profiling import run_seconds
 
@@ -142,7 +147,7 @@ class Refiner:
     def __call__(
         self, grid: torch.Tensor, tiling: object, pixels: np.ndarray, stride: int
     ) -> ScoredBatch:
-        """Refines each input's dense grid.
+        """Refines each input's dense grid; the inputs' exact windows go in shared batches.
 
         Args:
             grid: float32 ``(N, K, rows, cols)`` dense logits on the CPU.
@@ -153,41 +158,37 @@ class Refiner:
         Returns:
             The refined logits, their tiling, the exact cells and each input's choice.
         """
-        refined, masks, choices = [], [], []
-        for image in range(grid.shape[0]):
-            self.inputs += 1
-            logits, exact, choice = self._one(grid[image].numpy(), pixels[image], stride)
-            refined.append(torch.from_numpy(logits))
-            masks.append(exact)
-            choices.append(choice)
-        return ScoredBatch(torch.stack(refined), tiling, np.stack(masks), tuple(choices))
-
-    def _one(
-        self, dense: np.ndarray, pixels: np.ndarray, stride: int
-    ) -> tuple[np.ndarray, np.ndarray, MethodChoice]:
         exact = self._exact()
-        cells = dense.shape[1] * dense.shape[2]
+        dense = [grid[image].numpy() for image in range(grid.shape[0])]
+        cells = dense[0].shape[1] * dense[0].shape[2]
+        self.inputs += len(dense)
 
         def evaluate(found: np.ndarray) -> np.ndarray:
             return exact.logits(pixels, cell_corners(found, stride))
 
         if self.requested == "refine":
             budget = round(DEFAULT_REFINE_SHARE * cells)
-            reason = (
-                f"asked for: exact windows where the dense answer is in doubt, at most {budget}"
-            )
-            logits, mask = refine_cells(dense, evaluate, RefinePlan(budget))
-            return logits, mask, MethodChoice("refine", reason)
-        return self._auto(dense, evaluate, cells)
+            plans = [Refinement(d, RefinePlan(budget)) for d in dense]
+            why = f"asked for: exact windows where the dense answer is in doubt, at most {budget}"
+            choices = [MethodChoice("refine", why)] * len(dense)
+        else:
+            plans, choices = self._auto(dense, evaluate, cells)
+        refine_together(plans, evaluate)
+        results = [p.result() for p in plans]
+        refined = torch.from_numpy(np.stack([logits for logits, _ in results]))
+        masks = np.stack([mask for _, mask in results])
+        return ScoredBatch(refined, tiling, masks, tuple(choices))
 
     def _auto(
-        self, dense: np.ndarray, evaluate: Callable[[np.ndarray], np.ndarray], cells: int
-    ) -> tuple[np.ndarray, np.ndarray, MethodChoice]:
+        self, dense: list[np.ndarray], evaluate: Callable[[np.ndarray], np.ndarray], cells: int
+    ) -> tuple[list[Refinement], list[MethodChoice]]:
+        """Each input's refinement within ``auto``'s budget, and why."""
         exact = self._exact()
         spent_before = exact.seconds
-        state = np.asarray(dense, np.float32), np.zeros(dense.shape[1:], bool)
+        first = [Refinement(d, RefinePlan(0)) for d in dense]  # nothing: a budget of 0
         if exact.seconds_per_window is None:  # time the first windows: a lattice, kept
-            state = refine_cells(dense, evaluate, RefinePlan(cells, rounds=0, radius=0))
+            first = [Refinement(d, RefinePlan(cells, rounds=0, radius=0)) for d in dense]
+            refine_together(first, evaluate)
         per_window = exact.seconds_per_window or 0.0
         per_input = (self._clock() - (exact.seconds - spent_before)) / max(1, self.inputs)
         allowed = auto_budget(cells, per_window, per_input)
@@ -196,18 +197,23 @@ class Refiner:
             f"{cells * per_window / max(per_input, 1e-9):.0%} of the run's "
             f"{per_input:.2f} s per image"
         )
-        if allowed >= cells:
-            every = RefinePlan(cells, lattice=1, rounds=0)
-            logits, mask = refine_cells(dense, evaluate, every, start=state)
-            return logits, mask, MethodChoice("crops", f"auto: {figures}; all fit")
-        if allowed < math.ceil(cells / _LATTICE**2) and not state[1].any():
-            advice = f"{setting('method')} crops or refine make cells exact"
-            why = f"auto: {figures}; only {allowed} fit in {AUTO_SHARE:.0%} of it ({advice})"
-            return state[0], state[1], MethodChoice(self.dense_method, why)
-        budget = max(allowed, int(state[1].sum()))
-        logits, mask = refine_cells(dense, evaluate, RefinePlan(budget), start=state)
-        why = f"auto: {figures}; {int(mask.sum())} in doubt fit in {AUTO_SHARE:.0%} of it"
-        return logits, mask, MethodChoice("refine", why)
+        plans, choices = [], []
+        for grid, before in zip(dense, first, strict=True):
+            state = (before.logits, before.exact)
+            if allowed >= cells:
+                plans.append(Refinement(grid, RefinePlan(cells, lattice=1, rounds=0), state))
+                choices.append(MethodChoice("crops", f"auto: {figures}; all fit"))
+            elif allowed < math.ceil(cells / _LATTICE**2) and not before.exact.any():
+                advice = f"{setting('method')} crops or refine make cells exact"
+                why = f"auto: {figures}; only {allowed} fit in {AUTO_SHARE:.0%} of it ({advice})"
+                plans.append(Refinement(grid, RefinePlan(0), state))
+                choices.append(MethodChoice(self.dense_method, why))
+            else:
+                budget = max(allowed, int(before.exact.sum()))
+                plans.append(Refinement(grid, RefinePlan(budget), state))
+                why = f"auto: {figures}; up to {budget} where in doubt fit in {AUTO_SHARE:.0%}"
+                choices.append(MethodChoice("refine", why))
+        return plans, choices
 
 
 def refiner_for(requested: str, built: object, engine: object) -> Refiner | None:

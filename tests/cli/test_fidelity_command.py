@@ -33,18 +33,8 @@ def test_a_net_built_to_disagree_gets_one_note_per_image(edgy, tmp_path: Path) -
         Image.new("RGB", (96, 64), "white").save(tmp_path / name)
     out = tmp_path / "out"
 
-    result = run(
-        tmp_path / "a.png",
-        tmp_path / "b.png",
-        "--model",
-        "edgy",
-        "--out",
-        out,
-        "-s",
-        "64",
-        "-k",
-        "2",
-    )
+    options = ("--model", "edgy", "--out", out, "-s", "64", "-k", "2", "--method", "dense")
+    result = run(tmp_path / "a.png", tmp_path / "b.png", *options)
 
     assert result.exit_code == 0, result.output
     said = notes(result)
@@ -62,7 +52,9 @@ def test_a_net_built_to_disagree_gets_one_note_per_image(edgy, tmp_path: Path) -
 
 def test_a_padding_free_net_gets_no_note(tiny, tmp_path: Path) -> None:
     photo = save_photo(tmp_path / "p.png", size=(90, 60))
-    result = run(photo, "--model", "tiny", "--out", tmp_path / "out", "-s", "64")
+    result = run(
+        photo, "--model", "tiny", "--out", tmp_path / "out", "-s", "64", "--method", "dense"
+    )
 
     assert result.exit_code == 0, result.output
     assert notes(result) == []
@@ -109,3 +101,31 @@ def test_the_option_default_is_the_library_default() -> None:
     from heatmap_cli.cli.options import DEFAULT_FIDELITY as OPTION_DEFAULT
 
     assert OPTION_DEFAULT == DEFAULT_FIDELITY
+
+
+def test_auto_and_refine_make_what_dense_gets_wrong_exact(edgy, tmp_path: Path) -> None:
+    Image.new("RGB", (160, 96), "white").save(tmp_path / "w.png")
+    runs = {}
+    for method in ("dense", "refine", "crops", "auto"):
+        out = tmp_path / method
+        options = ("--model", "edgy", "--out", out, "-s", "96", "--method", method)
+        result = run(tmp_path / "w.png", *options, "--fidelity", "0")
+        assert result.exit_code == 0, result.output
+        with np.load(out / "w.npz") as arrays:
+            runs[method] = (json.loads((out / "w.json").read_text()), dict(arrays))
+    crops = runs["crops"][1]["logits"]
+    record, arrays = runs["refine"]
+    exact = arrays["exact"]
+    assert record["method"] == "refine" and record["method_reason"].startswith("asked for")
+    assert record["exact_cells"] == int(exact.sum()) > 0
+    assert exact.sum() <= round(0.3 * exact.size)
+    np.testing.assert_allclose(arrays["logits"][:, exact], crops[:, exact], atol=1e-4)
+    assert not runs["dense"][1]["exact"].any() and runs["dense"][0]["exact_cells"] == 0
+    record, arrays = runs["auto"]
+    assert record["settings"]["method"] == "auto" and record["method_reason"].startswith("auto:")
+    assert record["method"] == {0: "dense", arrays["exact"].size: "crops"}.get(
+        int(arrays["exact"].sum()), "refine"
+    )
+    np.testing.assert_allclose(
+        arrays["logits"][:, arrays["exact"]], crops[:, arrays["exact"]], atol=1e-4
+    )

@@ -190,7 +190,7 @@ def test_json_records_every_setting_the_versions_the_device_and_the_dtype() -> N
 
     settings = document["settings"]
     assert settings["scales"] == [1.0, 1.5] and settings["flip"] is True
-    assert (settings["size"], settings["stride"], settings["method"]) == (60, 8, "dense")
+    assert (settings["size"], settings["stride"], settings["method"]) == (60, 8, "auto")
     expected = {
         "scale": "per-class", "vmin": None, "vmax": 0.9, "label": "corner", "cmap": "magma",
         "outputs": ["npz", "json"], "format": "webp", "npz_classes": "top5",
@@ -283,7 +283,7 @@ def test_written_json_and_npz_hold_the_fidelity_check(tmp_path: Path) -> None:
     from heatmap_cli.pipeline.scoring import score_images
 
     loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, source="test weights")
-    engine = GridEngine(loaded, GridSettings(size=60, device="cpu"))
+    engine = GridEngine(loaded, GridSettings(size=60, device="cpu", method="dense"))
     photo = tmp_path / "x.png"
     Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(photo)
     (outcome,) = score_images([ImageInput(photo, Path("x"))], engine, keep_inputs=True)
