@@ -66,12 +66,14 @@ class RefinePlan:
         radius: Gaussian radius, in cells, over which exact cells' residuals correct the dense
             cells around them (0: no correction).
         rounds: Most rounds of doubtful cells after the lattice.
+        fill: Spend budget left when no cell is in doubt on the least certain cells.
     """
 
     budget: int
     lattice: int = 3
     radius: float = 2.0
     rounds: int = 64
+    fill: bool = True
 
 
 def _spread(mask: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -166,7 +168,12 @@ class Refinement:
         return corrected(self.dense, self.logits, self.exact, self.plan.radius), self.exact
 
     def _next(self) -> np.ndarray:
-        """The next round's cells: the lattice, then the doubtful ones, within the budget."""
+        """The next round's cells: the lattice, then the doubtful ones, within the budget.
+
+        When no cell is in doubt but budget is left (``plan.fill``), the least certain cells of
+        the corrected map are taken (its smallest top-1 margins, one cell in ``lattice**2``),
+        and the doubt rounds go on from what they show.
+        """
         while self._round < self.plan.rounds and self._left > 0:
             self._round += 1
             if self._round == 0:
@@ -176,12 +183,22 @@ class Refinement:
                 wrong = self.exact & (top != self._dense_top)
                 wanted = _spread(wrong, _NEIGHBOURS_8) | _boundaries(top)
             cells = np.argwhere(wanted & ~self.exact)
+            if not len(cells) and self._round > 0 and self.plan.fill and not self.exact.all():
+                cells = self._least_certain()
             if len(cells) > self._left:  # the most doubtful first: the smallest dense margins
                 order = np.argsort(self._margins[cells[:, 0], cells[:, 1]], kind="stable")
                 cells = cells[np.sort(order[: self._left])]
             if len(cells) or self._round > 0:  # an empty doubt round ends the refinement
                 return cells
         return np.zeros((0, 2), dtype=np.int64)
+
+    def _least_certain(self) -> np.ndarray:
+        """The inexact cells with the smallest top-1 margins in the corrected map."""
+        margins = _margins(corrected(self.dense, self.logits, self.exact, self.plan.radius))
+        margins[self.exact] = np.inf
+        count = min(self._left, max(1, self.exact.size // max(1, self.plan.lattice) ** 2))
+        order = np.argsort(margins, axis=None, kind="stable")[:count]
+        return np.stack(np.unravel_index(order, margins.shape), axis=1)
 
 
 def refine_cells(
