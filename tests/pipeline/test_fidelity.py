@@ -176,3 +176,25 @@ def test_an_image_smaller_than_the_fidelity_count_checks_every_cell(tmp_path) ->
     fidelity = image_fidelity(result, engine, [(0, 1)], count=50)
     assert fidelity is not None
     assert sorted(fidelity.cells) == [(0, c) for c in range(result.grid.logits.shape[2])]
+
+
+@pytest.mark.parametrize("stride", [None, 8])
+def test_a_tiled_map_is_checked_as_the_untiled_one(tmp_path, stride) -> None:
+    method = "dense" if stride is None else "dilate"
+    item = photo(tmp_path, (96, 128))
+    whole = padded_engine(method, stride)
+    tiled = padded_engine(method, stride, tile=64)
+    results = [score_one(engine, item) for engine in (whole, tiled)]
+    assert results[1].grid.passes[0].tiling.tiles > 1 and not results[0].grid.passes[0].tiling.tiled
+
+    checks = [
+        image_fidelity(result, engine, [(1, 2)], count=6)
+        for result, engine in zip(results, (whole, tiled), strict=True)
+    ]
+
+    untiled, in_tiles = checks
+    assert untiled is not None and in_tiles is not None
+    assert in_tiles.cells == untiled.cells
+    np.testing.assert_allclose(in_tiles.exact_logits, untiled.exact_logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(in_tiles.map_scores, untiled.map_scores, atol=1e-4)
+    assert in_tiles.max_abs_diff == pytest.approx(untiled.max_abs_diff, abs=1e-4)
