@@ -2,11 +2,12 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/run.py                 # every case (about 11 minutes on 2 cores)
-    .venv/bin/python benchmarks/run.py --quick         # every case but tuning, about 2 minutes
-    .venv/bin/python benchmarks/run.py --cases vgg16-384 help --repeat 9 --markdown
+    .venv/bin/python -m benchmarks.run          # every case (about 11 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.run --quick  # every case but tuning, about 2 minutes
+    .venv/bin/python -m benchmarks.run --cases vgg16-384 help --repeat 9 --markdown
 
-Each case is one file, ``case_<name>.py``, that also runs alone with the same options. Here the
+Run from the repository root. Each case is one module, ``benchmarks/cases/<name>.py``, that
+also runs alone with the same options (``python -m benchmarks.cases.<name>``). Here the
 matmul peak is measured once for the whole run and sampled between every case's timed rounds.
 See ``benchmarks/README.md`` for what each case and column means.
 """
@@ -16,33 +17,37 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import case_cuda
-import case_end_to_end
-import case_folder
-import case_help
-import case_lite0_384
-import case_memory
-import case_process_memory
-import case_ray_folder
-import case_resnet50_512
-import case_tuning
-import case_vgg16_384
-from _harness import Case, command_line, options_from, run_cases
+from benchmarks.cases import (
+    cuda,
+    end_to_end,
+    folder,
+    lite0_384,
+    memory,
+    process_memory,
+    ray_folder,
+    resnet50_512,
+    tuning,
+    vgg16_384,
+)
+from benchmarks.cases import (
+    help as help_case,
+)
+from benchmarks.support.harness import Case, command_line, options_from, run_cases
 
 CASES: tuple[Case, ...] = (
-    case_vgg16_384.CASE,
-    case_lite0_384.CASE,
-    case_resnet50_512.CASE,
-    case_folder.CASE,
-    case_ray_folder.CASE,
-    case_memory.CASE,
-    case_process_memory.CASE,
-    case_help.CASE,
-    case_end_to_end.CASE,
-    case_tuning.CASE,
-    case_cuda.CASE,
+    vgg16_384.CASE,
+    lite0_384.CASE,
+    resnet50_512.CASE,
+    folder.CASE,
+    ray_folder.CASE,
+    memory.CASE,
+    process_memory.CASE,
+    help_case.CASE,
+    end_to_end.CASE,
+    tuning.CASE,
+    cuda.CASE,
 )
-"""Every case, in table order: a new case is a ``case_<name>.py`` file and one line here."""
+"""Every case, in table order: a new case is a ``cases/<name>.py`` module and one line here."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

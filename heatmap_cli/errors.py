@@ -32,8 +32,11 @@ __all__ = [
     "LabelsFileError",
     "MemoryExhaustedError",
     "ModelFileError",
+    "NonFiniteScoresError",
     "OutputWriteError",
     "RenderError",
+    "SlideReadError",
+    "TimmCouplingError",
     "TrainingModeError",
     "UnknownClassError",
     "UnknownColormapError",
@@ -95,8 +98,20 @@ class ConversionError(HeatmapError, ValueError):
     """The classifier's head cannot be rewritten as convolutions (e.g. attention over tokens)."""
 
 
-class WeightsUnavailableError(HeatmapError):
-    """Pretrained weights are neither cached nor downloadable (offline machine)."""
+class TimmCouplingError(ConversionError):
+    """A timm model, and a timm release without a name heatmap-cli reads it by.
+
+    A layer class or a registry function the conversion knows by name, or a ``pretrained_cfg``
+    key; the message names what is missing.
+    """
+
+
+class WeightsUnavailableError(UsageError):
+    """Pretrained weights are neither cached nor downloadable (offline machine).
+
+    A usage error: the model asked for cannot be had here, so the run cannot start (exit 2,
+    before any image is read), as for a model name that does not exist.
+    """
 
 
 class RenderError(HeatmapError, ValueError):
@@ -119,6 +134,19 @@ class ImageReadError(HeatmapError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NonFiniteScoresError(HeatmapError):
+    """The model returned NaN or infinite scores for an image: nothing can be drawn of it."""
+
+
+class SlideReadError(ImageReadError):
+    """A whole-slide or gigapixel file that cannot be opened or read by region.
+
+    Truncated files, corrupt or missing tiles and levels, vendor formats no installed reader
+    knows, and slides without the microns per pixel a physical scale needs. ``reason`` says
+    what is wrong and what to do, in one line.
+    """
 
 
 class OutputWriteError(HeatmapError):
@@ -193,4 +221,3 @@ def command_line_names(aliases: Mapping[str, str] | None = None) -> Iterator[Non
     finally:
         with _Spelling.lock:
             _Spelling.flags = previous
-

@@ -88,8 +88,14 @@ def test_modules_and_functions_stay_small():
 
 
 CORE = ("heatmap_cli.convert", "heatmap_cli.grid")
-APPLICATION = ("heatmap_cli.pipeline", "heatmap_cli.cli", "heatmap_cli.io", "heatmap_cli.report")
-LIBRARY = (*CORE, "heatmap_cli.pipeline", "heatmap_cli.io", "heatmap_cli.render")
+APPLICATION = (
+    "heatmap_cli.pipeline",
+    "heatmap_cli.cli",
+    "heatmap_cli.io",
+    "heatmap_cli.report",
+    "heatmap_cli.api",
+)
+LIBRARY = (*CORE, "heatmap_cli.pipeline", "heatmap_cli.io", "heatmap_cli.render", "heatmap_cli.api")
 
 
 def _within(name: str, packages: tuple[str, ...]) -> bool:
@@ -126,6 +132,18 @@ def test_conversion_imports_no_grid_method():
         if _within(imported, ("heatmap_cli.grid",))
     )
     assert leaks == []
+
+
+def test_the_notebook_api_is_a_client_of_the_pipeline_not_of_the_command():
+    """heatmap_cli.api reads through pipeline/, like the command; neither imports the other."""
+    crossings = sorted(
+        f"{name} imports {imported}"
+        for name, path in _modules().items()
+        for imported in set(_imported_modules(path))
+        if (_within(name, ("heatmap_cli.api",)) and _within(imported, ("heatmap_cli.cli",)))
+        or (_within(name, ("heatmap_cli.cli",)) and _within(imported, ("heatmap_cli.api",)))
+    )
+    assert crossings == []
 
 
 def test_the_disk_cache_is_handed_to_the_tiling_estimate():

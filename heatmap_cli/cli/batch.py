@@ -15,11 +15,12 @@ and only then reports it: a line that cannot be written is lost, the image is no
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from heatmap_cli.cli.console import Console, Tally
+from heatmap_cli.cli.console import QUIET_ERRORS_ONLY, Console, Tally
 from heatmap_cli.cli.manifest import Manifest, ManifestRow
 from heatmap_cli.cli.records import run_settings
 from heatmap_cli.cli.resume import check_outputs
@@ -36,10 +37,10 @@ from heatmap_cli.pipeline.limits import (
 )
 from heatmap_cli.pipeline.ranking import describe_ranking
 from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
     OutputOptions,
     RenderedClass,
-    image_ranking,
-    rendered_classes,
+    summarize_image,
     with_exact_peaks,
 )
 from heatmap_cli.pipeline.scoring import (
@@ -49,7 +50,11 @@ from heatmap_cli.pipeline.scoring import (
     PhotoReading,
     score_images,
 )
+from heatmap_cli.pipeline.slides.scoring import DEFAULT_SLIDES, SlideSettings
 from heatmap_cli.pipeline.thread_warnings import show_library_warnings_every_time
+
+TileProgress = Callable[[ImageInput, int, int], None]
+"""Called as ``progress(slide, tiles done, tiles in all)`` while a slide is scored."""
 
 __all__ = ["Batch", "ImageJob", "Processed", "describe_failure"]
 
@@ -102,6 +107,7 @@ class ImageJob:
         scales: Factors of ``--size``, one pass each (``(1.0,)``: a plain run).
         flip: Also average each scale's mirror image.
         reading: The decoding limit and the overlays' largest side.
+        slides: How whole-slide inputs are read (``heatmap_cli.cli.slides``).
     """
 
     engine: GridEngine
@@ -110,6 +116,23 @@ class ImageJob:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     reading: PhotoReading = DEFAULT_READING
+    slides: SlideSettings = DEFAULT_SLIDES
+
+    def is_slide(self, item: ImageInput) -> bool:
+        """Whether an input is read as a slide (by region) rather than as a photo."""
+        from heatmap_cli.io.slides import is_slide
+
+        return is_slide(item.path, self.reading.max_pixels)
+
+    def settings_for(self, item: ImageInput) -> dict[str, object]:
+        """The json ``settings`` an input's outputs are made with (a slide's has its own)."""
+        settings = run_settings(self.engine, self.rendering, self.scales, self.flip, self.reading)
+        if not self.is_slide(item):
+            return settings
+        from heatmap_cli.cli.slides import slide_settings
+
+        plain = run_settings(self.engine, self.rendering, reading=self.reading)
+        return {**plain, **slide_settings(self.slides)}
 
     def sort_out(
         self, items: Iterable[ImageInput]
@@ -121,10 +144,9 @@ class ImageJob:
             ranking and files from its json); why each image to do that has a json is redone
             ("settings changed: stride 32 -> 16", "x.npz is missing"...).
         """
-        settings = run_settings(self.engine, self.rendering, self.scales, self.flip, self.reading)
         todo, skipped, redone = [], [], {}
         for item in items:
-            verdict = check_outputs(self.out, item.stem, settings)
+            verdict = check_outputs(self.out, item.stem, self.settings_for(item))
             if verdict.done and verdict.record is not None:
                 row = ManifestRow.skipped(item.path, item.stem, verdict.record)
                 skipped.append(Processed(row))
@@ -134,16 +156,57 @@ class ImageJob:
             todo.append(item)
         return todo, skipped, redone
 
-    def process(self, items: Iterable[ImageInput], *, debug: bool = False) -> Iterator[Processed]:
+    def process(
+        self,
+        items: Iterable[ImageInput],
+        *,
+        debug: bool = False,
+        progress: TileProgress | None = None,
+    ) -> Iterator[Processed]:
         """Reads, scores, renders and writes every image; yields what became of each, once.
+
+        Photos go through the batched loader; slides are scored one at a time, tile by tile
+        (``heatmap_cli.cli.slides``), after the photos.
 
         Args:
             items: The images.
             debug: Let an image's exception escape (for its traceback) instead of failing it.
+            progress: Told of each slide's tiles as they are scored.
 
         Yields:
             Every image's :class:`Processed`, in the order the loader finishes them.
         """
+        photos, slides = [], []
+        for item in items:
+            (slides if self.is_slide(item) else photos).append(item)
+        if photos:
+            yield from self._photos(photos, debug)
+        for slide in slides:
+            yield self._slide(slide, debug, progress)
+
+    def _slide(self, item: ImageInput, debug: bool, progress: TileProgress | None) -> Processed:
+        """One slide scored and written; its failure is its own row."""
+        from heatmap_cli.cli.slides import write_slide
+
+        def tiles(done: int, total: int) -> None:
+            if progress is not None:
+                progress(item, done, total)
+
+        try:
+            outcome = write_slide(
+                item, self.engine, self.rendering, self.out, self.reading, self.slides, tiles
+            )
+        except Exception as error:  # one slide's failure never stops the batch
+            if debug:
+                raise
+            return Processed(
+                ManifestRow.failed(item.path, item.stem, describe_failure(item.path, error))
+            )
+        finally:
+            release_free_memory()
+        return Processed(outcome.row, table=outcome.table, warnings=outcome.notes)
+
+    def _photos(self, items: Iterable[ImageInput], debug: bool) -> Iterator[Processed]:
         engine = self.engine
         show_library_warnings_every_time()  # each damaged photo gets its own warning line
         notes_shown = len(engine.notes)  # said already; --compile may add one later
@@ -165,13 +228,18 @@ class ImageJob:
             outcomes.close()  # stops the loader threads now, not when garbage-collected
 
     def run(
-        self, items: Sequence[ImageInput], *, skip_existing: bool = False, debug: bool = False
+        self,
+        items: Sequence[ImageInput],
+        *,
+        skip_existing: bool = False,
+        debug: bool = False,
+        progress: TileProgress | None = None,
     ) -> Iterator[Processed]:
         """:meth:`sort_out` (with ``skip_existing``), then :meth:`process`: every image once."""
         todo, skipped, redone = self.sort_out(items) if skip_existing else (items, [], {})
         yield from skipped
         reasons = {str(item.stem): reason for item, reason in redone.items()}
-        for processed in self.process(todo, debug=debug):
+        for processed in self.process(todo, debug=debug, progress=progress):
             reason = reasons.get(processed.row.key)
             yield dataclasses.replace(processed, redo=reason) if reason else processed
 
@@ -181,17 +249,24 @@ class ImageJob:
         rendering, categories = self.rendering, self.engine.categories
         try:
             result = outcome.unwrap()
-            classes = rendered_classes(result, categories, rendering)
-            fidelity, remarks = self._fidelity(result, classes, debug)
-            classes = with_exact_peaks(classes, fidelity, rendering)
-            written = self._write(result, classes, fidelity)
+            summary = summarize_image(result, categories, rendering)  # once, for every output
+            fidelity, remarks = self._fidelity(result, summary.classes, debug)
+            exact = with_exact_peaks(summary.classes, fidelity, rendering)
+            summary = dataclasses.replace(summary, classes=exact)
+            written = self._write(result, summary, fidelity)
         except Exception as error:  # one image's failure never stops the batch
             if debug:
                 raise
             return Processed(ManifestRow.failed(path, stem, describe_failure(path, error)))
-        ranking = [dataclasses.asdict(r) for r in image_ranking(result, categories, rendering)]
+        ranking = [dataclasses.asdict(r) for r in summary.top_k]
         files = [written_path.relative_to(self.out) for written_path in written]
-        table = describe_ranking(result.grid.passes, categories, rendering.top_k, rendering.pooling)
+        table = describe_ranking(
+            result.grid.passes,
+            categories,
+            rendering.top_k,
+            rendering.pooling,
+            ranking=summary.ranking,
+        )
         row = ManifestRow.finished(path, stem, "done", ranking, files)
         return Processed(row, table=table, warnings=result.notes, remarks=remarks)
 
@@ -211,12 +286,12 @@ class ImageJob:
         return fidelity, (note,) if note else ()
 
     def _write(
-        self, result: ImageResult, classes: Sequence[RenderedClass], fidelity: Fidelity | None
+        self, result: ImageResult, summary: ImageSummary, fidelity: Fidelity | None
     ) -> list[Path]:
         """``write_outputs``, with running out of memory said as what to lower."""
         try:
             return write_outputs(
-                result, self.engine, self.rendering, self.out, self.reading, classes, fidelity
+                result, self.engine, self.rendering, self.out, self.reading, summary, fidelity
             )
         except Exception as error:
             if is_out_of_memory(error):
@@ -238,7 +313,8 @@ class Batch:
         tally: Where images are counted.
         manifest: Where each image's row goes.
         skip_existing: Leave out the images whose outputs are complete for these settings.
-        quiet: No progress bar, no per-image lines (errors are still said).
+        quiet: 0 says everything; 1 (``-q``) no progress bar and no per-image result lines
+            (notes, warnings, redo reasons and errors are still said); 2 (``-qq``) errors only.
         debug: Let an image's exception escape, for its traceback.
     """
 
@@ -247,7 +323,7 @@ class Batch:
     tally: Tally
     manifest: Manifest
     skip_existing: bool = False
-    quiet: bool = False
+    quiet: int = 0
     debug: bool = False
 
     def images_to_do(self, items: list[ImageInput]) -> list[ImageInput]:
@@ -261,18 +337,26 @@ class Batch:
         todo, skipped, redone = self.job.sort_out(items)
         for processed in skipped:
             self.report(processed)
-        if not self.quiet:
+        if self.quiet < QUIET_ERRORS_ONLY:
             for item, reason in redone.items():
                 self.console.say(f"Redoing {item.path}: {reason}")
         return todo
 
     def run(self, items: list[ImageInput]) -> None:
-        """Scores and writes every image, counting and reporting each once."""
-        self.report_all(self.job.process(items, debug=self.debug), len(items))
+        """Scores and writes every image, counting and reporting each once.
+
+        A slide's tiles get a bar of their own, with the rate and the time left.
+        """
+        tiles = _TileBar(self.console, shown=not self.quiet)
+        try:
+            processed = self.job.process(items, debug=self.debug, progress=tiles.update)
+            self.report_all(processed, len(items))
+        finally:
+            tiles.close()
 
     def report_all(self, processed: Iterable[Processed], total: int) -> None:
         """Reports images as they finish, under a progress bar of ``total`` images."""
-        progress = self.console.progress(total, shown=not self.quiet and total > 1)
+        progress = self.console.progress(total, shown=self.quiet == 0 and total > 1)
         with progress:
             for one in processed:
                 self.report(one)
@@ -291,21 +375,62 @@ class Batch:
             self.tally.failures.append((path, row.error or "failed"))
         else:
             self.tally.done += 1
-        for note in processed.notes:
+        said = self.quiet < QUIET_ERRORS_ONLY  # notes, warnings and redo reasons
+        for note in processed.notes if said else ():
             say(f"Note: {note}")
-        if not self.quiet:
-            for remark in processed.remarks:
-                say(f"Note: {path}: {remark}")
-        if processed.redo and not self.quiet:
+        for remark in processed.remarks if said else ():
+            say(f"Note: {path}: {remark}")
+        if processed.redo and said:
             say(f"Redoing {path}: {processed.redo}")
         if row.status == "failed":
             say(f"Error: {row.error}")
-        elif not self.quiet:
+            return
+        if not self.quiet:
             table = processed.table or ""
             separator = "\n" if "\n" in table else " "
             self.console.result(f"{path}:{separator}{table}")
-            for warning in processed.warnings:
-                say(f"Warning: {path}: {warning}")
+        for warning in processed.warnings if said else ():
+            say(f"Warning: {path}: {warning}")
+
+
+class _TileBar:
+    """A progress bar of one slide's tiles at a time (tiles scored before a resume count)."""
+
+    def __init__(self, console: Console, *, shown: bool) -> None:
+        self._console, self._shown = console, shown
+        self._slide: ImageInput | None = None
+        self._bar: Any = None
+        self._done = 0
+
+    def update(self, slide: ImageInput, done: int, total: int) -> None:
+        """Moves the bar to ``done`` of ``total`` tiles of ``slide``."""
+        if not self._shown:
+            return
+        if slide != self._slide:
+            self.close()  # the previous slide's, if it stopped early
+            from tqdm import tqdm
+
+            self._slide, self._done = slide, done
+            self._bar = tqdm(
+                total=total,
+                initial=done,
+                unit="tile",
+                desc=slide.path.name,
+                file=self._console.err,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        else:
+            self._bar.update(done - self._done)
+            self._done = done
+        if done >= total:  # gone before the slide's line is said
+            self._bar.close()
+
+    def close(self) -> None:
+        """Removes the bar."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._slide = None, None
 
 
 def describe_failure(path: Path, error: Exception) -> str:

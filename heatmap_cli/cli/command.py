@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from heatmap_cli.cli.console import Console, Tally
+from heatmap_cli.cli.console import QUIET_ERRORS_ONLY, Console, Tally
 from heatmap_cli.errors import HeatmapError, ImageReadError, UsageError
 from heatmap_cli.pipeline.limits import MAX_TOP_K
 from heatmap_cli.pipeline.profiling import profile_line, record_start_up, timed
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from heatmap_cli.models import LoadedModel
     from heatmap_cli.pipeline.engine import GridEngine
     from heatmap_cli.pipeline.rendering import OutputOptions
+    from heatmap_cli.pipeline.slides import SlideSettings
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -99,12 +100,16 @@ class CommandOptions:
     scales: str | None
     flip: bool
     pooling: str
+    mpp: float | None
+    slide_mpp: float | None
+    tissue: str
+    slide_context: int | None
     skip_existing: bool
     report: bool
     ray: bool
     ray_address: str | None
     workers: int | None
-    quiet: bool
+    quiet: int
     debug: bool
 
 
@@ -162,7 +167,7 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
     # before anything is created) and to say the engine's notes once; the actors make their own.
     job = start_job(dataclasses.replace(options, device="cpu") if options.ray else options, scales)
     engine = job.engine
-    for note in engine.notes:
+    for note in engine.notes if options.quiet < QUIET_ERRORS_ONLY else ():
         console.say(f"Note: {note}")
     _create_folder(options.out)  # only now: every usage check has passed
     remove_stale_temporaries(options.out)
@@ -173,16 +178,33 @@ def run_command(options: CommandOptions, console: Console, tally: Tally) -> None
         with contextlib.suppress(HeatmapError):
             batch.manifest.write()
         raise
-    batch.manifest.write()
+    written = batch.manifest.write()
+    if written.dropped and options.quiet < QUIET_ERRORS_ONLY:
+        console.say(f"Note: {written.note()}")
     if options.report:
-        from heatmap_cli.report import write_report
-
-        report = write_report(options.out, tally.failures, cmap=options.cmap, alpha=options.alpha)
-        if not options.quiet:
-            console.say(f"Report: {report}")
+        _write_report(options, console, tally)
     _say_summary(options, console, tally, engine, ran_on, time.perf_counter() - started)
     if tally.failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _write_report(options: CommandOptions, console: Console, tally: Tally) -> None:
+    """Writes ``OUT/index.html``; says where, and which image json files it left out."""
+    from heatmap_cli.report import write_report
+
+    damaged: list[Path] = []
+    report = write_report(
+        options.out, tally.failures, cmap=options.cmap, alpha=options.alpha, damaged=damaged
+    )
+    if options.quiet >= QUIET_ERRORS_ONLY:
+        return
+    if damaged:
+        names = ", ".join(map(str, damaged[:3])) + (", ..." if len(damaged) > 3 else "")
+        console.say(
+            f"Note: the report leaves out {len(damaged)} json file(s) that are damaged or hold "
+            f"NaN or Infinity ({names}); --skip-existing makes their images again"
+        )
+    console.say(f"Report: {report}")
 
 
 def _say_summary(
@@ -193,11 +215,11 @@ def _say_summary(
     ran_on: str,
     seconds: float,
 ) -> None:
-    """The one summary line (unless quiet and all went well), and the stage times if asked."""
+    """The one summary line (unless ``-qq`` and all went well), and the stage times if asked."""
     summary = f"{tally.done} done, {tally.failed} failed"
     if tally.skipped:
         summary += f", {tally.skipped} skipped (already done)"
-    if not options.quiet or tally.failed:
+    if options.quiet < QUIET_ERRORS_ONLY or tally.failed:
         console.say(
             f"{summary} in {seconds:.1f}s ({engine.loaded.name}, "
             f"{engine.method}, stride {engine.stride}, {ran_on}); outputs in {options.out}"
@@ -383,7 +405,27 @@ def start_job(options: CommandOptions, scales: tuple[float, ...]) -> ImageJob:
         max_display_side=options.max_overlay_side,
     )
     return ImageJob(
-        engine, rendering, options.out, scales=scales, flip=options.flip, reading=reading
+        engine,
+        rendering,
+        options.out,
+        scales=scales,
+        flip=options.flip,
+        reading=reading,
+        slides=_slide_settings(options, loaded),
+    )
+
+
+def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettings:
+    """How slides are read: ``--mpp`` (else the model's own), ``--slide-mpp``, ``--tissue``."""
+    from heatmap_cli.pipeline.slides import SlideSettings
+
+    return SlideSettings(
+        # a model that knows its scale (a WSInfer folder's spacing_um_px) gives it
+        model_mpp=options.mpp if options.mpp is not None else getattr(loaded, "mpp", None),
+        slide_mpp=options.slide_mpp,
+        tissue=options.tissue,
+        tile=options.tile,
+        context=options.slide_context,
     )
 
 

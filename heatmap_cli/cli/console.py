@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["Channel", "Console", "Tally", "reserve_standard_descriptors"]
+__all__ = ["QUIET_ERRORS_ONLY", "Channel", "Console", "Tally", "reserve_standard_descriptors"]
+
+QUIET_ERRORS_ONLY = 2
+"""The quiet level (``-qq``) from which only errors are said, and the summary line only when an
+image failed. Level 1 (``-q``) drops the progress bar and the per-image result lines on standard
+output, and keeps notes, warnings, redo reasons, errors and the summary line."""
 
 
 def reserve_standard_descriptors() -> None:

@@ -116,8 +116,8 @@ mixed sizes.
     default=DEFAULT_MODEL,
     show_default=True,
     help="Model: the offline default, a torchvision name, timm/NAME, a model file (torch.export "
-    ".pt2 or TorchScript), or your own code as path/to/file.py:callable or "
-    "package.module:callable (this imports and runs that code).",
+    ".pt2 or TorchScript), a WSInfer model folder (config.json + TorchScript), or your own code "
+    "as path/to/file.py:callable or package.module:callable (this imports and runs that code).",
 )
 @click.option(
     "--weights",
@@ -360,6 +360,39 @@ mixed sizes.
     show_default=True,
     help="Image-level ranking: spatial max or mean of each class's probability.",
 )
+@click.option(
+    "--mpp",
+    type=FiniteFloatRange(min=0, min_open=True),
+    metavar="UM",
+    help="Slides: microns per pixel the model was trained at; each slide is read at the "
+    "pyramid level at or finer than that and resampled (default: the model's own, else the "
+    "slide's level-0 pixels).",
+)
+@click.option(
+    "--slide-mpp",
+    type=FiniteFloatRange(min=0, min_open=True),
+    metavar="UM",
+    help="Slides: microns per level-0 pixel, for files whose metadata has none (overrides it).",
+)
+@click.option(
+    "--tissue",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|FILE",
+    callback=parsed("heatmap_cli.pipeline.slides.tissue", "parse_tissue"),
+    help="Slides: score only tissue (auto: Otsu on the thumbnail's saturation), every cell "
+    "(off), or where a mask image of yours is non-zero.",
+)
+@click.option(
+    "--slide-context",
+    default="exact",
+    show_default=True,
+    metavar="exact|PIXELS",
+    callback=parsed("heatmap_cli.pipeline.slides.scoring", "parse_context"),
+    help="Slides: neighbours each tile carries around the windows it keeps. exact: each "
+    "cell's whole receptive field (the grid of one pass over the slide); a few pixels (e.g. "
+    "64): cells at tile edges see zeros beyond, and skipping the background pays more.",
+)
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
 @click.option(
     "--report",
@@ -385,7 +418,13 @@ mixed sizes.
     help="Actors in the --ray pool (default: one per GPU with --device cuda, else one per CPU "
     "but one).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-image lines.")
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="No progress bar or per-image result lines (notes, warnings and the summary stay); "
+    "-qq: errors only.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(**options: Any) -> None:
     """The ``heatmap`` command (its help is ``_HELP``)."""

@@ -115,6 +115,7 @@ def list_models(ctx: click.Context, param: click.Parameter, value: bool) -> None
         "  (any torchvision or timm architecture, any number of classes; checkpoints too).\n"
         "Your own architecture: --model path/to/file.py:callable or package.module:callable "
         "(runs that code).\n"
-        "A model file: --model FILE, a torch.export archive (.pt2) or a TorchScript file."
+        "A model file: --model FILE, a torch.export archive (.pt2) or a TorchScript file.\n"
+        "A WSInfer model folder: --model DIR (its config.json and TorchScript file)."
     )
     ctx.exit(0)

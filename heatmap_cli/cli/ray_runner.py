@@ -11,17 +11,26 @@ returns one small json per image (its manifest row and its lines). The driver
 reports them as they come (``Batch.report``), so the tally, the lines, the manifest and the
 exit status are the plain run's.
 
-Faults: a broken image is its own failed row. An actor whose process dies is restarted by Ray
-and its batch retried (``max_restarts``, ``max_task_retries``, bounded so that an image that
-kills every actor ends the run instead of retrying forever); writes are atomic and idempotent,
-so images written twice by a retried batch are simply complete. The test-only variable
+Faults: a broken image is its own failed row. An actor whose process dies ends the pool's run;
+the driver then gives the images not yet reported to a new pool, at most :data:`MAX_RESTARTS`
+times (an image that kills every actor ends the run instead of retrying forever); writes are
+atomic and idempotent, so images written twice are simply complete. Ray's own actor restarts are
+off (``max_restarts=0``): Ray Data keeps an actor's constructor arguments in the object store,
+where a restarted actor may not find them any more, and Ray says so on every run that allows
+restarts (``core_worker.cc ... max_restarts > 0``). The test-only variable
 ``HEATMAP_TEST_KILL_ACTOR_ONCE=FILE`` makes the first actor to claim ``FILE`` kill its own
 process on its first batch. Ctrl-C leaves no partial file (every file is moved into place
 whole); the private folders of killed actors are removed by the next run.
+
+Lifetime: a local Ray that the command starts ends with it, even when the command is killed
+(SIGKILL, the OOM killer): ``heatmap_cli.cli.ray_keeper`` kills every process of it that is
+left, and no actor writes after the driver is gone. On a cluster the command connects to, Ray
+kills a dead driver's actors itself once it notices.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,6 +46,7 @@ import numpy as np
 
 from heatmap_cli.cli.batch import Batch, ImageJob, Processed
 from heatmap_cli.cli.params import SETTING_FLAGS
+from heatmap_cli.cli.ray_keeper import start_keeper
 from heatmap_cli.errors import ClusterError, InvalidOptionError, command_line_names, first_line
 from heatmap_cli.io import ImageInput
 
@@ -57,7 +67,7 @@ KILL_ACTOR_ONCE = "HEATMAP_TEST_KILL_ACTOR_ONCE"
 """Test-only: a file path; the first actor that creates it kills its own process, once."""
 
 MAX_RESTARTS = 3
-"""How often Ray restarts a dead actor, and retries a batch whose actor died."""
+"""How often the images not finished are given to a new pool after an actor died."""
 
 CONNECT_TIMEOUT_S = 10.0
 """How long a named cluster may take to accept a connection."""
@@ -124,6 +134,7 @@ def run_on_ray(
     import ray.data.exceptions
 
     started_here = not ray.is_initialized()
+    keeper = start_keeper() if started_here else None  # before Ray starts any process
     try:
         if started_here:
             _connect(settings.address)
@@ -134,8 +145,10 @@ def run_on_ray(
                 f"Note: --workers {settings.workers}: the cluster has room for "
                 f"{_actors(pool, gpus)} now; using that"
             )
-        dataset = _dataset(items, build, batch, settings, pool, gpus)
-        batch.report_all(_processed(dataset), len(items))
+        dataset_of = functools.partial(
+            _dataset, build=build, batch=batch, settings=settings, pool=pool, gpus=gpus
+        )
+        batch.report_all(_processed(items, dataset_of, batch), len(items))
     except (ray.exceptions.RayError, ray.data.exceptions.SystemException, ConnectionError) as error:
         if batch.debug:
             raise
@@ -143,6 +156,8 @@ def run_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+        if keeper is not None:
+            keeper.stop()
     return f"Ray: {pool} {'gpu' if gpus else 'cpu'} actor{'s' if pool > 1 else ''}"
 
 
@@ -271,6 +286,7 @@ def _pool_size(settings: RaySettings, gpus: int) -> int:
 
 def _dataset(
     items: list[ImageInput],
+    *,
     build: Callable[[], ImageJob],
     batch: Batch,
     settings: RaySettings,
@@ -280,15 +296,19 @@ def _dataset(
     """The paths, mapped by a pool of :class:`ImageWorker` actors."""
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its execution notices, likewise
+    # Its execution notices, and its tracebacks of failures the command says in one line (an
+    # actor's death, retried by _processed; any other as a ClusterError), unless --debug.
+    logging.getLogger("ray.data").setLevel(logging.ERROR if batch.debug else logging.CRITICAL)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command's own bar counts images
     context.print_on_execution_start = False
     rows = [{"path": os.fsencode(item.path), "stem": os.fsencode(item.stem)} for item in items]
     resources = {"num_gpus": gpus} if gpus else {"num_cpus": 1}
     with warnings.catch_warnings():
-        # Ray Data's own defaults restart actors and retry their batches forever; Ray 2.60
-        # deprecates setting them through map_batches, and still honours them.
+        # Ray Data's own defaults restart actors and retry their batches forever, which needs
+        # their constructor arguments kept in the object store (Ray warns about it on every
+        # run); the command retries itself (_processed). Ray 2.60 deprecates setting this
+        # through map_batches, and still honours it.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ray.data.from_items(rows).map_batches(
             ImageWorker,
@@ -300,13 +320,44 @@ def _dataset(
             batch_size=settings.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool),
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_RESTARTS,
+            max_restarts=0,
             **resources,
         )
 
 
-def _processed(dataset: Dataset) -> Iterator[Processed]:
-    """Each image's :class:`~heatmap_cli.cli.batch.Processed`, as the actors finish them."""
-    for row in dataset.iter_rows():
-        yield Processed.from_json(json.loads(row["processed"]))
+def _processed(
+    items: list[ImageInput], dataset_of: Callable[[list[ImageInput]], Dataset], batch: Batch
+) -> Iterator[Processed]:
+    """Each image's :class:`~heatmap_cli.cli.batch.Processed`, as the actors finish them.
+
+    When an actor dies (its process killed, out of memory), the pool's run ends; the images not
+    reported yet go to a new pool, at most :data:`MAX_RESTARTS` times, each time said in one
+    line.
+
+    Args:
+        items: The images.
+        dataset_of: The images mapped by a new pool of actors.
+        batch: Where the line about a retry is said.
+
+    Raises:
+        RayActorError: Actors died more than :data:`MAX_RESTARTS` times.
+    """
+    import ray.exceptions
+
+    remaining = {str(item.stem): item for item in items}
+    for attempt in range(MAX_RESTARTS + 1):
+        try:
+            for row in dataset_of(list(remaining.values())).iter_rows():
+                processed = Processed.from_json(json.loads(row["processed"]))
+                remaining.pop(processed.row.key, None)
+                yield processed
+            return
+        except ray.exceptions.RayActorError as error:
+            if not remaining:
+                return
+            if attempt == MAX_RESTARTS:
+                raise
+            batch.console.say(
+                f"Note: Ray: an actor died ({first_line(error)}); the {len(remaining)} "
+                "image(s) not finished go to new actors"
+            )

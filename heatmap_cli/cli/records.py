@@ -34,10 +34,10 @@ from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.methods import image_method
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
     OutputOptions,
     RankedClass,
     RenderedClass,
-    image_ranking,
 )
 from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
 
@@ -312,7 +312,7 @@ def build_record(
     result: ImageResult,
     engine: GridEngine,
     options: OutputOptions,
-    classes: Sequence[RenderedClass],
+    summary: ImageSummary,
     files: Sequence[OutputFile] = (),
     reading: PhotoReading = DEFAULT_READING,
     fidelity: Fidelity | None = None,
@@ -322,8 +322,9 @@ def build_record(
     Args:
         result: The image's grid and passes.
         engine: The engine that scored it (model, weights, method, size, device, dtype).
-        options: The ranking's length and pooling, and what is drawn and written.
-        classes: The rendered classes (:func:`rendered_classes`).
+        options: The ranking's pooling, and what is drawn and written.
+        summary: The image's ranking and rendered classes
+            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`).
         files: The other files written for the image, with their sizes.
         reading: How the photo was decoded (the overlays' largest side, in the settings).
         fidelity: The image's fidelity check, if any.
@@ -346,8 +347,8 @@ def build_record(
         common_grid=result.grid.common,
         geometry=result.grid.geometry,
         scores=options.scores,
-        classes=tuple(classes),
-        top_k=image_ranking(result, engine.categories, options),
+        classes=summary.classes,
+        top_k=summary.top_k,
         top_k_pooling=options.pooling,
         activation=engine.activation,
         model_output=engine.loaded.output,

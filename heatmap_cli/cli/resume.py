@@ -2,21 +2,23 @@
 
 An image counts as done only when all of these hold, and is made again otherwise:
 
-1. its ``<stem>.json`` reads and parses as a json object (an empty or truncated file does not);
+1. its ``<stem>.json`` is a regular file that parses as a strict json object (an empty or
+   truncated file does not, nor one holding ``NaN`` or ``Infinity``: JSON has no such numbers,
+   so a record holding one was edited or damaged and cannot be trusted);
 2. the json records ``settings`` equal to the current run's (``outputs.run_settings``: a new
    ``--class``, ``--stride`` or ``--alpha`` redoes the image, and the reason names what changed);
 3. the json lists its ``files`` (name and size in bytes), and every one of them exists, as a
    regular file, with exactly that size.
 
-Sizes, not checksums: the check reads one json and makes one ``stat`` per file (five per image
-at the default settings). Measured with ``benchmarks/resume_check.py`` on 10,000 finished images
-(60,000 files, 29.9 GB; two shared CPU cores): 0.59-0.62 s, 60 us per image, where a SHA-256 of
-every file takes at least 15 s with every byte already in memory, and for 29.9 GB that do not fit
-in the page cache as long as the disk takes to read them. Files are moved into place with their
-json last and never rewritten in place (``io.staged_files``), so a file changes under its json
-only when another run writes the same name: sizes catch a truncated, deleted or differently
-sized file; a different file of exactly the same size (another run's, made with other options)
-is the one case they miss.
+Sizes, not checksums: the check reads one json and makes one ``stat`` per file (five per image at
+the default settings). Measured with ``benchmarks/studies/resume_check.py`` on 10,000 finished
+images (60,000 files, 29.9 GB; two shared CPU cores): 0.59-0.62 s, 60 us per image, where a SHA-256
+of every file takes at least 15 s with every byte already in memory, and for 29.9 GB that do not
+fit in the page cache as long as the disk takes to read them. Files are moved into place with their
+json last and never rewritten in place (``io.staged_files``), so a file changes under its json only
+when another run writes the same name: sizes catch a truncated, deleted or differently sized file;
+a different file of exactly the same size (another run's, made with other options) is the one case
+they miss.
 """
 
 from __future__ import annotations
@@ -26,10 +28,28 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import NamedTuple
 
-from heatmap_cli.io import output_path
+from heatmap_cli.io import (
+    NonFiniteJsonError,
+    NotAFileError,
+    loads_strict,
+    output_path,
+    read_regular_file,
+)
 
-__all__ = ["Verdict", "check_outputs", "settings_changes"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "ListedFile",
+    "Verdict",
+    "check_outputs",
+    "listed_files",
+    "read_record",
+    "settings_changes",
+]
+
+MAX_RECORD_BYTES = 64 * 2**20
+"""The largest image json read back (a record is a few kilobytes)."""
 
 
 @dataclass(frozen=True)
@@ -60,27 +80,67 @@ def check_outputs(out_dir: Path, stem: PurePath, settings: Mapping[str, object])
     Returns:
         The verdict; its reason names the first thing found wrong.
     """
-    marker = output_path(out_dir, stem, ".json")
-    try:
-        text = marker.read_bytes()
-    except FileNotFoundError:
-        return Verdict(False)
-    except OSError as error:
-        return Verdict(False, f"its json cannot be read ({error.strerror or error})")
-    try:
-        record = json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
-        return Verdict(False, "its json is empty, truncated or not json")
-    if not isinstance(record, dict):
-        return Verdict(False, "its json is not an object")
+    record, reason = read_record(output_path(out_dir, stem, ".json"))
+    if record is None:
+        return Verdict(False, reason)
     recorded = record.get("settings")
     if not isinstance(recorded, dict):
         return Verdict(False, "its json records no settings (written by an older version)")
     changes = settings_changes(recorded, settings)
     if changes:
         return Verdict(False, f"settings changed: {'; '.join(changes)}")
-    verdict = _check_files(marker.parent, record.get("files"))
+    folder = output_path(out_dir, stem, ".json").parent
+    verdict = _check_files(folder, record.get("files"))
     return Verdict(True, record=record) if verdict.done else verdict
+
+
+def read_record(marker: Path) -> tuple[dict[str, object] | None, str | None]:
+    """An image's json record, if it can be trusted, else why not.
+
+    Args:
+        marker: The image's ``<stem>.json``.
+
+    Returns:
+        ``(record, None)``; or ``(None, reason)`` for a json that is not a regular file, cannot
+        be read, is not strict JSON (``NaN``, ``Infinity``) or is not an object; ``(None, None)``
+        when there is none.
+    """
+    try:
+        text = read_regular_file(marker, max_bytes=MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        return None, None
+    except NotAFileError:
+        return None, "its json is not a file"
+    except OSError as error:
+        return None, f"its json cannot be read ({error.strerror or error})"
+    try:
+        record = loads_strict(text)
+    except NonFiniteJsonError:
+        return None, "its json holds NaN or Infinity, which JSON does not allow"
+    except ValueError:  # UnicodeDecodeError included
+        return None, "its json is empty, truncated or not json"
+    if not isinstance(record, dict):
+        return None, "its json is not an object"
+    return record, None
+
+
+class ListedFile(NamedTuple):
+    """A file an image's json lists: its name in the json's folder and its size in bytes."""
+
+    name: str
+    size: int
+
+
+def listed_files(record: Mapping[str, object]) -> list[ListedFile]:
+    """The files a record lists, those with a plain name and an integer size only."""
+    files = record.get("files")
+    listed = []
+    for entry in files if isinstance(files, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        if isinstance(name, str) and _is_plain_name(name) and type(size) is int:
+            listed.append(ListedFile(name, size))
+    return listed
 
 
 def settings_changes(recorded: Mapping[str, object], current: Mapping[str, object]) -> list[str]:

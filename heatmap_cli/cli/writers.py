@@ -10,17 +10,26 @@ File names (``stem`` mirrors the input's place under its folder, see ``io.find_i
 
 ``OutputOptions.outputs`` chooses among the pictures (``png``), the npz and the json; the json is
 always written, and lists every other file with its size. An image's files are written into a
-private folder and then moved into place together, the json last (``io.staged_files``): a run
-never deletes a file it did not create, so concurrent runs on one output folder cannot delete
-each other's work, and an interrupted run leaves the earlier outputs as they were. The image is
-done when its json lists files that all exist with the sizes it records, made with the current
-settings (``heatmap_cli.cli.resume``).
+private folder and then moved into place together, the json last (``io.staged_files``), so an
+interrupted run leaves the earlier outputs as they were. The image is done when its json lists
+files that all exist with the sizes it records, made with the current settings
+(``heatmap_cli.cli.resume``).
+
+An image made again with other settings may write fewer files (``--top-k 2`` after 3, no npz):
+the files its previous json listed and the new one does not are the tool's own, and are removed
+once the new files are in place, before the new json is (:func:`remove_replaced`). Only a
+regular file named as this image's outputs are (``<stem>_...`` or ``<stem>.npz``) and still of
+the size that json recorded is removed: a file the tool did not write, or one replaced since,
+is never touched. A json that cannot be trusted (damaged, ``NaN``) names nothing to remove.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
@@ -29,17 +38,25 @@ from typing import Any
 import numpy as np
 
 from heatmap_cli.cli.records import OutputFile, build_record, completion_marker
-from heatmap_cli.io import output_path, staged_files, write_image, write_json, write_npz
+from heatmap_cli.cli.resume import ListedFile, listed_files, read_record
+from heatmap_cli.io import (
+    IMAGE_FORMATS,
+    output_path,
+    staged_files,
+    write_image,
+    write_json,
+    write_npz,
+)
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.profiling import timed
-from heatmap_cli.pipeline.ranking import rank_image
 from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
     OutputOptions,
     RenderedClass,
     render_overlay,
-    rendered_classes,
+    summarize_image,
 )
 from heatmap_cli.pipeline.scoring import DEFAULT_READING, ImageResult, PhotoReading
 from heatmap_cli.render import contact_sheet, sheet_tile
@@ -47,6 +64,7 @@ from heatmap_cli.render import contact_sheet, sheet_tile
 __all__ = [
     "WRITER_THREADS",
     "npz_class_indices",
+    "remove_replaced",
     "write_grid",
     "write_outputs",
 ]
@@ -57,21 +75,19 @@ WRITER_THREADS = 2
 
 
 def npz_class_indices(
-    result: ImageResult, options: OutputOptions, classes: Sequence[RenderedClass]
+    summary: ImageSummary, options: OutputOptions, count: int
 ) -> list[int] | None:
-    """The classes the npz keeps, by ``npz_classes``; None for all of them.
+    """The classes the npz keeps, by ``npz_classes``; None for all ``count`` of them.
 
     ``"rendered"``: the drawn classes; ``"topK"``: the image-level ranking's first ``K``, the
     ranking of the json's ``top_k``.
     """
-    count = result.grid.logits.shape[0]
     if options.npz_classes == "rendered":
-        return [c.index for c in classes]
+        return [c.index for c in summary.classes]
     if options.npz_classes.startswith("top"):
         wanted = int(options.npz_classes.removeprefix("top"))
         if wanted < count:
-            ranking = rank_image(result.grid.passes, wanted, options.pooling)
-            return [index for index, _ in ranking]
+            return [index for index, _ in summary.ranking.top(wanted)]
     return None
 
 
@@ -82,7 +98,7 @@ def write_grid(
     class_indices: Sequence[int] | None = None,
     dtype: str = "float32",
 ) -> None:
-    """Writes the compressed ``.npz`` of DESIGN.md, all classes or some, float32 or float16.
+    """Writes the compressed ``.npz``: all classes or some, float32 or float16.
 
     Holds ``logits`` and ``probs`` ``(k, rows, cols)`` (``probs``: the softmax over all ``K``
     classes, kept for the ``k`` stored), ``class_indices`` ``(k,)`` when not all are kept,
@@ -117,7 +133,7 @@ def write_outputs(
     options: OutputOptions,
     out_dir: Path,
     reading: PhotoReading = DEFAULT_READING,
-    classes: Sequence[RenderedClass] | None = None,
+    summary: ImageSummary | None = None,
     fidelity: Fidelity | None = None,
 ) -> list[Path]:
     """Renders and writes every output of one image: pictures, npz, and the json last.
@@ -134,8 +150,9 @@ def write_outputs(
         options: What to render and write, and how.
         out_dir: The output folder.
         reading: How the photo was decoded (recorded in the json's settings).
-        classes: The rendered classes, when the caller has them already (with their exact
-            peaks); default :func:`rendered_classes`.
+        summary: The image's ranking and drawn classes, when derived already
+            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`; their exact peaks too,
+            from the fidelity check).
         fidelity: The image's fidelity check, for the json; None: not checked.
 
     Returns:
@@ -145,24 +162,64 @@ def write_outputs(
         OutputWriteError: A file cannot be written (the json is then not written).
     """
     stem, marker = result.item.stem, completion_marker(out_dir, result.item.stem)
+    previous, _ = read_record(marker)  # before anything of this run is moved into place
     with staged_files(marker.parent, stem.name) as staging, _WriterJobs() as jobs:
-        if classes is None:
-            classes = rendered_classes(result, engine.categories, options)
+        if summary is None:
+            summary = summarize_image(result, engine.categories, options)
         grid_names = []
         if "npz" in options.outputs:
             grid_names.append(output_path(out_dir, stem, ".npz").name)
-            indices = npz_class_indices(result, options, classes)
+            indices = npz_class_indices(summary, options, result.grid.logits.shape[0])
             grid = (result.grid, engine.categories, indices, options.npz_dtype)
             jobs.submit(write_grid, staging.folder / grid_names[0], *grid)
         names = []
         if "png" in options.outputs:
-            names += _write_pictures(staging.folder, result, classes, options, jobs)
+            names += _write_pictures(staging.folder, result, summary.classes, options, jobs)
         names += grid_names
         jobs.wait()
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
-        record = build_record(result, engine, options, classes, files, reading, fidelity)
+        record = build_record(result, engine, options, summary, files, reading, fidelity)
         write_json(staging.folder / marker.name, record.to_json())
-        return staging.commit([*names, marker.name])
+        moved = staging.commit(names)
+        if previous is not None:
+            remove_replaced(marker.parent, stem.name, listed_files(previous), keep=names)
+        return [*moved, *staging.commit([marker.name])]
+
+
+def remove_replaced(
+    folder: Path, stem_name: str, listed: Iterable[ListedFile], keep: Iterable[str]
+) -> list[Path]:
+    """Removes the files a previous json listed that the image's new outputs do not include.
+
+    Args:
+        folder: The image's folder in the output folder.
+        stem_name: The image's output stem's last part (``photo`` of ``trip/photo``).
+        listed: The files its previous json listed, with the sizes it recorded.
+        keep: The names of the new outputs (never removed).
+
+    Returns:
+        The files removed: only regular files (not links) named as this image's outputs
+        (``<stem>_...`` or ``<stem>.npz``) whose size is still the one recorded.
+    """
+    kept, removed = set(keep), []
+    for name, size in listed:
+        if name in kept or not _named_as_output(name, stem_name):
+            continue
+        path = folder / name
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_size == size:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _named_as_output(name: str, stem_name: str) -> bool:
+    """Whether a file name is one the writers give an image's pictures or npz."""
+    if name == f"{stem_name}.npz":
+        return True
+    suffix = name.rpartition(".")[2].lower()
+    return name.startswith(f"{stem_name}_") and suffix in IMAGE_FORMATS
 
 
 class _WriterJobs:

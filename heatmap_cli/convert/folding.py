@@ -42,6 +42,11 @@ __all__ = ["TileNetwork", "fold_batch_norms", "fold_classifier_norms", "tile_net
 def _is_foldable_norm(module: nn.Module) -> bool:
     if type(module) not in (nn.BatchNorm2d, *timm_layers().batch_norm_acts):
         return False
+    with_act = type(module) is not nn.BatchNorm2d
+    if with_act and not isinstance(getattr(module, "act", None), nn.Module):
+        # A batch norm with an activation that is not where it is read from (timm renamed it?):
+        # left whole, which computes it exactly, rather than folded without its activation.
+        return False
     assert isinstance(module, nn.BatchNorm2d)
     return (
         not module.training

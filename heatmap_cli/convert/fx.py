@@ -15,25 +15,29 @@ of them is known to all:
   default training IR, ``aten.conv2d``/``aten.linear``, and the core ATen IR after
   ``run_decompositions``, ``aten.addmm``/``aten._native_batch_norm_legit_no_training``), so an
   exported program's ``.module()`` is read like a traced one;
-* the timm layers the walkers know by class (:func:`timm_layers`).
+* the timm layers the walkers know by class (:func:`timm_layers`, found by name in
+  :mod:`heatmap_cli.convert.timm_names`, which refuses a timm model when one is gone).
 
 A walker that meets something it does not know raises :class:`UnsupportedGraph`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import operator
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from heatmap_cli.convert.tf_same import FX_LEAVES, BandedSameConv2d, BatchNormAct2d
+from heatmap_cli.convert.tf_same import FX_LEAVES
+from heatmap_cli.convert.timm_names import (
+    TimmLayers,
+    check_timm_coupling,
+    timm_layers,
+    timm_not_traced,
+)
 from heatmap_cli.errors import ConversionError, first_line
 
 __all__ = [
@@ -292,90 +296,14 @@ def eval_identity_functions() -> frozenset[Callable[..., object]]:
     return frozenset({ops.stochastic_depth}) if ops is not None else frozenset()
 
 
-@dataclass(frozen=True)
-class TimmLayers:
-    """The layers that the walkers know by class: timm's, and the package's TF ports.
-
-    The package's own ports of timm's layers (``heatmap_cli.convert.tf_same``, of the default model)
-    are always there; timm's are there once timm is imported, which any timm model implies.
-
-    Attributes:
-        same_convs: Convolutions that always pad TensorFlow-"same" (``Conv2dSame``).
-        same_pools: Pools that always pad TensorFlow-"same" (``MaxPool2dSame``...).
-        flagged_same_convs: Convolutions that pad "same" when ``same_pad`` is set.
-        static_convs: Convolutions that standardize their weight, with static padding.
-        channel_norms: Norms over the channels of an ``(N, C, H, W)`` map, per position.
-        batch_norm_acts: Batch norms followed by an activation (``BatchNormAct2d``).
-        vgg_conv_mlps: timm's VGG head (``timm.models.vgg.ConvMlp``).
-    """
-
-    same_convs: tuple[type[nn.Module], ...] = ()
-    same_pools: tuple[type[nn.Module], ...] = ()
-    flagged_same_convs: tuple[type[nn.Module], ...] = ()
-    static_convs: tuple[type[nn.Module], ...] = ()
-    channel_norms: tuple[type[nn.Module], ...] = ()
-    batch_norm_acts: tuple[type[nn.Module], ...] = ()
-    vgg_conv_mlps: tuple[type[nn.Module], ...] = ()
-
-
-def _classes(module_name: str, *names: str) -> tuple[type[nn.Module], ...]:
-    if not module_name:
-        return ()
-    try:
-        found = importlib.import_module(module_name)
-    except ImportError:
-        return ()
-    return tuple(
-        getattr(found, name) for name in names if isinstance(getattr(found, name, None), type)
-    )
-
-
-def timm_layers() -> TimmLayers:
-    """The layer classes the walkers know: the package's TF ports, and timm's once imported.
-
-    timm is not imported here (it takes seconds): a network with timm's layers was built by it.
-    """
-    return _known_layers("timm" in sys.modules)
-
-
-@functools.cache
-def _known_layers(with_timm: bool) -> TimmLayers:
-    layers, pools = ("timm.layers", "timm.layers.pool2d_same") if with_timm else ("", "")
-    return TimmLayers(
-        same_convs=(BandedSameConv2d, *_classes(layers, "Conv2dSame")),
-        same_pools=_classes(pools, "MaxPool2dSame", "AvgPool2dSame"),
-        flagged_same_convs=_classes(layers, "StdConv2dSame", "ScaledStdConv2dSame"),
-        static_convs=_classes(layers, "StdConv2d", "ScaledStdConv2d"),
-        channel_norms=_classes(layers, "LayerNorm2d", "FrozenBatchNormAct2d"),
-        batch_norm_acts=(BatchNormAct2d, *_classes(layers, "BatchNormAct2d")),
-        vgg_conv_mlps=_classes("timm.models.vgg" if with_timm else "", "ConvMlp"),
-    )
-
-
 # --- Tracing ------------------------------------------------------------------------------------
-
-
-def _timm_not_traced() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., object], ...]]:
-    """The modules and functions timm registers as not to be traced (dynamic shapes inside).
-
-    Read at every trace: timm adds to its registry as its model modules are imported. None while
-    timm is not imported: then no model has its layers.
-    """
-    if "timm" not in sys.modules:
-        return (), ()
-    try:
-        from timm.layers import get_notrace_functions, get_notrace_modules
-    except ImportError:
-        return (), ()
-    functions = tuple(f for f in get_notrace_functions() if callable(f))
-    return tuple(get_notrace_modules()), functions
 
 
 class _ClassifierTracer(fx.Tracer):
     """An fx tracer that keeps timm's shape-dependent layers (e.g. ``Conv2dSame``) as leaves."""
 
     def __init__(self) -> None:
-        leaf_modules, functions = _timm_not_traced()
+        leaf_modules, functions = timm_not_traced()
         super().__init__(autowrap_functions=functions)
         self._extra_leaves = (*FX_LEAVES, *leaf_modules)
 
@@ -397,7 +325,10 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
 
     Raises:
         ConversionError: If the model's forward cannot be traced symbolically.
+        TimmCouplingError: It is built from timm's modules and the imported timm lacks a name
+            the walkers know them by (:func:`~heatmap_cli.convert.timm_names.check_timm_coupling`).
     """
+    check_timm_coupling(model)
     if is_script_module(model):
         raise ConversionError(
             f"{type(model).__name__} is a TorchScript module, whose code torch.fx cannot trace "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numbers
 import operator
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -149,7 +150,7 @@ class ConvolutionalizedNet(nn.Module):
 
     Cell ``(i, j)`` of the output holds the classifier's logits for the ``window``-sized part of
     the input whose top-left corner is ``(i * stride, j * stride)``, as far as zero padding allows
-    (see the README: the dense pass sees real neighbours where a crop would see zeros).
+    (see docs/methods.md: the dense pass sees real neighbours where a crop would see zeros).
 
     Attributes:
         graph_module: The rewritten ``fx.GraphModule`` that computes the grid (``forward`` runs
@@ -161,7 +162,10 @@ class ConvolutionalizedNet(nn.Module):
             ``heatmap_cli.grid.dilate``).
         global_context: Names of global pools left inside the body (squeeze-and-excitation);
             empty when every cell depends only on its own window.
-        source_model: The unmodified model it was converted from (shared, not copied).
+        source_model: The unmodified model it was converted from (shared, not copied); None
+            when unknown, or once a model held weakly (``score_grid``'s cache) is gone.
+        source_reference: How it holds that model: the model itself, or a ``weakref.ref`` to
+            it (a cached conversion must not keep the model alive).
     """
 
     def __init__(
@@ -172,17 +176,28 @@ class ConvolutionalizedNet(nn.Module):
         window: tuple[int, int],
         native_stride: int | None = None,
         global_context: Iterable[str] = (),
-        source_model: nn.Module | None = None,
+        source_model: nn.Module | weakref.ReferenceType[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.graph_module = graph_module
         # A plain reference, not a submodule: the weights are already registered through the
         # graph module, and crops evaluation needs the unmodified model.
-        object.__setattr__(self, "source_model", source_model)
+        object.__setattr__(self, "_source", source_model)
         self.stride = stride
         self.window = window
         self.native_stride = stride if native_stride is None else native_stride
         self.global_context = tuple(global_context)
+
+    @property
+    def source_model(self) -> nn.Module | None:
+        """The unmodified model it was converted from, if known and alive."""
+        held = self.source_reference
+        return held() if isinstance(held, weakref.ReferenceType) else held
+
+    @property
+    def source_reference(self) -> nn.Module | weakref.ReferenceType[nn.Module] | None:
+        """The model it was converted from, or a weak reference to it, as it was given."""
+        return self.__dict__.get("_source")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Computes the class-score grid.

@@ -10,9 +10,11 @@ top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
 * :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference;
 * :mod:`~heatmap_cli.grid.refine`: dense, then exact windows where its answer is in doubt.
 
-:func:`~heatmap_cli.grid.score.score_grid` runs any of them; :mod:`~heatmap_cli.grid.geometry`
-maps cells to pixels; :mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles.
-Nothing here imports the application (``pipeline``, ``cli``, ``io``, ``report``).
+:func:`~heatmap_cli.grid.score.score_grid` runs any of them, converting a model once
+(:mod:`~heatmap_cli.grid.conversions`: the window it records, one conversion per model while it
+stays the same); :mod:`~heatmap_cli.grid.geometry` maps cells to pixels;
+:mod:`~heatmap_cli.grid.tiling` evaluates huge inputs in exact tiles. Nothing here imports the
+application (``pipeline``, ``cli``, ``io``, ``report``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from heatmap_cli.grid.dilate import DILATE  # isort: skip
 from heatmap_cli.grid.crops import CROPS  # isort: skip
 from heatmap_cli.grid.refine import REFINE  # isort: skip
 from heatmap_cli.grid.score import as_convolutional, score_grid  # isort: skip
+from heatmap_cli.grid.conversions import forget_conversions, recorded_window  # isort: skip
 
 __all__ = [
     "CROPS",
@@ -47,8 +50,10 @@ __all__ = [
     "NetworkBuilder",
     "StrideRule",
     "as_convolutional",
+    "forget_conversions",
     "get_method",
     "method_names",
+    "recorded_window",
     "register_method",
     "score_grid",
     "unregister_method",

@@ -81,7 +81,7 @@ class DilatedNet(ConvolutionalizedNet):
             window=base.window,
             native_stride=base.stride,
             global_context=base.global_context,
-            source_model=base.source_model,
+            source_model=base.source_reference,  # as weakly as the base holds it
         )
         object.__setattr__(self, "base", base)  # not a submodule: its weights are already here
         self.factor = factor

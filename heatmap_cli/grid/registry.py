@@ -11,7 +11,8 @@ borders of the shifted passes (see ``heatmap_cli.grid.dilate``); ``"crops"`` is 
 reference.
 
 A new method is one new file with its grid function (and the network it builds for the
-command's engine) plus one :func:`register_method` line; ``score_grid`` and ``--method`` offer it.
+command's engine) plus one :func:`register_method` line; ``score_grid`` and ``--method`` offer it,
+and ``tests/grid/test_every_method.py`` holds it to what it declares (its strides, ``exact``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class GridMethod:
             it needs ``.stride``, ``.window`` and, for finer strides, ``.native_stride``).
         folds_norms: Whether its network gains from batch norms folded into the convolutions
             before it is built (``heatmap_cli.convert.folding``).
+        exact: What it promises: on a network without zero padding, every cell equals the
+            unmodified model on its window (``"crops"``) to float rounding. False for a method
+            that approximates; the tests every registered method runs hold it to its promise.
     """
 
     name: str
@@ -78,6 +82,7 @@ class GridMethod:
     needs_converted: bool = True
     tileable: bool = False
     folds_norms: bool = False
+    exact: bool = True
 
     def __post_init__(self) -> None:
         if self.build is None and (self.tileable or self.folds_norms):

@@ -1,4 +1,9 @@
-"""``score_grid``: a grid of class scores, one per window of an image batch, by any method."""
+"""``score_grid``: a grid of class scores, one per window of an image batch, by any method.
+
+A model given as it is (not converted) is converted once per ``(model, window)`` and the
+conversion reused while the model stays the same (:mod:`heatmap_cli.grid.conversions` says what
+counts as the same); the window is read from the model where it records one.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,14 @@ from heatmap_cli.convert.network import (
 )
 from heatmap_cli.convert.windows import grid_shape
 from heatmap_cli.errors import ConversionError, GeometryError
+from heatmap_cli.grid.conversions import converted, recorded_window
 from heatmap_cli.grid.registry import GridMethod, get_method
 from heatmap_cli.grid.stitch import StitchedNet
 
-__all__ = ["as_convolutional", "score_grid"]
+__all__ = ["DEFAULT_WINDOW", "as_convolutional", "score_grid"]
+
+DEFAULT_WINDOW = (224, 224)
+"""The window of a model that records none and is given no ``input_size``: ImageNet's 224."""
 
 
 def as_convolutional(
@@ -33,13 +42,20 @@ def as_convolutional(
     Returns:
         The converted network.
     """
+    return _converted(model, input_size, cached=False)
+
+
+def _converted(
+    model: nn.Module, input_size: tuple[int, int], *, cached: bool
+) -> ConvolutionalizedNet | StitchedNet:
     if isinstance(model, (ConvolutionalizedNet, StitchedNet)):
         if tuple(model.window) != tuple(input_size):
             raise GeometryError(
                 f"the network was converted for a {model.window} window, not {tuple(input_size)}"
             )
         return model
-    return convolutionalize(model, input_size)
+    window = tuple(input_size)
+    return converted(model, window) if cached else convolutionalize(model, window)  # type: ignore[arg-type]
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -56,11 +72,11 @@ def _network_and_stride(
 ) -> tuple[nn.Module, int]:
     """What ``method.grid`` runs on, and the stride it runs at."""
     if method.needs_converted:
-        net = as_convolutional(model, window)
+        net = _converted(model, window, cached=True)
         return net, method.resolve_stride(stride, net.native_stride, net.stride)
     if stride is None:
         try:
-            stride = as_convolutional(model, window).stride
+            stride = _converted(model, window, cached=True).stride
         except ConversionError as error:
             raise GeometryError(
                 f"method {method.name!r} needs an explicit stride for "
@@ -75,7 +91,7 @@ def score_grid(
     x: torch.Tensor,
     stride: int | None = None,
     method: str = "dense",
-    input_size: tuple[int, int] = (224, 224),
+    input_size: int | tuple[int, int] | None = None,
     *,
     batch_size: int = 32,
 ) -> torch.Tensor:
@@ -83,9 +99,11 @@ def score_grid(
 
     Args:
         model: The classifier in eval mode (never changed; a model in training mode is
-            refused), in any floating dtype, or a network returned by ``convolutionalize`` or by
-            ``heatmap_cli.grid.dilate.dilate`` (reused as is, which saves converting it on every
-            call). Must be on ``x``'s device.
+            refused), in any floating dtype; a network returned by ``convolutionalize`` or by
+            ``heatmap_cli.grid.dilate.dilate`` (used as is); or a loaded model
+            (``heatmap_cli.load_model``: its ``model`` and window). A classifier is converted
+            on its first call and the conversion reused while the model stays the same
+            (``heatmap_cli.grid.conversions``). Must be on ``x``'s device.
         x: ``(N, 3, H, W)`` images normalized with the model's mean/std. Sizes of the form
             ``input_size + stride * k`` are covered exactly; otherwise the bottom/right pixels
             that no whole window covers are ignored.
@@ -95,7 +113,9 @@ def score_grid(
         method: A registered method (:func:`method_names`): ``"dense"``, ``"stitch"``,
             ``"dilate"`` or ``"crops"``.
         input_size: ``(h, w)`` the model was trained at (one int: a square): the window of one
-            cell.
+            cell. None reads it from the model where it records one (a converted network's
+            ``window``, a loaded model's ``input_size``, timm's ``pretrained_cfg``), else
+            :data:`DEFAULT_WINDOW`.
         batch_size: Windows per forward pass for ``"crops"``; shifted passes per forward pass
             for ``"stitch"`` (and for ``"dilate"`` when it falls back to stitching).
 
@@ -112,6 +132,10 @@ def score_grid(
         ConversionError: If a method that needs the converted network cannot convert the model
             (use ``"crops"``).
     """
+    if input_size is None:
+        input_size = recorded_window(model) or DEFAULT_WINDOW
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model  # type: ignore[attr-defined]  # a loaded model
     check_classifier(model)
     _check_input(x)
     grid_method = get_method(method)

@@ -9,8 +9,13 @@ network's structure, so it is kept in a JSON file per key and read back by later
 The folder is ``$HEATMAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/heatmap-cli``, else
 ``~/.cache/heatmap-cli``. A cache that cannot be read or written is never an error: the figure
 is measured again (and the write is skipped), so a read-only home or a damaged file only costs
-time. Files are written atomically, so concurrent runs (Ray actors, two terminals) never see a
-half-written one. :data:`DISK_FIGURES` is the store the engine hands to the tiling estimate.
+time. What is read is checked before it is believed: only a regular file of at most
+:data:`MAX_FILE_BYTES` is opened (a FIFO or a device in its place is never waited on), it must
+be a strict JSON object of finite numbers, and the caller's ``plausible`` check (the tiling
+estimate's: the network's class count, a bytes-per-pixel figure within physical bounds) must
+accept it; anything else is measured again and the file replaced. Files are written atomically,
+so concurrent runs (Ray actors, two terminals) never see a half-written one.
+:data:`DISK_FIGURES` is the store the engine hands to the tiling estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -28,9 +34,12 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from heatmap_cli.io.strict import loads_strict, read_regular_file
+
 __all__ = [
     "CACHE_DIR_ENV",
     "DISK_FIGURES",
+    "MAX_FILE_BYTES",
     "DiskFigureStore",
     "cache_dir",
     "cached_figures",
@@ -40,7 +49,11 @@ __all__ = [
 CACHE_DIR_ENV = "HEATMAP_CACHE_DIR"
 """Environment variable naming the cache folder."""
 
+MAX_FILE_BYTES = 64 * 1024
+"""The largest cache file read (one holds a few numbers)."""
+
 Figures = Mapping[str, float]
+Plausible = Callable[[Figures], bool]
 
 
 def cache_dir() -> Path:
@@ -92,20 +105,27 @@ def network_fingerprint(net: nn.Module, *extra: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_figures(kind: str, key: str, measure: Callable[[], Figures]) -> dict[str, float]:
+def cached_figures(
+    kind: str,
+    key: str,
+    measure: Callable[[], Figures],
+    plausible: Plausible | None = None,
+) -> dict[str, float]:
     """The figures stored under ``kind`` and ``key``, measured and stored on a miss.
 
     Args:
         kind: What the figures are (a file name prefix, e.g. ``"activation-bytes"``).
         key: A fingerprint of everything the figures depend on (hex digits).
         measure: Measures the figures when they are not cached, or cached unreadably.
+        plausible: Whether stored figures can be believed; those it refuses are measured
+            again and replaced.
 
     Returns:
         The figures, by name.
     """
     path = cache_dir() / f"{kind}-{key}.json"
     stored = _read(path)
-    if stored is not None:
+    if stored is not None and (plausible is None or plausible(stored)):
         return stored
     figures = {name: float(value) for name, value in measure().items()}
     _write(path, figures)
@@ -113,12 +133,14 @@ def cached_figures(kind: str, key: str, measure: Callable[[], Figures]) -> dict[
 
 
 def _read(path: Path) -> dict[str, float] | None:
+    """A file's figures: a regular file holding a strict JSON object of finite numbers."""
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        loaded = loads_strict(read_regular_file(path, max_bytes=MAX_FILE_BYTES))
+    except (OSError, ValueError):  # missing, not a file, too large, not strict JSON
         return None
     if not isinstance(loaded, dict) or not all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in loaded.values()
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        for value in loaded.values()
     ):
         return None
     return {str(name): float(value) for name, value in loaded.items()}
@@ -133,9 +155,9 @@ def _write(path: Path, figures: dict[str, float]) -> None:
         return
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(figures, file)
+            json.dump(figures, file, allow_nan=False)
         os.replace(temporary, path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a non-finite figure is not written
         with contextlib.suppress(OSError):
             os.unlink(temporary)
 
@@ -149,9 +171,13 @@ class DiskFigureStore:
         net: nn.Module,
         extra: Sequence[str],
         measure: Callable[[], Figures],
+        plausible: Plausible | None = None,
     ) -> dict[str, float]:
-        """The figures of ``kind`` for ``net`` and ``extra``, measured and stored on a miss."""
-        return cached_figures(kind, network_fingerprint(net, *extra), measure)
+        """The figures of ``kind`` for ``net`` and ``extra``, measured and stored on a miss.
+
+        Stored figures that ``plausible`` refuses are measured again and replaced.
+        """
+        return cached_figures(kind, network_fingerprint(net, *extra), measure, plausible)
 
 
 DISK_FIGURES = DiskFigureStore()

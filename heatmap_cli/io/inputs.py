@@ -34,6 +34,7 @@ ErrorHandler = Callable[[ImageReadError], None]
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {"jpg", "jpeg", "jpe", "jfif", "png", "apng", "gif", "bmp", "tif", "tiff", "webp"}
     | {"ppm", "pgm", "pbm", "pnm"}  # Netpbm
+    | {"svs", "ndpi", "scn", "bif", "qptiff", "mrxs", "vms", "vmu", "svslide", "btf"}  # slides
 )
 """Lower-case extensions (no dot) that folder expansion picks up."""
 

@@ -46,6 +46,7 @@ __all__ = [
     "DecodedPhoto",
     "SizeNeeded",
     "display_size",
+    "photo_of_image",
     "read_image",
     "read_photo",
 ]
@@ -203,6 +204,38 @@ def read_photo(
             raise ImageReadError(path, os_reason(exc)) from exc
         image, pillow_limit = _open(path, fp, prefix)
         return _decode(path, image, max_pixels, pillow_limit, needed)
+
+
+def photo_of_image(image: Image.Image, name: str = "image") -> DecodedPhoto:
+    """An image already in memory as a photo, its pixels as they are, converted to RGB.
+
+    Every mode is converted as :func:`read_image` converts it; unlike a file, the image is not
+    turned by its EXIF orientation (its pixels are what the caller has, and sees). An RGB
+    colour profile in ``info["icc_profile"]`` is kept for the overlays. The caller's image is
+    never modified.
+
+    Args:
+        image: Any Pillow image (loaded here if it is not yet).
+        name: What messages call it.
+
+    Raises:
+        ImageReadError: Its data cannot be decoded, or its mode cannot be converted.
+    """
+    label = Path(name)
+    try:
+        image.load()
+        rgb = _to_rgb(image)
+    except (ValueError, OSError, ImageCms.PyCMSError) as exc:
+        raise ImageReadError(label, f"unsupported image mode {image.mode}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageReadError(label, _read_reason(exc)) from exc
+    profile = image.info.get("icc_profile")
+    rgb_profile = isinstance(profile, bytes) and profile[16:20] == b"RGB "
+    if rgb is image and profile is not None and not rgb_profile:
+        rgb = image.copy()  # the caller's image keeps its info; the copy loses the profile
+    if rgb is not image:
+        rgb.info = {"icc_profile": profile} if rgb_profile else {}
+    return DecodedPhoto(rgb, (rgb.height, rgb.width))
 
 
 def _open(path: Path, fp: BinaryIO, prefix: bytes) -> tuple[Image.Image, int | None]:

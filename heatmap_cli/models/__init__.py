@@ -11,8 +11,12 @@ Every family of names is a *model source* in its own file, registered below:
   with weights from the Hugging Face Hub.
 * the user's own architecture as ``path/to/file.py:callable`` or ``package.module:callable``
   (:mod:`~heatmap_cli.models.own_code`; it runs their code, by their choice).
+* a WSInfer model folder (:mod:`~heatmap_cli.models.wsinfer_folder`): ``config.json`` beside a
+  TorchScript file, with its class names, window, normalization and micrometres per pixel.
 * a model file (:mod:`~heatmap_cli.models.archives`): a TorchScript or ``torch.export`` archive,
-  or, opted in with ``allow_pickle``, a full-model pickle.
+  or, opted in with ``allow_pickle``, a full-model pickle. TorchScript is converted to an fx
+  graph by torch.export's converter (:mod:`~heatmap_cli.models.torchscript`), so that it runs
+  dense.
 
 Class names, mean/std, interpolation and the training input size come from the libraries' own
 metadata (torchvision's weights enums, timm's ``pretrained_cfg``), never from tables typed in
@@ -56,6 +60,7 @@ from heatmap_cli.models.registry import (
 )
 from heatmap_cli.models.timm_source import TIMM_PREFIX, TimmSource
 from heatmap_cli.models.torchvision_source import TorchvisionSource
+from heatmap_cli.models.wsinfer_folder import WSInferSource
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -83,4 +88,5 @@ register_source(DefaultSource())
 register_source(TorchvisionSource())
 register_source(TimmSource())
 register_source(OwnCodeSource())
+register_source(WSInferSource())
 register_source(ArchiveSource())

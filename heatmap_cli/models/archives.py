@@ -3,8 +3,10 @@
 * A ``torch.export`` archive (``torch.export.save``, ``.pt2``): its program's module is an fx
   graph of ATen operators, so it converts where the graph allows (:func:`exported_module`); its
   window is the input size it was exported at.
-* A TorchScript archive (``torch.jit.save`` of ``torch.jit.script``/``trace``): its code cannot be
-  traced into an fx graph, so it runs window by window (``crops``), which the engine says once.
+* A TorchScript archive (``torch.jit.save`` of ``torch.jit.script``/``trace``): torch.fx cannot
+  trace its code, so torch.export's TorchScript converter makes it an fx graph of ATen operators
+  (:mod:`~heatmap_cli.models.torchscript`), which converts like an exported program's; where the
+  converter fails, it runs window by window (``crops``), with a note that says why.
 * A full-model pickle (``torch.save(model)``): unpickling runs code stored in the file, so it
   is refused unless ``allow_pickle`` (``--allow-pickle``) asks for it on purpose.
 
@@ -14,17 +16,21 @@ The kind is told by the archive's contents, not its name. Files without a record
 
 from __future__ import annotations
 
-import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import fx, nn
 
-from heatmap_cli.convert.fx import RESHAPE_FUNCTIONS, trace_model
+from heatmap_cli.convert.fx import RESHAPE_FUNCTIONS
 from heatmap_cli.errors import ModelFileError, WeightsMismatchError, first_line
 from heatmap_cli.models.base import LoadedModel, LoadRequest, ModelFile, ModelSource
-from heatmap_cli.models.own import own_loaded_model
+from heatmap_cli.models.own import DEFAULT_WINDOW, own_loaded_model
+from heatmap_cli.models.torchscript import (
+    load_torchscript,
+    program_graph_module,
+    torchscript_graph,
+)
 from heatmap_cli.models.weights import PICKLE_REFUSAL, file_sha256, read_file
 
 __all__ = ["ArchiveSource", "archive_kind", "exported_module"]
@@ -55,15 +61,21 @@ class ArchiveSource(ModelSource):
                 "file.py:callable"
             )
         kind, window = archive_kind(path), request.input_size
+        notes: tuple[str, ...] = ()
+        described = kind
         if kind == "export":
             model, recorded = exported_module(path)
             window = window or recorded
         elif kind == "torchscript":
-            model = _load_torchscript(path)
+            conversion = torchscript_graph(load_torchscript(path), window or DEFAULT_WINDOW, name)
+            model, notes = conversion.model, conversion.notes
+            described = "torchscript, converted to a graph" if conversion.converted else kind
         else:
             model = _load_pickled_module(path, request.allow_pickle)
         files = (ModelFile("model", path, file_sha256(path)),)
-        return own_loaded_model(name, model, source=f"{path} ({kind})", window=window, files=files)
+        return own_loaded_model(
+            name, model, source=f"{path} ({described})", window=window, files=files, notes=notes
+        )
 
 
 def archive_kind(path: Path) -> str:
@@ -90,16 +102,6 @@ def archive_kind(path: Path) -> str:
         f"{path}: not a TorchScript archive, a torch.export archive (.pt2) or a torch.save "
         f"file ({reason})"
     )
-
-
-def _load_torchscript(path: Path) -> nn.Module:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-            return torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:  # a damaged archive fails deep inside TorchScript's reader
-        reason = f"{type(error).__name__}: {first_line(error)}"
-        raise ModelFileError(f"{path}: cannot be read as TorchScript ({reason})") from error
 
 
 def _load_pickled_module(path: Path, allow_pickle: bool) -> nn.Module:
@@ -147,17 +149,13 @@ def exported_module(path: Path) -> tuple[fx.GraphModule, tuple[int, int] | None]
     """
     try:
         program = torch.export.load(str(path))
-        try:
-            module = program.module(check_guards=False)  # type: ignore[call-arg]
-        except TypeError:  # torch before 2.9 checks shapes only in a pre-hook
-            module = program.module()
     except Exception as error:  # a damaged archive fails in the deserializer
         reason = f"{type(error).__name__}: {first_line(error)}"
         raise ModelFileError(
             f"{path}: cannot be read as a torch.export archive ({reason})"
         ) from error
     shape = _user_input_shape(program)
-    graph_module = trace_model(module).eval()  # a plain GraphModule: no hooks or pytree wrapping
+    graph_module = program_graph_module(program)
     if shape is not None:
         _free_batch_dimension(graph_module, shape[0])
     window = shape[2:] if shape is not None and len(shape) == 4 else None

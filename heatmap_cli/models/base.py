@@ -109,6 +109,9 @@ class LoadedModel:
         files: The files it was made from, with their digests.
         notes: What the user should know about how it was loaded (a checkpoint's key prefix
             that was stripped, a window that was assumed).
+        mpp: Micrometres per pixel of the input the classifier was trained at, for models that
+            record it (a WSInfer model folder), else None: the physical scale a slide is read at
+            unless the user gives another.
     """
 
     name: str
@@ -123,6 +126,7 @@ class LoadedModel:
     family: str = ""
     files: tuple[ModelFile, ...] = ()
     notes: tuple[str, ...] = ()
+    mpp: float | None = None
 
     @property
     def num_classes(self) -> int:

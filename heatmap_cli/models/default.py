@@ -10,6 +10,7 @@ importing timm (which takes seconds).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from heatmap_cli.models.base import (
 )
 from heatmap_cli.models.fitting import build_for_checkpoint
 from heatmap_cli.models.lite0 import Lite0
-from heatmap_cli.models.timm_source import timm_loaded_model
-from heatmap_cli.models.weights import Checkpoint, read_checkpoint
+from heatmap_cli.models.timm_source import timm_loaded_model, timm_window
+from heatmap_cli.models.weights import read_checkpoint
 
 __all__ = [
     "DefaultSource",
@@ -190,8 +191,12 @@ class DefaultSource(ModelSource):
             with torch.device("meta"):
                 structure = build(None)
             renamed = rename_lukemelas_keys(checkpoint.tensors, structure)
-            checkpoint = Checkpoint(path, renamed, checkpoint.location)
+            checkpoint = dataclasses.replace(checkpoint, tensors=renamed)
         fitted = build_for_checkpoint(build, checkpoint, f"{DEFAULT_MODEL} ({_TIMM_ARCH})")
         # The packaged weights are Google's TF-Lite checkpoint, whose preprocessing is the one
         # timm records for the TF port: (x - 127) / 128 (mean = std = 0.5), bicubic, 224 x 224.
-        return timm_loaded_model(name, fitted.model, source, fitted.notes)
+        window, notes = None, fitted.notes
+        if weights is not None:  # the user's file: trained at the size it records, if any
+            own = timm_window(fitted.model)
+            window, notes = fitted.window(own, request.input_size, DEFAULT_MODEL)
+        return timm_loaded_model(name, fitted.model, source, notes, window)

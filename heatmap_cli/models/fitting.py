@@ -35,11 +35,48 @@ class FittedModel:
         num_classes: The file's ``K`` when it differs from the architecture's default, else
             None (the default head fits).
         notes: Where the weights were found in the file (wrapper, stripped key prefix).
+        checkpoint: The file it was loaded from (None: the library's own weights).
     """
 
     model: nn.Module
     num_classes: int | None
     notes: tuple[str, ...]
+    checkpoint: Checkpoint | None = None
+
+    def window(
+        self, own: tuple[int, int], requested: tuple[int, int] | None, arch: str | None
+    ) -> tuple[tuple[int, int], tuple[str, ...]]:
+        """The window the model runs at, and the notes to give with it.
+
+        A classifier fine-tuned elsewhere was trained at its own size (64, 96, 128...), which
+        nothing but the user or the file can say: the size the user gave, else the one the file
+        records (:func:`~heatmap_cli.models.weights.recorded_input_size`), else the
+        architecture's own with a note, as a model file without a recorded size gets.
+
+        Args:
+            own: The architecture's training size ``(H, W)`` (its library's metadata), or the
+                size assumed for code that records none.
+            requested: The size the user gave (``input_size``), which wins.
+            arch: The architecture's name, for the note; None where ``own`` is only assumed.
+
+        Returns:
+            ``(H, W)`` and :attr:`notes`, with a line saying where the size came from when it
+            came from the file or was assumed.
+        """
+        checkpoint = self.checkpoint
+        if requested is not None or checkpoint is None:
+            return requested or own, self.notes
+        if checkpoint.input_size is not None:
+            height, width = checkpoint.input_size
+            where = checkpoint.input_size_from
+            note = f"{checkpoint.path}: input size {width}x{height}, from its {where}"
+            return checkpoint.input_size, (*self.notes, note)
+        whose = f", {arch}'s own" if arch else ""
+        note = (
+            f"{checkpoint.path} records no input size; assuming {own[1]}x{own[0]}{whose} "
+            "(set --input-size to the size it was trained at)"
+        )
+        return own, (*self.notes, note)
 
 
 def classes_in_checkpoint(
@@ -116,4 +153,4 @@ def build_for_checkpoint(
     model = reference if num_classes is None and not probe_on_meta else build(num_classes)
     load_strict(model, matched.tensors, checkpoint.path, arch)
     note = matched.note(checkpoint)
-    return FittedModel(model, num_classes, (note,) if note else ())
+    return FittedModel(model, num_classes, (note,) if note else (), checkpoint)

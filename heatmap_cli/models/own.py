@@ -30,7 +30,7 @@ from heatmap_cli.convert.fx import (
     module_of,
     trace_model,
 )
-from heatmap_cli.errors import ConversionError, ModelFileError, first_line
+from heatmap_cli.errors import ConversionError, ModelFileError, first_line, setting
 from heatmap_cli.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -94,7 +94,7 @@ def own_loaded_model(
         notes = (
             *notes,
             f"{name} records no input size; assuming {window[1]}x{window[0]} "
-            "(set --input-size to the size it was trained at)",
+            f"(set {setting('input_size')} to the size it was trained at)",
         )
     model.eval()
     scores = probe_scores(model, window, name)
@@ -130,7 +130,8 @@ def probe_scores(model: nn.Module, window: tuple[int, int], name: str) -> torch.
     except Exception as error:  # the user's model may fail in any way
         raise ModelFileError(
             f"{name} does not run on a batch of {window[1]}x{window[0]} images "
-            f"({type(error).__name__}: {first_line(error)}); is --input-size its training size?"
+            f"({type(error).__name__}: {first_line(error)}); is {setting('input_size')} its "
+            "training size?"
         ) from error
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (1, 2) or len(scores) != 2:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__

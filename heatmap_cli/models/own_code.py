@@ -26,7 +26,7 @@ from torch import nn
 from heatmap_cli.errors import ModelFileError, first_line
 from heatmap_cli.models.base import LoadedModel, LoadRequest, ModelFile, ModelSource
 from heatmap_cli.models.fitting import build_for_checkpoint
-from heatmap_cli.models.own import own_loaded_model
+from heatmap_cli.models.own import DEFAULT_WINDOW, own_loaded_model
 from heatmap_cli.models.weights import file_sha256, read_checkpoint
 
 __all__ = ["OwnCodeSource"]
@@ -64,9 +64,11 @@ class OwnCodeSource(ModelSource):
                 checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
                 build = functools.partial(_call, factory, name, parameter)
                 fitted = build_for_checkpoint(build, checkpoint, name, probe_on_meta=False)
-                model, notes, source = fitted.model, fitted.notes, str(request.weights)
+                model, source = fitted.model, str(request.weights)
         files = (ModelFile("code", path, file_sha256(path)),) if path is not None else ()
         window = request.input_size
+        if request.weights is not None:  # the size the file records, else assumed with a note
+            window, notes = fitted.window(DEFAULT_WINDOW, request.input_size, None)
         return own_loaded_model(name, model, source=source, window=window, files=files, notes=notes)
 
 

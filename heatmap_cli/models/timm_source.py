@@ -6,6 +6,10 @@ Class names, mean/std, interpolation and the input size come from the model's
 once, so an offline machine fails at once with a message that says which file to fetch and where
 to put it. timm is imported where it is first needed (importing it takes seconds), not with
 this module.
+
+The ``pretrained_cfg`` keys read here (:data:`TIMM_CONFIG_KEYS`) are required, not defaulted: a
+timm release that renamed one would otherwise give every model ImageNet's mean or a 224 window
+without a word. ``tests/convert/test_timm_coupling.py`` pins them with the rest of timm's names.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from heatmap_cli.errors import UnknownModelError, WeightsMismatchError, WeightsUnavailableError
+from heatmap_cli.errors import (
+    TimmCouplingError,
+    UnknownModelError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
 from heatmap_cli.models.base import (
     LoadedModel,
     LoadRequest,
@@ -34,10 +43,19 @@ from heatmap_cli.models.categories import imagenet_categories
 from heatmap_cli.models.fitting import build_for_checkpoint
 from heatmap_cli.models.weights import read_checkpoint, torch_hub_cache_path
 
-__all__ = ["TIMM_PREFIX", "TimmSource", "timm_builder", "timm_loaded_model"]
+__all__ = [
+    "TIMM_CONFIG_KEYS",
+    "TIMM_PREFIX",
+    "TimmSource",
+    "timm_builder",
+    "timm_loaded_model",
+]
 
 TIMM_PREFIX = "timm/"
 """Prefix that selects a timm model: ``timm/NAME`` or ``timm/NAME.TAG``."""
+
+TIMM_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation")
+"""The keys of a timm model's ``pretrained_cfg`` that every timm model has and that are read."""
 
 
 class TimmSource(ModelSource):
@@ -99,7 +117,8 @@ class TimmSource(ModelSource):
         if request.weights is not None:
             checkpoint = read_checkpoint(request.weights, allow_pickle=request.allow_pickle)
             fitted = build_for_checkpoint(timm_builder(timm_name), checkpoint, name)
-            return timm_loaded_model(name, fitted.model, str(request.weights), fitted.notes)
+            window, notes = fitted.window(timm_window(fitted.model), request.input_size, name)
+            return timm_loaded_model(name, fitted.model, str(request.weights), notes, window)
         download = request.download
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise WeightsUnavailableError(
@@ -137,8 +156,19 @@ def timm_builder(timm_name: str) -> Callable[[int | None], nn.Module]:
     return build
 
 
+def timm_window(model: nn.Module) -> tuple[int, int]:
+    """``(H, W)`` a timm model's ``pretrained_cfg`` says it was trained at (224 if it says none)."""
+    cfg: Mapping[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
+    height, width = cfg.get("input_size", (3, 224, 224))[-2:]
+    return int(height), int(width)
+
+
 def timm_loaded_model(
-    name: str, model: nn.Module, source: str, notes: tuple[str, ...] = ()
+    name: str,
+    model: nn.Module,
+    source: str,
+    notes: tuple[str, ...] = (),
+    window: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Wraps a timm model with the preprocessing and class names from its ``pretrained_cfg``.
 
@@ -147,23 +177,39 @@ def timm_loaded_model(
         model: A timm model (it has ``pretrained_cfg`` and ``num_classes``).
         source: Where its weights came from, for the user.
         notes: How its weights were found in a file (:class:`LoadedModel` ``notes``).
+        window: ``(H, W)`` it was trained at, when not its ``pretrained_cfg``'s (a checkpoint
+            fine-tuned at another size, :meth:`~heatmap_cli.models.fitting.FittedModel.window`).
 
     Returns:
         The model with its class names, mean/std, input size and interpolation.
     """
     cfg: Mapping[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
-    height, width = cfg.get("input_size", (3, 224, 224))[-2:]
+    _check_config(name, cfg)
+    height, width = window or timm_window(model)
     return LoadedModel(
         name=name,
         model=model,
         categories=_categories(int(model.num_classes), cfg),  # type: ignore[arg-type]
         mean=as_triple(cfg.get("mean") or _imagenet_default("MEAN")),
         std=as_triple(cfg.get("std") or _imagenet_default("STD")),
-        input_size=(int(height), int(width)),
+        input_size=(height, width),
         interpolation=as_interpolation(cfg.get("interpolation") or "bilinear"),
         source=source,
         notes=notes,
     )
+
+
+def _check_config(name: str, cfg: Mapping[str, Any]) -> None:
+    """Raises ``TimmCouplingError`` unless ``cfg`` has every key of :data:`TIMM_CONFIG_KEYS`."""
+    missing = [key for key in TIMM_CONFIG_KEYS if key not in cfg]
+    if missing:
+        import timm
+
+        raise TimmCouplingError(
+            f"the pretrained_cfg of {name} has no {', '.join(map(repr, missing))} (timm "
+            f"{timm.__version__}: renamed?); heatmap-cli reads the window and the normalization "
+            "from it and will not guess them"
+        )
 
 
 def _imagenet_default(statistic: str) -> tuple[float, float, float]:

@@ -9,6 +9,7 @@ names only when ``K`` is ImageNet's 1000.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import re
 from collections.abc import Iterable
@@ -104,16 +105,17 @@ class TorchvisionSource(ModelSource):
             categories = numbered_classes(fitted.num_classes)  # type: ignore[arg-type]
         preset = enum.transforms()
         crop = tuple(preset.crop_size)
+        window, notes = fitted.window((crop[0], crop[-1]), request.input_size, arch)
         return LoadedModel(
             name=name,
             model=fitted.model,
             categories=categories,
             mean=as_triple(preset.mean),
             std=as_triple(preset.std),
-            input_size=(crop[0], crop[-1]),
+            input_size=window,
             interpolation=as_interpolation(preset.interpolation.value),
             source=source,
-            notes=fitted.notes,
+            notes=notes,
         )
 
 
@@ -196,7 +198,7 @@ def _from_checkpoint(arch: str, enum: WeightsEnum, checkpoint: Checkpoint) -> Fi
         classes = {} if num_classes is None else {"num_classes": num_classes}
         return torchvision.models.get_model(arch, weights=None, **kwargs, **classes)
 
-    renamed = Checkpoint(checkpoint.path, state_dict, checkpoint.location)
+    renamed = dataclasses.replace(checkpoint, tensors=state_dict)
     fitted = build_for_checkpoint(build, renamed, arch)
     if kwargs.get("aux_logits"):
         # The auxiliary heads only matter in training; drop them as the builder does.

@@ -18,6 +18,7 @@ identifies a file by its content.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import pickle
 import re
@@ -45,6 +46,7 @@ __all__ = [
     "match_keys",
     "read_checkpoint",
     "read_file",
+    "recorded_input_size",
     "shape_mismatches",
     "torch_hub_cache_path",
 ]
@@ -76,11 +78,16 @@ class Checkpoint:
         tensors: ``{parameter or buffer name: tensor}`` as stored (prefixes not yet stripped).
         location: Where in the file it was: ``""`` at the top level, else the wrapper keys,
             e.g. ``"state_dict_ema"`` or ``"model"`` (a pickled module's own state dict).
+        input_size: ``(H, W)`` the file says its model was trained at, if it says
+            (:func:`recorded_input_size`).
+        input_size_from: Where the file says so, e.g. ``"hyper_parameters['img_size']"``.
     """
 
     path: Path
     tensors: dict[str, torch.Tensor]
     location: str = ""
+    input_size: tuple[int, int] | None = None
+    input_size_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,12 +172,14 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
         allow_pickle: See :func:`read_file`.
 
     Returns:
-        The state dict and where in the file it was.
+        The state dict, where in the file it was, and the training input size the file
+        records, if it records one (:func:`recorded_input_size`).
 
     Raises:
         WeightsMismatchError: The file is missing, unreadable or holds no state dict.
     """
-    loaded, location = read_file(path, allow_pickle=allow_pickle), []
+    whole = loaded = read_file(path, allow_pickle=allow_pickle)
+    location: list[str] = []
     for _ in range(3):  # e.g. {"model": {"state_dict": {...}}} at worst
         if isinstance(loaded, nn.Module):
             loaded = loaded.state_dict()
@@ -188,7 +197,68 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
             f"{path}: holds no state dict (expected a mapping of names to tensors, optionally "
             f"under one of the keys {', '.join(map(repr, _CHECKPOINT_WRAPPER_KEYS))})."
         )
-    return Checkpoint(path, dict(loaded), "/".join(location))
+    size, where = recorded_input_size(whole) or (None, "")
+    return Checkpoint(path, dict(loaded), "/".join(location), size, where)
+
+
+# Where training code keeps its settings in a checkpoint ("" is the top level): timm's
+# pretrained_cfg, Lightning's hyper_parameters (save_hyperparameters), an argparse namespace.
+_SETTINGS_HOLDERS = (
+    "pretrained_cfg",
+    "hyper_parameters",
+    "datamodule_hyper_parameters",
+    "hparams",
+    "config",
+    "args",
+    "",
+)
+_SIZE_KEYS = ("input_size", "img_size", "image_size", "crop_size", "resolution")
+_LARGEST_SIDE = 1 << 16
+
+
+def recorded_input_size(content: object) -> tuple[tuple[int, int], str] | None:
+    """The training input size a checkpoint records, and where, if it records one.
+
+    Looked for under ``input_size``, ``img_size``, ``image_size``, ``crop_size`` or
+    ``resolution`` in timm's ``pretrained_cfg``, Lightning's ``hyper_parameters`` (and
+    ``datamodule_hyper_parameters``), ``hparams``, ``config``, ``args`` or the top level. A value
+    is one side (a square), ``(H, W)`` or ``(C, H, W)`` with one or three channels.
+
+    Args:
+        content: What the file holds (``torch.load``'s result).
+
+    Returns:
+        ``((H, W), "hyper_parameters['img_size']")``, or None.
+    """
+    if not isinstance(content, Mapping):
+        return None
+    for holder in _SETTINGS_HOLDERS:
+        settings = content if not holder else content.get(holder)
+        if isinstance(settings, argparse.Namespace):
+            settings = vars(settings)
+        if not isinstance(settings, Mapping):
+            continue
+        for key in _SIZE_KEYS:
+            size = _window(settings.get(key))
+            if size is not None:
+                return size, f"{holder}[{key!r}]" if holder else repr(key)
+    return None
+
+
+def _window(value: object) -> tuple[int, int] | None:
+    """``(H, W)`` of an input-size setting, or None if it is not one."""
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 3 and value[0] in (1, 3):
+        value = value[1:]
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return None
+    height, width = value
+    return (height, width) if 0 < height <= _LARGEST_SIDE and 0 < width <= _LARGEST_SIDE else None
 
 
 def _holds_weights(value: object) -> bool:

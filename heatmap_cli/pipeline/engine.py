@@ -448,11 +448,14 @@ class GridEngine:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
         return self.score_batch(pixels)[0]
 
-    def score_batch(self, pixels: np.ndarray) -> ScoredBatch:
+    def score_batch(self, pixels: np.ndarray, refine: bool = True) -> ScoredBatch:
         """Logit grids for a batch of equally sized images, how they were evaluated, which exactly.
 
         Args:
             pixels: uint8 ``(N, H, W, 3)`` resized images.
+            refine: False: the grid method's grid alone, no exact windows after it (``auto``
+                and ``refine`` then give their dense grid; for a caller that cuts one grid
+                into tiles, whose refinements would depend on the cut).
 
         Returns:
             float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling of each image, bool
@@ -460,7 +463,7 @@ class GridEngine:
             method each image's grid got (``pipeline.methods``).
         """
         grid, tiling = self._score_grid(pixels)
-        if self.refiner is not None:
+        if self.refiner is not None and refine:
             return self.refiner(grid, tiling, pixels, self.stride)
         exact = np.full((grid.shape[0], *grid.shape[2:]), self.grid_method.build is None)
         return ScoredBatch(grid, tiling, exact, ())

@@ -7,9 +7,9 @@ is checked when the passes are planned (:func:`check_input_size`, called by
 ``GridEngine.plan``), before anything of that size is allocated:
 
 * ``max_input_pixels`` (``--max-input-pixels``, default :data:`DEFAULT_MAX_INPUT_PIXELS`,
-  8192 x 8192): the largest ``H x W`` of one pass's input. It is the size of the README's
-  huge-image benchmark (tiles of the default model: 98 s and 2.81 GiB at most), so every
-  measured case runs, and a pass never costs more than that.
+  8192 x 8192): the largest ``H x W`` of one pass's input. It is the size of the huge-image
+  benchmark (``benchmarks/studies/huge_images.py``; tiles of the default model: 98 s and
+  2.81 GiB at most), so every measured case runs, and a pass never costs more than that.
 * ``max_aspect`` (``--max-aspect``, default :data:`DEFAULT_MAX_ASPECT`, 32): the longer side
   of the input over its shorter one. Phone panoramas are 4:1 to 10:1; at 32:1 and ``--size``
   384 an input is 384 x 12,288 (4.7 Mpx, 21 times a 3:2 photo's). Past that, a strip's every

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from heatmap_cli.errors import GeometryError, InvalidOptionError
+from heatmap_cli.errors import GeometryError, InvalidOptionError, NonFiniteScoresError
 from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.pipeline.activations import apply_activation
 from heatmap_cli.pipeline.engine import UNTILED, GridEngine, Tiling
@@ -72,6 +72,7 @@ __all__ = [
     "PassInput",
     "Planner",
     "Scorer",
+    "check_finite",
     "check_scales",
     "exact_on",
     "finish_pass",
@@ -248,6 +249,29 @@ def plan_passes(
     return tuple(passes)
 
 
+def check_finite(logits: np.ndarray, spec: PassInput) -> None:
+    """Refuses a pass's scores holding NaN or infinity: nothing can be ranked or drawn of them.
+
+    Args:
+        logits: float ``(K, rows, cols)`` scores of the pass, as the model returned them.
+        spec: The pass, for the message.
+
+    Raises:
+        NonFiniteScoresError: Saying how many values are NaN and how many infinite.
+    """
+    finite = np.isfinite(logits)
+    if finite.all():
+        return
+    nan = int(np.isnan(logits).sum())
+    infinite = logits.size - int(finite.sum()) - nan
+    where = "" if spec.scale == 1 and not spec.flip else f" (pass at scale {spec.scale:g}"
+    where += ", mirrored)" if spec.flip else (")" if where else "")
+    raise NonFiniteScoresError(
+        f"the model produced non-finite scores for this image{where}: {nan} NaN and "
+        f"{infinite} infinite of {logits.size} values; check the model and its weights"
+    )
+
+
 def finish_pass(
     spec: PassInput,
     grid: np.ndarray,
@@ -274,6 +298,7 @@ def finish_pass(
 
     Raises:
         GeometryError: If ``grid`` does not have the planned geometry's shape.
+        NonFiniteScoresError: If the model returned NaN or infinite scores for the pass.
     """
     logits = np.asarray(grid, dtype=np.float32)
     if logits.ndim != 3 or logits.shape[1:] != spec.geometry.shape:
@@ -282,6 +307,7 @@ def finish_pass(
             f"the scorer returned a {logits.shape} grid, expected (K, {rows}, {cols}) for a "
             f"{spec.geometry.input_size} input"
         )
+    check_finite(logits, spec)
     if spec.flip:
         # Column j of the mirrored input's grid is column k - j of the image's own grid.
         logits = np.ascontiguousarray(logits[:, :, ::-1])

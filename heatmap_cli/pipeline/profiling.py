@@ -5,7 +5,7 @@ libraries (from the command's start to its run, and where imported later), loadi
 converting it, decoding and resizing each photo, the network, drawing the overlays, encoding and
 writing the files. With the environment variable ``HEATMAP_PROFILE`` set to anything but ``0``,
 it says their totals on stderr at the end of the run (:func:`profile_line`), one line; the
-benchmark ``benchmarks/case_end_to_end.py`` reads it. Decoding runs in loader threads and
+benchmark ``benchmarks/cases/end_to_end.py`` reads it. Decoding runs in loader threads and
 encoding in writer threads, alongside the main thread, so the stages can add up to more than the
 run's wall time. Without the variable, :func:`timed` costs one attribute read.
 """

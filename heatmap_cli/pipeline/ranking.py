@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -19,6 +20,7 @@ from heatmap_cli.errors import InvalidOptionError, UnknownClassError
 
 __all__ = [
     "POOLINGS",
+    "ImageRanking",
     "PassScores",
     "Pooling",
     "check_pooling",
@@ -28,6 +30,7 @@ __all__ = [
     "pooled_scores",
     "rank_by_peak",
     "rank_image",
+    "rank_passes",
     "rank_scores",
     "resolve_class",
     "resolve_classes",
@@ -183,10 +186,46 @@ def image_scores(passes: Sequence[PassScores], pooling: str = "max") -> np.ndarr
     return per_pass.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ImageRanking:
+    """One image's ranking of every class, computed once and read by everything it decides.
+
+    The classes drawn by default, the npz's ``topK`` classes, the json's and the manifest's
+    ``top_k`` and the stdout table all take a prefix of :attr:`order`.
+
+    Attributes:
+        scores: float32 ``(K,)``, each class's image-level score (:func:`image_scores`).
+        order: int64 ``(K,)`` class indices, best first, ties broken by the lower index.
+        pooling: The spatial pooling of the scores: ``"max"`` or ``"mean"``.
+    """
+
+    scores: np.ndarray
+    order: np.ndarray
+    pooling: str
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """``[(class index, score), ...]``: the ``k`` best classes (at most ``K``), best first."""
+        return [(int(i), float(self.scores[i])) for i in self.order[: max(0, k)]]
+
+
+def rank_passes(passes: Sequence[PassScores], pooling: str = "max") -> ImageRanking:
+    """Ranks every class of one image by :func:`image_scores`: the ranking to carry forward.
+
+    Args:
+        passes: Every pass of one image (one for a plain run).
+        pooling: ``"max"`` (default) or ``"mean"``.
+
+    Raises:
+        InvalidOptionError: For an unknown pooling.
+    """
+    scores = image_scores(passes, pooling)
+    return ImageRanking(scores, np.argsort(-scores, kind="stable"), pooling)
+
+
 def rank_image(
     passes: Sequence[PassScores], top_k: int = 5, pooling: str = "max"
 ) -> list[tuple[int, float]]:
-    """The image-level ranking for the json ``top_k``: best classes by :func:`image_scores`.
+    """The image-level ranking's ``top_k`` best classes (:func:`rank_passes`'s prefix).
 
     With one pass this is the ranking by the spatial max (or mean) of its probabilities.
 
@@ -198,7 +237,7 @@ def rank_image(
     Returns:
         ``[(class index, score), ...]``, best first, ties broken by the lower index.
     """
-    return rank_scores(image_scores(passes, pooling), top_k)
+    return rank_passes(passes, pooling).top(top_k)
 
 
 def _pass_label(p: PassScores) -> str:
@@ -212,6 +251,7 @@ def format_ranking(
     pooling: str = "max",
     *,
     name_width: int = 24,
+    ranking: ImageRanking | None = None,
 ) -> str:
     """A compact text table of the image-level ranking, with each pass's own score.
 
@@ -221,18 +261,19 @@ def format_ranking(
         top_k: Rows to show.
         pooling: ``"max"`` or ``"mean"``.
         name_width: Class names are cut to this many characters.
+        ranking: The image's ranking when it was computed already (by ``pooling``).
 
     Returns:
         A header (``#  index  class  max  1x  1x flip ...``) and one line per class, holding
         the rank, index, name, pooled score and each pass's own score; no trailing newline.
     """
-    ranking = rank_image(passes, top_k, pooling)
+    ranked = (rank_passes(passes, pooling) if ranking is None else ranking).top(top_k)
     labels = [_pass_label(p) for p in passes]
     widths = [max(6, len(label)) for label in labels]
     header = f"{'#':>4}  {'index':>5}  {'class':<{name_width}}  {pooling:>6}"
     header += "".join(f"  {label:>{w}}" for label, w in zip(labels, widths, strict=True))
     lines = [header]
-    for rank, (index, score) in enumerate(ranking, start=1):
+    for rank, (index, score) in enumerate(ranked, start=1):
         row = f"{rank:>4}  {index:>5}  {categories[index][:name_width]:<{name_width}}  {score:6.3f}"
         for p, w in zip(passes, widths, strict=True):
             value = p.peak[index] if pooling == "max" else p.mean[index]
@@ -242,7 +283,12 @@ def format_ranking(
 
 
 def describe_ranking(
-    passes: Sequence[PassScores], categories: Sequence[str], top_k: int, pooling: str = "max"
+    passes: Sequence[PassScores],
+    categories: Sequence[str],
+    top_k: int,
+    pooling: str = "max",
+    *,
+    ranking: ImageRanking | None = None,
 ) -> str:
     """What the command prints for one image: one line for one pass, else the table.
 
@@ -251,12 +297,13 @@ def describe_ranking(
         categories: The ``K`` class names.
         top_k: Classes to show.
         pooling: ``"max"`` or ``"mean"``.
+        ranking: The image's ranking when it was computed already (by ``pooling``).
 
     Returns:
         ``"tabby 0.61, tiger cat 0.22, ..."`` for a single pass; :func:`format_ranking`'s table
         (several lines) when there is more than one pass to compare.
     """
+    ranking = rank_passes(passes, pooling) if ranking is None else ranking
     if len(passes) > 1:
-        return format_ranking(passes, categories, top_k, pooling)
-    ranking = rank_image(passes, top_k, pooling)
-    return ", ".join(f"{categories[index]} {score:.2f}" for index, score in ranking)
+        return format_ranking(passes, categories, top_k, pooling, ranking=ranking)
+    return ", ".join(f"{categories[index]} {score:.2f}" for index, score in ranking.top(top_k))

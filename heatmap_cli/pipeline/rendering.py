@@ -4,8 +4,10 @@ One truth for every file of an image: the classes drawn without ``OutputOptions.
 image-level ranking's top ``top_k`` (the json's ``top_k`` and the stdout table), and each drawn
 class's peak, its location, its label and its map come from the scores that are drawn
 (probabilities or logits, averaged over the passes), on the colour scale
-(:mod:`heatmap_cli.render.scale`) that its label and the json name. The command's writers
-(:mod:`heatmap_cli.cli.writers`) and the notebook API draw overlays with :func:`render_overlay`.
+(:mod:`heatmap_cli.render.scale`) that its label and the json name. The ranking and the drawn
+classes are derived once per image (:func:`summarize_image`) and carried to every output. The
+command's writers (:mod:`heatmap_cli.cli.writers`) and the notebook API (:mod:`heatmap_cli.api`)
+draw overlays with :func:`render_overlay`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.io import IMAGE_FORMATS, slug
 from heatmap_cli.pipeline.fidelity import DEFAULT_FIDELITY, LABEL_TOLERANCE, Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
-from heatmap_cli.pipeline.ranking import rank_image
+from heatmap_cli.pipeline.ranking import ImageRanking, rank_passes
 from heatmap_cli.pipeline.scoring import ImageResult
 from heatmap_cli.render import (
     DEFAULT_SCALE,
@@ -39,16 +41,17 @@ __all__ = [
     "LABELS",
     "NPZ_DTYPES",
     "OUTPUTS",
+    "ImageSummary",
     "OutputOptions",
     "RankedClass",
     "RenderedClass",
     "drawn_scores",
-    "image_ranking",
     "overlay_label",
     "parse_npz_classes",
     "parse_outputs",
     "render_overlay",
     "rendered_classes",
+    "summarize_image",
     "with_exact_peaks",
 ]
 
@@ -223,8 +226,45 @@ def drawn_scores(grid: MultiScaleResult, options: OutputOptions) -> np.ndarray:
     return grid.probs if options.probabilities else grid.logits
 
 
-def rendered_classes(
+@dataclass(frozen=True)
+class ImageSummary:
+    """What an image's outputs say about its grid, derived once and carried to every output.
+
+    The overlays, the npz's ``topK`` classes, the json record, the manifest row and the stdout
+    line of an image all read this one summary (:func:`summarize_image`), so none of them ranks
+    the classes again.
+
+    Attributes:
+        ranking: The image-level ranking of every class (``OutputOptions.pooling``).
+        top_k: Its first ``OutputOptions.top_k`` classes, named: the json's ``top_k``.
+        classes: The classes drawn, in drawing order (:func:`rendered_classes`).
+    """
+
+    ranking: ImageRanking
+    top_k: tuple[RankedClass, ...]
+    classes: tuple[RenderedClass, ...]
+
+
+def summarize_image(
     result: ImageResult, categories: Sequence[str], options: OutputOptions
+) -> ImageSummary:
+    """Ranks an image's classes and chooses the ones drawn: once, for all its outputs.
+
+    Args:
+        result: The image's grid and passes.
+        categories: The ``K`` class names.
+        options: The ranking's length and pooling, the classes asked for, what is drawn.
+    """
+    ranking = rank_passes(result.grid.passes, options.pooling)
+    top_k = tuple(RankedClass(i, categories[i], score) for i, score in ranking.top(options.top_k))
+    return ImageSummary(ranking, top_k, rendered_classes(result, categories, options, ranking))
+
+
+def rendered_classes(
+    result: ImageResult,
+    categories: Sequence[str],
+    options: OutputOptions,
+    ranking: ImageRanking | None = None,
 ) -> tuple[RenderedClass, ...]:
     """The classes to draw for an image, where each drawn map peaks, and its colour scale.
 
@@ -232,14 +272,16 @@ def rendered_classes(
         result: The image's grid.
         categories: The ``K`` class names.
         options: ``classes``, or else the image-level ranking's ``top_k``; what is drawn.
+        ranking: The image's ranking, when it was computed already (by ``options.pooling``).
 
     Returns:
         One entry per class, in drawing order.
     """
     values, centers = drawn_scores(result.grid, options), result.grid.geometry.centers()
-    chosen = list(options.classes) or [
-        index for index, _ in rank_image(result.grid.passes, options.top_k, options.pooling)
-    ]
+    chosen = list(options.classes)
+    if not chosen:
+        ranking = rank_passes(result.grid.passes, options.pooling) if ranking is None else ranking
+        chosen = [index for index, _ in ranking.top(options.top_k)]
     scales = colour_scales(
         [values[index] for index in chosen],
         scale=options.scale,
@@ -276,20 +318,6 @@ def with_exact_peaks(
         dataclasses.replace(c, exact_peak=fidelity.exact_score(c.cell, c.index, options.scores))
         for c in classes
     )
-
-
-def image_ranking(
-    result: ImageResult, categories: Sequence[str], options: OutputOptions
-) -> tuple[RankedClass, ...]:
-    """The image-level ranking the json's ``top_k`` holds: ``options.top_k`` classes, best first.
-
-    Args:
-        result: The image's passes.
-        categories: The ``K`` class names.
-        options: The ranking's length and pooling (``"max"`` or ``"mean"``).
-    """
-    ranking = rank_image(result.grid.passes, options.top_k, options.pooling)
-    return tuple(RankedClass(i, categories[i], score) for i, score in ranking)
 
 
 def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None:

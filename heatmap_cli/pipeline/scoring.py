@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.io import DEFAULT_MAX_PIXELS, ImageInput, read_photo
+from heatmap_cli.io import DEFAULT_MAX_PIXELS, DecodedPhoto, ImageInput, read_photo
 from heatmap_cli.io.pixels import image_array
 from heatmap_cli.io.reading import display_size
 from heatmap_cli.pipeline.engine import GridEngine
@@ -47,12 +47,14 @@ from heatmap_cli.pipeline.thread_warnings import captured_warnings
 
 __all__ = [
     "DEFAULT_READING",
+    "Decoder",
     "ImageResult",
     "Outcome",
     "PhotoReading",
     "Prepared",
     "display_image",
     "prepare",
+    "read_file",
     "score_images",
     "small_image_note",
 ]
@@ -76,6 +78,21 @@ class PhotoReading:
 
 DEFAULT_READING = PhotoReading()
 """Pillow-like decoding limit, overlays up to 4096 pixels on their longest side."""
+
+Decoder = Callable[[ImageInput, PhotoReading], DecodedPhoto]
+"""``decode(item, reading)`` -> the photo of ``item``, RGB in displayed orientation.
+
+The command's is :func:`read_file`; the notebook API also hands in photos already in memory.
+"""
+
+
+def read_file(item: ImageInput, reading: PhotoReading) -> DecodedPhoto:
+    """Decodes ``item.path`` in full, within ``reading.max_pixels`` (the command's decoder).
+
+    Raises:
+        ImageReadError: The file cannot be read as an image.
+    """
+    return read_photo(item.path, max_pixels=reading.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,7 @@ def prepare(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     reading: PhotoReading = DEFAULT_READING,
+    decode: Decoder = read_file,
 ) -> Prepared:
     """Reads, orients and resizes one image for every pass (runs in a loader thread).
 
@@ -195,6 +213,7 @@ def prepare(
         scales: Factors of ``engine.settings.size``.
         flip: Also prepare each scale's mirror image.
         reading: The decoding limit and the display copy's size.
+        decode: What turns ``item`` into its photo (:func:`read_file` reads the file).
 
     Returns:
         The image ready for the network.
@@ -206,7 +225,7 @@ def prepare(
     """
     with captured_warnings() as caught, timed("decode"):
         max_side = reading.max_display_side
-        photo = read_photo(item.path, max_pixels=reading.max_pixels)
+        photo = decode(item, reading)
         image, original_size = photo.image, photo.original_size
         try:
             passes = plan_passes(
@@ -370,12 +389,12 @@ def score_images(
     workers: int = 2,
     reading: PhotoReading = DEFAULT_READING,
     keep_inputs: bool = False,
+    decode: Decoder = read_file,
 ) -> Iterator[Outcome]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
-    Decoding and resizing run in ``workers`` threads ahead of the network; network inputs with
-    the same size are stacked into batches of up to ``settings.batch_size``. Closing the
-    generator early (an interrupted caller) cancels the images not yet being read.
+    Decoding and resizing run in ``workers`` threads ahead of the network; inputs of one size
+    are stacked into batches (``settings.batch_size``); an early close cancels the rest.
 
     Args:
         items: Images to score.
@@ -385,8 +404,8 @@ def score_images(
         common: The grid passes are averaged on: ``"first"`` or ``"finest"``.
         workers: Loader threads.
         reading: The decoding limit and the display copy's size.
-        keep_inputs: Keep every pass's pixels in its result (``ImageResult.inputs``), for
-            exact windows after scoring.
+        keep_inputs: Keep every pass's pixels (``ImageResult.inputs``), for exact windows.
+        decode: What turns an item into its photo (:func:`read_file` reads the file).
 
     Yields:
         Every input's :class:`Outcome` (its result or its exception), exactly once.
@@ -402,10 +421,10 @@ def score_images(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heatmap-loader")
     try:
         futures: deque[tuple[ImageInput, Future[Prepared]]] = deque()
-        iterator = iter(items)
+        iterator, how = iter(items), (engine, scales, flip, reading, decode)
         while True:
             while len(futures) < limit and (item := next(iterator, None)) is not None:
-                futures.append((item, pool.submit(prepare, item, engine, scales, flip, reading)))
+                futures.append((item, pool.submit(prepare, item, *how)))
             if not futures:
                 break
             item, future = futures.popleft()

@@ -1,14 +1,19 @@
-"""Words and layout on pictures: text labels, colour bars, contact sheets.
+r"""Words and layout on pictures: text labels, colour bars, contact sheets.
 
 Text is drawn with Pillow in the DejaVu Sans font that matplotlib ships, so rendering needs no
 display, no pyplot and no system fonts. Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB
 order; every function returns a new array.
+
+Text comes from class names, which anyone may write: a caption or a colour bar's label is drawn
+on one line (every kind of line break, ``\r`` and U+0085 included, which the layout engine cannot
+place, is drawn as a space), and a corner label breaks lines only at ``\n``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
@@ -71,6 +76,19 @@ def _auto_font_size(height: int, width: int) -> int:
     return max(12, round(0.035 * min(height, width)))
 
 
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break drawn as a space."""
+    return _LINE_BREAKS.sub(" ", text)
+
+
+def _lines(text: str) -> str:
+    r"""``text`` with every kind of line break written as ``\n``."""
+    return _LINE_BREAKS.sub("\n", text)
+
+
 def _text_bbox(text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int, int, int]:
     """Ink box of ``text`` drawn at the origin (handles multi-line text)."""
     return ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
@@ -129,6 +147,7 @@ def _label_layout(
         raise RenderError(f"unknown corner {corner!r}")
     if font_size is not None and font_size <= 0:
         raise RenderError(f"font_size must be positive, got {font_size}")
+    text = _lines(text)
     height, width = image_size
     size = font_size or _auto_font_size(height, width)
     margin, pad = round(size * 0.5), round(size * 0.35)
@@ -180,7 +199,7 @@ def annotate(
         return out
     region = out[cy0:cy1, cx0:cx1].astype(np.float32) * (1 - box_opacity)
     tile = Image.fromarray(np.clip(np.rint(region), 0, 255).astype(np.uint8))
-    ImageDraw.Draw(tile).text((tx - cx0, ty - cy0), text, font=font, fill=_WHITE)
+    ImageDraw.Draw(tile).text((tx - cx0, ty - cy0), _lines(text), font=font, fill=_WHITE)
     out[cy0:cy1, cx0:cx1] = np.asarray(tile)
     return out
 
@@ -236,6 +255,7 @@ def _ticks(vmin: float, vmax: float, ticks: int) -> tuple[list[float], list[str]
 
 def _vertical_label(label: str, size: int, max_length: int) -> Image.Image:
     """``label`` in black on white, rotated to read bottom to top, at most ``max_length`` tall."""
+    label = _one_line(label)
     font = _fit_font(label, size, max_length)
     left, top, right, bottom = _text_bbox(label, font)
     strip = Image.new("RGB", (right - left, bottom - top), _WHITE)
@@ -328,7 +348,7 @@ def _tick(
     x, y = at
     width = max(1, round(font.size) // 12)
     draw.line([(x, y), (x + length, y)], fill=_BLACK, width=width)
-    draw.text((x + length + gap, y), text, font=font, fill=_BLACK, anchor="lm")
+    draw.text((x + length + gap, y), _one_line(text), font=font, fill=_BLACK, anchor="lm")
 
 
 def _same_height(tiles: Sequence[np.ndarray], max_tile_side: int) -> list[Image.Image]:
@@ -416,7 +436,7 @@ def contact_sheet(
         y = gap + row * (tile_h + caption_h + gap)
         sheet.paste(picture, (x + (cell_w - picture.width) // 2, y))
         if label:
-            text = _truncate(label, font, cell_w)
+            text = _truncate(_one_line(label), font, cell_w)
             draw.text(
                 (x + cell_w / 2, y + tile_h + gap // 2), text, font=font, fill=_BLACK, anchor="ma"
             )

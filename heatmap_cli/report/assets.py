@@ -48,6 +48,10 @@ _PHOTO_QUALITY = 85
 _KEY_NAME_LENGTH = 48
 
 
+MAX_HOVER_CELLS = 1_000_000
+"""Largest grid whose values the page carries for hovering (a slide's can hold millions)."""
+
+
 def asset_key(stem: PurePosixPath) -> str:
     """A file-name-safe key, unique per stem: a readable slug and a short hash.
 
@@ -101,7 +105,7 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
     folder = PurePosixPath(*record.stem.parts[:-1])
     notes: list[str] = []
     thumb = shown = shown_size = None
-    photo = _read_photo(Path(record.image), notes)
+    photo = _read_photo(_picture_of(record, out_dir / folder), notes)
     if photo is not None:
         thumb, _ = _write_jpeg(photo, THUMB_SIDE, _THUMB_QUALITY, assets / f"{key}.t.jpg")
         shown, shown_size = _write_jpeg(photo, PHOTO_SIDE, _PHOTO_QUALITY, assets / f"{key}.p.jpg")
@@ -136,6 +140,17 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
         "labels": labels,
         "notes": notes,
     }
+
+
+def _picture_of(record: ImageRecord, folder: Path) -> Path:
+    """What the gallery shows of an input: the photo, or a slide's thumbnail.
+
+    Never the slide itself, which may be gigapixels that no single decode should hold.
+    """
+    thumbnail = record.fields.get("thumbnail")
+    if record.fields.get("kind") == "slide" and isinstance(thumbnail, str):
+        return folder / thumbnail
+    return Path(record.image)
 
 
 def _read_photo(source: Path, notes: list[str]) -> Image.Image | None:
@@ -180,6 +195,12 @@ def _write_data(
         return None, None
     try:
         grid = read_score_file(npz)
+        cells = grid.scores.shape[1] * grid.scores.shape[2]
+        if cells > MAX_HOVER_CELLS:
+            notes.append(
+                f"{npz.name} has {cells} cells, too many to hover in a page; the npz holds them"
+            )
+            return None, None
         keep = [c.index for c in (*record.rendered, *record.ranking)]
         data = encode_grid(grid, keep)
     except GridDataError as error:

@@ -9,14 +9,13 @@ are removed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from heatmap_cli.errors import InvalidOptionError
-from heatmap_cli.io import atomic_writer, write_json
+from heatmap_cli.io import atomic_writer, loads_strict, read_regular_file, write_json
 from heatmap_cli.report.assets import ASSET_SUFFIXES, asset_key, build_entry, entry_files
 from heatmap_cli.report.failures import Failure, load_failures, merge_failures, save_failures
 from heatmap_cli.report.page import colormap_table, render_page
@@ -29,6 +28,7 @@ CACHE_VERSION = 1
 """Raised whenever what ``build_entry`` writes changes, so that old caches are ignored."""
 
 _CACHE_FILE = "cache.json"
+_MAX_CACHE_BYTES = 1 << 32  # the report's own file: about a kilobyte per image
 _FAILURES_FILE = "failures.json"
 
 
@@ -39,6 +39,7 @@ def write_report(
     cmap: str = "inferno",
     alpha: float = 0.5,
     workers: int | None = None,
+    damaged: list[Path] | None = None,
 ) -> Path:
     """Writes ``out_dir/index.html`` and its per-image files in ``out_dir/index_files/``.
 
@@ -50,6 +51,8 @@ def write_report(
         alpha: Initial opacity of the map at full score, in ``[0, 1]``.
         workers: Threads that build new per-image files (decoding, resizing, encoding);
             default: the number of CPUs, at most 8.
+        damaged: If given, the image json files left out because they cannot be trusted (not
+            strict JSON: truncated, or holding NaN or Infinity) are appended to it.
 
     Returns:
         The path of ``index.html``.
@@ -68,7 +71,7 @@ def write_report(
     assets = out_dir / ASSETS_DIR_NAME
     current = [Failure.now(image, reason) for image, reason in failures]
 
-    records = find_records(out_dir)
+    records = find_records(out_dir, damaged)
     entries = _entries(records, out_dir, _load_cache(assets / _CACHE_FILE), workers)
     _remove_unused(assets, {path.name for entry in entries for path in entry_files(out_dir, entry)})
     cache = {
@@ -124,7 +127,7 @@ def _stamp(record: ImageRecord, out_dir: Path) -> list[int | None]:
 
 def _load_cache(path: Path) -> dict[str, dict[str, object]]:
     try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
+        cache = loads_strict(read_regular_file(path, max_bytes=_MAX_CACHE_BYTES))
     except (OSError, ValueError):
         return {}
     if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:

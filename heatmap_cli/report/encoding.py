@@ -55,7 +55,7 @@ for activations such as sigmoid, where many classes may pass the threshold."""
 CELL_TOP = 5
 """Classes listed per cell when hovering."""
 
-_READ = ("probs", "centers", "window", "classes", "class_indices")
+_READ = ("probs", "centers", "window", "classes", "class_indices", "tissue")
 _U16_MAX = 65535
 _LATTICE_TOLERANCE = 1e-3  # pixels: centres are float32 products of a scale and a stride
 
@@ -113,6 +113,8 @@ def read_score_file(path: Path) -> ScoreGrid:
         raise GridDataError(f"{Path(path).name} has no {', '.join(missing)}")
 
     scores = np.asarray(arrays["probs"], dtype=np.float32)
+    if "tissue" in arrays and scores.ndim == 3:  # a slide's cells off the tissue: no score
+        scores = np.where(np.isfinite(scores), scores, np.float32(0))
     if scores.ndim != 3 or 0 in scores.shape:
         raise GridDataError(f"probs must be (classes, rows, cols), got {scores.shape}")
     if not np.all(np.isfinite(scores)) or scores.min() < -1e-3 or scores.max() > 1 + 1e-3:

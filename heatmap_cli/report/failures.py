@@ -6,16 +6,17 @@ lists an image that failed before and was not retried, and stops listing it once
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from heatmap_cli.io import write_json
+from heatmap_cli.io import loads_strict, read_regular_file, write_json
 
 __all__ = ["Failure", "load_failures", "merge_failures", "save_failures"]
+
+_MAX_BYTES = 1 << 32  # the report's own file: a line per failed image
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def merge_failures(
 def load_failures(path: Path) -> list[Failure]:
     """The failures saved at ``path``; none if it is missing or unreadable."""
     try:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = loads_strict(read_regular_file(Path(path), max_bytes=_MAX_BYTES))
         return [Failure(str(r["image"]), str(r["reason"]), float(r["time"])) for r in rows]
     except (OSError, ValueError, TypeError, KeyError):
         return []

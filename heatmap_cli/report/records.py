@@ -10,12 +10,13 @@ whatever it has.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from heatmap_cli.io import loads_strict, read_regular_file
 
 __all__ = [
     "ASSETS_DIR_NAME",
@@ -23,6 +24,8 @@ __all__ = [
     "RankedClass",
     "find_records",
 ]
+
+_MAX_RECORD_BYTES = 64 * 2**20  # an image's json is a few kilobytes
 
 ASSETS_DIR_NAME = "index_files"
 """The report's own folder inside the output folder (named as browsers name saved pages')."""
@@ -142,15 +145,17 @@ class ImageRecord:
         return None
 
 
-def find_records(out_dir: Path) -> list[ImageRecord]:
+def find_records(out_dir: Path, damaged: list[Path] | None = None) -> list[ImageRecord]:
     """Every finished image below an output folder, sorted by stem.
 
     A ``.json`` counts when it holds an object with an ``"image"`` string and a ``"model"``;
-    other json files (a manifest, the report's own files in ``index_files/``) and unreadable
-    ones are passed over.
+    other json files (a manifest, the report's own files in ``index_files/``) are passed over,
+    and so are those that cannot be trusted: not a regular file, unreadable, not strict JSON
+    (truncated, or holding ``NaN`` or ``Infinity``, which no run writes).
 
     Args:
         out_dir: The output folder of one or more runs.
+        damaged: If given, the json files passed over as untrustworthy are appended to it.
 
     Returns:
         The records, sorted by their stem's path.
@@ -159,9 +164,11 @@ def find_records(out_dir: Path) -> list[ImageRecord]:
     records = []
     for path in _json_files(out_dir):
         try:
+            fields = loads_strict(read_regular_file(path, max_bytes=_MAX_RECORD_BYTES))
             info = path.stat()
-            fields = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+        except (OSError, ValueError):  # UnicodeDecodeError and NonFiniteJsonError included
+            if damaged is not None:
+                damaged.append(path)
             continue
         if not (isinstance(fields, dict) and isinstance(fields.get("image"), str)):
             continue

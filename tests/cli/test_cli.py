@@ -336,11 +336,11 @@ def test_conversion_notes_are_shown_but_unrelated_warnings_are_not(
     assert notes == ["Note: NoisyNet has global pooling inside its body"]
 
 
-def test_quiet_prints_nothing_on_success(tiny, tmp_path: Path) -> None:
+def test_double_quiet_prints_nothing_on_success(tiny, tmp_path: Path) -> None:
     save_photo(tmp_path / "photos" / "a.png")
     save_photo(tmp_path / "photos" / "b.png")
 
-    result = run_tiny(tmp_path / "photos", "--out", tmp_path / "out", "-q", "-s", "48")
+    result = run_tiny(tmp_path / "photos", "--out", tmp_path / "out", "-qq", "-s", "48")
 
     assert result.exit_code == 0
     assert result.stderr == ""

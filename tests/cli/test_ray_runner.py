@@ -214,3 +214,21 @@ def test_interrupting_the_driver_leaves_no_partial_file(
     assert resumed.exit_code == 0, resumed.output
     assert {row["status"] for row in manifest_rows(out).values()} <= {"done", "skipped"}
     assert len(manifest_rows(out)) == 3
+
+
+def test_ray_spreads_slides_over_its_actors(tmp_path: Path) -> None:
+    from tests.helpers.slides import require_slides, write_slide
+
+    require_slides()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_slide(inputs / "s1.svs", (300, 360), downsamples=(1, 4))
+    write_slide(inputs / "s2.svs", (280, 340), downsamples=(1, 4), seed=1)
+    out = tmp_path / "out"
+    result = run(inputs, "--out", out, *MODEL, *ON_RAY, "--mpp", "0.5", "-q")
+    assert result.exit_code == 0, result.stderr
+    rows = manifest_rows(out)
+    assert {rows[s]["status"] for s in ("s1", "s2")} == {"done"}
+    for stem in ("s1", "s2"):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["kind"] == "slide" and (out / f"{stem}.csv").is_file()

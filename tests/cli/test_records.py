@@ -26,6 +26,7 @@ from heatmap_cli.pipeline.rendering import (
     parse_outputs,
     render_overlay,
     rendered_classes,
+    summarize_image,
 )
 from heatmap_cli.pipeline.scoring import ImageResult
 from tests.helpers.nets import WINDOW, VolumeHeadNet, seeded
@@ -46,7 +47,7 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     options = OutputOptions(top_k=2, pooling="mean")
 
     record = build_record(
-        result, engine, options, rendered_classes(result, engine.categories, options)
+        result, engine, options, summarize_image(result, engine.categories, options)
     )
     document = json.loads(json.dumps(record.to_json()))
 
@@ -94,11 +95,16 @@ def test_tiling_of_several_passes_adds_up() -> None:
     grid = dataclasses.replace(result.grid, passes=passes)
     options = OutputOptions()
 
-    record = build_record(dataclasses.replace(result, grid=grid), engine, options, ())
+    tiled_result = dataclasses.replace(result, grid=grid)
+    record = build_record(
+        tiled_result, engine, options, summarize_image(tiled_result, engine.categories, options)
+    )
 
     assert record.tiling == Tiling(tile=72, tiles=7)
     assert [p["tiling"]["tiled"] for p in record.to_json()["multiscale"]["passes"]] == [True, False]
-    untiled = build_record(result, engine, options, ())
+    untiled = build_record(
+        result, engine, options, summarize_image(result, engine.categories, options)
+    )
     assert untiled.tiling == Tiling(tile=None, tiles=2)
     assert not untiled.tiling.tiled and Tiling() == UNTILED
 
@@ -149,8 +155,10 @@ def test_json_peaks_labels_and_maps_come_from_the_drawn_scores(scores, scales, f
     result, engine = scored(scales, flip=flip)
     result = dataclasses.replace(result, display=np.zeros_like(result.display))
     options = OutputOptions(top_k=3, scores=scores, cmap="gray", label="none")
-    classes = rendered_classes(result, engine.categories, options)
-    record = build_record(result, engine, options, classes)
+    summary = summarize_image(result, engine.categories, options)
+    classes = summary.classes
+    assert classes == rendered_classes(result, engine.categories, options)
+    record = build_record(result, engine, options, summary)
     drawn = result.grid.probs if scores == "probs" else result.grid.logits
     centers = result.grid.geometry.centers()
     # the rendered classes are the ranking the json and stdout report
@@ -186,7 +194,8 @@ def test_json_records_every_setting_the_versions_the_device_and_the_dtype() -> N
         top_k=2, scale="per-class", vmax=0.9, label="corner", outputs=("npz", "json"),
         image_format="webp", npz_classes="top5", npz_dtype="float16", cmap="magma",
     )  # fmt: skip
-    document = build_record(result, engine, options, ()).to_json()
+    summary = summarize_image(result, engine.categories, options)
+    document = build_record(result, engine, options, summary).to_json()
 
     settings = document["settings"]
     assert settings["scales"] == [1.0, 1.5] and settings["flip"] is True
@@ -236,7 +245,8 @@ def test_the_json_records_the_settings_the_command_compares_and_its_files() -> N
     options = OutputOptions(classes=(3, 1), top_k=2, alpha=0.25, colorbar=True)
     files = (OutputFile("x_3_class_3.png", 123), OutputFile("x.npz", 4567))
 
-    document = build_record(result, engine, options, (), files).to_json()
+    summary = summarize_image(result, engine.categories, options)
+    document = build_record(result, engine, options, summary, files).to_json()
 
     # The record's settings are what the command computes before it scores anything.
     assert document["settings"] == run_settings(engine, options, (1, 1.5), flip=True)
@@ -279,7 +289,7 @@ def test_overlay_label_shows_the_exact_peak_where_it_differs() -> None:
 
 def test_written_json_and_npz_hold_the_fidelity_check(tmp_path: Path) -> None:
     from heatmap_cli.pipeline.fidelity import image_fidelity
-    from heatmap_cli.pipeline.rendering import with_exact_peaks
+    from heatmap_cli.pipeline.rendering import summarize_image, with_exact_peaks
     from heatmap_cli.pipeline.scoring import score_images
 
     loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, source="test weights")
@@ -289,11 +299,12 @@ def test_written_json_and_npz_hold_the_fidelity_check(tmp_path: Path) -> None:
     (outcome,) = score_images([ImageInput(photo, Path("x"))], engine, keep_inputs=True)
     result = outcome.unwrap()
     options = OutputOptions(top_k=2, fidelity=3)
-    classes = rendered_classes(result, engine.categories, options)
-    fidelity = image_fidelity(result, engine, [c.cell for c in classes], options.fidelity)
-    classes = with_exact_peaks(classes, fidelity, options)
+    summary = summarize_image(result, engine.categories, options)
+    fidelity = image_fidelity(result, engine, [c.cell for c in summary.classes], options.fidelity)
+    classes = with_exact_peaks(summary.classes, fidelity, options)
+    summary = dataclasses.replace(summary, classes=classes)
 
-    write_outputs(result, engine, options, tmp_path / "out", classes=classes, fidelity=fidelity)
+    write_outputs(result, engine, options, tmp_path / "out", summary=summary, fidelity=fidelity)
 
     record = json.loads((tmp_path / "out" / "x.json").read_bytes())
     assert fidelity is not None

@@ -8,7 +8,11 @@ test_batch.py; these are the ones a hand-written or hostile json can make.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path, PurePath
+
+import pytest
 
 from heatmap_cli.cli.resume import Verdict, check_outputs, settings_changes
 
@@ -80,3 +84,29 @@ def test_settings_changes_name_every_key_that_differs() -> None:
         'new (none) -> "x"',
         "stride 32 -> 16",
     ]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_json_holding_a_number_json_does_not_allow_is_redone(tmp_path: Path, number: str) -> None:
+    out = finished(tmp_path)
+    text = (out / "x.json").read_text(encoding="utf-8")
+    (out / "x.json").write_text(text.replace('"bytes": 10', f'"bytes": 10, "p": {number}'))
+
+    verdict = check_outputs(out, PurePath("x"), SETTINGS)
+
+    assert verdict == Verdict(False, "its json holds NaN or Infinity, which JSON does not allow")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_json_that_is_a_fifo_is_redone_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "x.json")
+    verdicts: list[Verdict] = []
+    checking = threading.Thread(
+        target=lambda: verdicts.append(check_outputs(tmp_path, PurePath("x"), SETTINGS)),
+        daemon=True,
+    )
+
+    checking.start()
+    checking.join(10)
+
+    assert verdicts == [Verdict(False, "its json is not a file")]

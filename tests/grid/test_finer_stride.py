@@ -3,8 +3,8 @@
 On padding-free networks both must equal per-window crops to float precision. On real, padded
 networks they cannot agree everywhere; what holds exactly is that both equal the dense grid on
 the cells of the native grid, and the in-between cells differ only near the borders of the
-shifted passes, fading with the distance from them (figures in the README and in
-benchmarks/finer_stride.py).
+shifted passes, fading with the distance from them (figures in docs/methods.md and in
+benchmarks/studies/finer_stride.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from heatmap_cli.errors import GeometryError
 from heatmap_cli.grid.dilate import DilatedNet, dilate
 from heatmap_cli.grid.geometry import grid_shape
 from heatmap_cli.grid.stitch import StitchedNet
-from tests.helpers.nets import ALL_NETS, NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
+from tests.helpers.nets import NATIVE_STRIDE, NUM_CLASSES, WINDOW, VolumeHeadNet, seeded
 
 
 def _input(rows: int, cols: int, stride: int, batch: int = 2, window=WINDOW) -> torch.Tensor:
@@ -36,21 +36,6 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --- Padding-free networks: every method is exact ------------------------------------------------
-
-
-@pytest.mark.parametrize("stride", [4, 2, 1])
-@pytest.mark.parametrize("net_class", ALL_NETS)
-def test_stitch_dilate_and_crops_agree_on_padding_free_nets(net_class, stride, head_form):
-    model = seeded(net_class)
-    net = convolutionalize(model, WINDOW, matmul_max_cells=head_form)
-    x = _input(5, 7, stride)  # non-square and not a multiple of the native stride
-    grids = {
-        method: score_grid(net, x, stride=stride, method=method, input_size=WINDOW)
-        for method in ("stitch", "dilate", "crops")
-    }
-    assert grids["crops"].shape == (2, NUM_CLASSES, 5, 7)
-    assert _max_diff(grids["stitch"], grids["crops"]) < 1e-5
-    assert _max_diff(grids["dilate"], grids["crops"]) < 1e-5
 
 
 class PoolZooNet(nn.Module):
@@ -92,42 +77,16 @@ def test_average_pools_and_functional_ops_are_exact_without_padding(stride):
     )
 
 
-def test_cell_i_j_is_the_window_at_i_stride_j_stride():
-    model = seeded(VolumeHeadNet)
-    stride = 2
-    x = _input(6, 9, stride, batch=1)
-    grid = score_grid(model, x, stride=stride, method="dilate", input_size=WINDOW)
-    with torch.no_grad():
-        for i, j in [(0, 0), (5, 8), (3, 1), (1, 6)]:
-            top, left = i * stride, j * stride
-            window = x[:, :, top : top + WINDOW[0], left : left + WINDOW[1]]
-            assert torch.allclose(grid[0, :, i, j], model(window)[0], atol=1e-5)
-
-
 @pytest.mark.parametrize("extra", [(0, 0), (1, 3), (5, 7), (3, 0)])
-def test_unsnapped_inputs_give_grid_shape_cells(extra):
+def test_the_dilated_network_itself_takes_any_size_from_the_window_up(extra):
+    # score_grid's side of this, for every method: tests/grid/test_every_method.py
     model = seeded(VolumeHeadNet)
     stride = 2
     x = torch.randn(1, 3, WINDOW[0] + 9 + extra[0], WINDOW[1] + 4 + extra[1])
     expected = grid_shape(tuple(x.shape[2:]), WINDOW, stride)
-    crops = score_grid(model, x, stride=stride, method="crops", input_size=WINDOW)
-    for method in ("stitch", "dilate"):
-        grid = score_grid(model, x, stride=stride, method=method, input_size=WINDOW)
-        assert grid.shape[2:] == expected
-        assert _max_diff(grid, crops) < 1e-5
-    # the dilated network itself also takes any size >= window, not only covered ones
     dilated = dilate(convolutionalize(model, WINDOW), stride)
     with torch.inference_mode():
         assert dilated(x).shape[2:] == expected == dilated.grid_size(tuple(x.shape[2:]))
-
-
-def test_stitch_batch_size_does_not_change_the_grid():
-    model = seeded(VolumeHeadNet)
-    net = convolutionalize(model, WINDOW)
-    x = _input(7, 9, 2, batch=3)
-    one = score_grid(net, x, stride=2, method="stitch", input_size=WINDOW, batch_size=1)
-    many = score_grid(net, x, stride=2, method="stitch", input_size=WINDOW, batch_size=16)
-    assert _max_diff(one, many) < 1e-6
 
 
 # --- API, caching, errors -------------------------------------------------------------------------
@@ -163,13 +122,6 @@ def test_native_stride_is_the_dense_grid():
     dense = score_grid(model, x, input_size=WINDOW)
     for method in ("stitch", "dilate"):
         assert torch.equal(score_grid(model, x, method=method, input_size=WINDOW), dense)
-
-
-@pytest.mark.parametrize("method", ["stitch", "dilate"])
-def test_stride_that_does_not_divide_lists_valid_strides(method):
-    x = torch.randn(1, 3, 60, 60)
-    with pytest.raises(GeometryError, match="valid strides: 8, 4, 2, 1"):
-        score_grid(seeded(VolumeHeadNet), x, stride=3, method=method, input_size=WINDOW)
 
 
 def test_dilate_refuses_a_stride_that_does_not_divide():

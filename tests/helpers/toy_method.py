@@ -45,4 +45,5 @@ MIRROR = GridMethod(
     mirrored_network,
     strides="native",
     folds_norms=True,
+    exact=False,  # the mirrored window is not the window
 )

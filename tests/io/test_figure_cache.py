@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,75 @@ def test_the_cached_tiling_figure_equals_the_measured_one(
     assert tiling_memory._per_pixel(fresh, torch.float32, DISK_FIGURES) == measured
     tiles = [choose_tile(n, size, budget, figures=DISK_FIGURES) for n in (fresh, net)]
     assert tiles[0] == tiles[1]
+
+
+# --- a damaged cache only costs time ------------------------------------------------------------
+
+
+def _cached_then_damaged(folder: Path, damage: str | None) -> tuple[tuple[int, float], Path]:
+    """The per-pixel figures of a tiny converted net, cached, then the cache file damaged
+    (``damage`` written in its place; None: a FIFO in its place)."""
+    net = convolutionalize(seeded(VolumeHeadNet), WINDOW)
+    measured = tiling_memory._per_pixel(net, torch.float32, DISK_FIGURES)
+    (path,) = folder.iterdir()
+    path.unlink()
+    if damage is None:
+        os.mkfifo(path)
+    else:
+        path.write_text(damage, encoding="utf-8")
+    return measured, path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        '{"bytes_per_pixel": 1}',
+        '{"classes": NaN, "bytes_per_pixel": 70}',
+        '{"classes": 10, "bytes_per_pixel": NaN}',
+        '{"classes": 10, "bytes_per_pixel": Infinity}',
+        '{"classes": 10, "bytes_per_pixel": 1e15}',
+        '{"classes": 1e15, "bytes_per_pixel": 70}',
+        '{"classes": 7, "bytes_per_pixel": 70}',
+        '{"classes": 10.5, "bytes_per_pixel": 70}',
+        '{"classes": 10, "bytes_per_pixel": -70}',
+        '{"classes": 10, "bytes_per_pixel": 0.5}',
+    ],
+)
+def test_implausible_figures_are_measured_again_and_replaced(folder: Path, damage: str) -> None:
+    measured, path = _cached_then_damaged(folder, damage)
+    fresh = convolutionalize(seeded(VolumeHeadNet, seed=1), WINDOW)  # not in the memory cache
+
+    assert tiling_memory._per_pixel(fresh, torch.float32, DISK_FIGURES) == measured
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    assert (int(stored["classes"]), stored["bytes_per_pixel"]) == measured
+    # and the tiling estimate answers as with a sound cache: no tile for a small input
+    assert choose_tile(fresh, (96, 160), 2**30, figures=DISK_FIGURES) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_in_place_of_the_cache_file_is_never_waited_on(folder: Path) -> None:
+    measured, path = _cached_then_damaged(folder, None)
+    fresh = convolutionalize(seeded(VolumeHeadNet, seed=1), WINDOW)
+    found: list[tuple[int, float]] = []
+    reader = threading.Thread(
+        target=lambda: found.append(tiling_memory._per_pixel(fresh, torch.float32, DISK_FIGURES)),
+        daemon=True,
+    )
+
+    reader.start()
+    reader.join(30)
+
+    assert found == [measured], "the figure was not measured again: it waits on the FIFO"
+    assert path.is_file()  # replaced by a sound file
+
+
+def test_a_store_that_returns_nonsense_is_not_believed() -> None:
+    class LyingStore:
+        def figures(self, kind, net, extra, measure, plausible=None):
+            return {"classes": 10.0, "bytes_per_pixel": 1e15}
+
+    net = convolutionalize(seeded(VolumeHeadNet), WINDOW)
+    expected = tiling_memory._measure_per_pixel(net, torch.float32)
+    fresh = convolutionalize(seeded(VolumeHeadNet, seed=1), WINDOW)
+    classes, per_pixel = tiling_memory._per_pixel(fresh, torch.float32, LyingStore())
+    assert (classes, per_pixel) == (int(expected["classes"]), expected["bytes_per_pixel"])

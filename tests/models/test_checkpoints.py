@@ -7,6 +7,8 @@ compute exactly what the model that was saved computes.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -129,8 +131,9 @@ def test_every_checkpoint_shape_gives_the_same_model(form: str, tmp_path) -> Non
     torch.save(wrap(reference.state_dict()), path)
     loaded = load_model("resnet18", weights=path)
     assert same_outputs(loaded.model, reference)
+    wrapping = [text for text in loaded.notes if "records no input size" not in text]
     if note is None:
-        assert all(str(path) not in text for text in loaded.notes) or form != "plain"
+        assert all(str(path) not in text for text in wrapping) or form != "plain"
     else:
         assert any(note in text for text in loaded.notes), loaded.notes
 
@@ -141,7 +144,7 @@ def test_the_moving_average_is_preferred_where_present(tmp_path) -> None:
     torch.save({"state_dict": trained.state_dict(), "state_dict_ema": averaged.state_dict()}, path)
     loaded = load_model("resnet18", weights=path)
     assert same_outputs(loaded.model, averaged)
-    assert loaded.notes == (f"{path}: used the weights under 'state_dict_ema'",)
+    assert loaded.notes[0] == f"{path}: used the weights under 'state_dict_ema'"
 
 
 def test_safetensors(tmp_path) -> None:
@@ -219,10 +222,147 @@ def test_bad_labels_files_are_named(content: bytes, match: str, tmp_path) -> Non
     assert str(excinfo.value).startswith(f"{labels}: ")
 
 
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b'{"0": "tumour", "1": "stroma", "2": "fat", "+1": "EVIL"}', "the key '\\+1' is not a"),
+        (b'{"0": "tumour", "01": "EVIL", "1": "stroma", "2": "fat"}', "the key '01' is not a"),
+        (b'{"0": "tumour", " 1": "EVIL", "1": "stroma", "2": "fat"}', "the key ' 1' is not a"),
+        (b'{"0": "tumour", "1": "stroma", "2": "fat", "1": "EVIL"}', "names the key '1' twice"),
+        (b'{"0": "tumour", "1.0": "stroma", "2": "fat"}', "the key '1.0' is not a"),
+        (b'{"0": "tumour", "-0": "stroma", "2": "fat"}', "the key '-0' is not a"),
+        ('{"0": "a", "\u0661": "b", "2": "c"}'.encode(), "is not a class index"),
+    ],
+    ids=["plus", "leading zero", "space", "twice", "float", "minus zero", "arabic digit"],
+)
+def test_a_json_index_written_twice_or_not_plainly_is_refused(
+    content: bytes, match: str, tmp_path
+) -> None:
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(content)
+    with pytest.raises(LabelsFileError, match=match) as excinfo:
+        read_labels(labels)
+    assert str(excinfo.value).startswith(f"{labels}: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("labels.json", b'{"0": "a",\n "1": "b\\nc",\n "2": "d"}', "line 2: the name of class 1"),
+        ("labels.json", b'["a", "b", "c\\rd"]', "line 1: the name of class 2"),
+        ("labels.json", '["a",\n"b\u2028c", "d"]'.encode(), "line 2: the name of class 1"),
+        ("labels.txt", b"a\nb\x0bc\nd\n", "line 2 holds a line break inside its name"),
+        ("labels.txt", "a\nb\nc\x85d\n".encode(), "line 3 holds a line break"),
+        ("labels.txt", "a\u2029b\nc\nd\n".encode(), "line 1 holds a line break"),
+        ("labels.txt", b"a\nb\x1cc\nd\n", "line 2 holds a line break"),
+    ],
+    ids=["JSON \\n", "JSON \\r", "JSON U+2028", "VT", "NEL", "U+2029", "FS"],
+)
+def test_a_name_with_a_line_break_is_refused_naming_file_and_line(
+    name: str, content: bytes, match: str, tmp_path
+) -> None:
+    labels = tmp_path / name
+    labels.write_bytes(content)
+    with pytest.raises(LabelsFileError, match=match) as excinfo:
+        read_labels(labels)
+    assert str(excinfo.value).startswith(f"{labels}: ")
+    assert "a class name is one line" in str(excinfo.value)
+    # blank space around a name is stripped; NUL, RTL marks, tabs, long names stay names
+    odd = ("nul\x00inside", "\u202eRTL mark", "x" * 5000, "tab\tinside")
+    text = json.dumps([f"{n}\r\n" for n in odd]) if name.endswith(".json") else "\n".join(odd)
+    labels.write_text(text, encoding="utf-8")
+    assert read_labels(labels) == odd
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("kind", ["FIFO", "device"])
+def test_a_labels_path_that_is_not_a_file_is_refused_at_once(kind: str, tmp_path) -> None:
+    path = Path("/dev/zero")
+    if kind == "FIFO":
+        path = tmp_path / "labels.txt"
+        os.mkfifo(path)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_labels(path)
+        except BaseException as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert outcome, "still reading: it waits on a FIFO or reads /dev/zero forever"
+    assert isinstance(outcome[0], LabelsFileError)
+    assert str(outcome[0]) == f"{path}: not a file (a {'FIFO' if kind == 'FIFO' else 'device'})"
+
+
 def test_imagenet_names_stay_for_an_imagenet_head(tmp_path) -> None:
     path = tmp_path / "imagenet_head.pth"
     torch.save(fine_tuned(classes=1000).state_dict(), path)
     assert load_model("resnet18", weights=path).categories == imagenet_categories()
+
+
+# --- the training size a checkpoint records ------------------------------------------------
+
+RECORDED = {
+    "Lightning img_size": ({"hyper_parameters": {"lr": 0.1, "img_size": 64}}, (64, 64)),
+    "Lightning image_size H,W": ({"hyper_parameters": {"image_size": [80, 96]}}, (80, 96)),
+    "datamodule": ({"datamodule_hyper_parameters": {"crop_size": 72}}, (72, 72)),
+    "timm pretrained_cfg": ({"pretrained_cfg": {"input_size": (3, 96, 128)}}, (96, 128)),
+    "top level": ({"input_size": [1, 112, 112]}, (112, 112)),
+}
+
+
+@pytest.mark.parametrize("form", list(RECORDED))
+def test_a_checkpoint_that_records_its_size_runs_at_it(form: str, tmp_path) -> None:
+    extra, size = RECORDED[form]
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": fine_tuned().state_dict(), **extra}, path)
+
+    loaded = load_model("resnet18", weights=path)
+
+    assert loaded.input_size == size
+    (note,) = [text for text in loaded.notes if "input size" in text]
+    assert note.startswith(f"{path}: input size {size[1]}x{size[0]}, from its ")
+    assert load_model("resnet18", weights=path, input_size=(50, 60)).input_size == (50, 60)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"hyper_parameters": {"img_size": "big"}}, {"hyper_parameters": {"img_size": 0}}],
+    ids=["none", "not a number", "zero"],
+)
+def test_a_checkpoint_without_a_size_says_the_window_is_assumed(extra: dict, tmp_path) -> None:
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": fine_tuned().state_dict(), **extra}, path)
+
+    loaded = load_model("resnet18", weights=path)
+
+    assert loaded.input_size == (224, 224)
+    assert (
+        f"{path} records no input size; assuming 224x224, resnet18's own (set --input-size "
+        "to the size it was trained at)"
+    ) in loaded.notes
+    given = load_model("resnet18", weights=path, input_size=(64, 64))
+    assert given.input_size == (64, 64)
+    assert not any("input size" in text for text in given.notes)
+
+
+def test_every_source_of_architectures_reads_the_recorded_size(tmp_path) -> None:
+    torch.manual_seed(0)
+    timm_model = timm.create_model("resnet18", pretrained=False, num_classes=5).eval()
+    lite = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2).eval()
+    for name, model in (("timm/resnet18", timm_model), (DEFAULT_MODEL, lite)):
+        path = tmp_path / f"{name.replace('/', '_')}.pth"
+        recorded = {"pretrained_cfg": {"input_size": (3, 96, 96)}}
+        torch.save({"model": model.state_dict(), **recorded}, path)
+        assert load_model(name, weights=path).input_size == (96, 96), name
+        plain = tmp_path / "plain.pth"
+        torch.save(model.state_dict(), plain)
+        loaded = load_model(name, weights=plain)
+        assert loaded.input_size == (224, 224)
+        assert any("records no input size" in text for text in loaded.notes), name
 
 
 # --- preprocessing --------------------------------------------------------------------------

@@ -428,7 +428,7 @@ def toy() -> ModelSource:
 
 
 def test_a_registered_source_loads_lists_and_suggests_its_models(toy: ModelSource) -> None:
-    families = ["default", "torchvision", "timm", "python", "file", "toy"]
+    families = ["default", "torchvision", "timm", "python", "wsinfer", "file", "toy"]
     assert [s.family for s in list_sources()] == families
     assert get_source(" toy/3 ") is toy
     loaded = load_model(" toy/3 ")

@@ -118,8 +118,8 @@ def test_a_package_module_callable(code: Path, monkeypatch: pytest.MonkeyPatch) 
     loaded = load_model("mine.model:build")
     assert loaded.num_classes == 10
     assert loaded.files == ()  # a module, not a file given by path
-    assert loaded.notes == (
-        "mine.model:build records no input size; assuming 224x224 (set --input-size to the "
+    assert loaded.notes == (  # a library call names the parameter; the command, --input-size
+        "mine.model:build records no input size; assuming 224x224 (set input_size to the "
         "size it was trained at)",
     )
 

@@ -337,3 +337,33 @@ def test_scales_are_parsed_and_checked():
             interpolation="bilinear",
             scales=(),
         )
+
+
+class _NonFiniteNet(nn.Module):
+    """VolumeHeadNet whose input pixels above ``threshold`` become ``value`` before its body."""
+
+    def __init__(self, value: float, threshold: float = 1.5) -> None:
+        super().__init__()
+        self.net = seeded(VolumeHeadNet)
+        self.value, self.threshold = value, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.where(x > self.threshold, self.value, x))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(("scales", "flip"), [((1,), False), ((1, 1.5), True)])
+def test_non_finite_scores_are_refused_with_what_was_found(value, scales, flip):
+    from heatmap_cli.errors import NonFiniteScoresError
+
+    engine = engine_for(_NonFiniteNet(value), WINDOW, size=60)
+    image = random_photo(70, 95)
+
+    with pytest.raises(NonFiniteScoresError) as excinfo:
+        score_multiscale(engine, image, scales, flip=flip)
+
+    message = str(excinfo.value)
+    assert message.startswith("the model produced non-finite scores for this image")
+    assert message.endswith("; check the model and its weights")
+    dark = Image.new("RGB", (95, 70))
+    assert np.isfinite(score_multiscale(engine, dark, scales, flip=flip).logits).all()

@@ -435,3 +435,20 @@ def test_render_class_overlay_colours_the_hot_cell_and_leaves_the_rest():
     np.testing.assert_array_equal(out[-5:, :40], image[-5:, :40])  # far from the hot cell
     wide = render_class_overlay(image, values, centers, colorbar=True, colorbar_label="p")
     assert wide.shape[0] == 200 and wide.shape[1] > 300
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\r\n", "\x85", "\x0b", "\u2028", "\u2029"])
+def test_text_with_any_line_break_is_drawn(line_break: str) -> None:
+    """Class names come from anywhere: a caption, a corner label or a colour bar's label with a
+    line break in it is drawn (the layout engine refuses some of them: raqm_layout failed)."""
+    picture = np.zeros((120, 200, 3), np.uint8)
+    name = f"tabby{line_break}cat"
+
+    captioned = contact_sheet([picture, picture], ["photo", f"{name} 0.87"])
+    labelled = annotate(picture, f"{name}  p=0.87")
+    barred = add_colorbar(picture, label=name)
+
+    assert captioned.ndim == labelled.ndim == barred.ndim == 3
+    assert labelled.shape == picture.shape and not np.array_equal(labelled, picture)
+    one_line = contact_sheet([picture, picture], ["photo", "tabby cat 0.87"])
+    assert np.array_equal(captioned, one_line)  # the caption is drawn on one line

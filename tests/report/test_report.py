@@ -500,3 +500,28 @@ def test_report_carries_each_images_fidelity_and_exact_peaks(tmp_path: Path) -> 
         "cells": 3,
     }
     assert two["rendered"][0][4] is None and two["fidelity"] is None
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_the_reports_own_files_and_records_holding_non_finite_numbers_are_not_trusted(
+    tmp_path: Path, number: str
+) -> None:
+    out = tmp_path / "out"
+    write_outputs(out, "one")
+    write_outputs(out, "two", seed=1)
+    write_report(out, failures=[("gone.png", "empty file")])
+    assets = out / ASSETS_DIR_NAME
+    for name in ("cache.json", "failures.json"):  # edited by hand, or by another program
+        text = (assets / name).read_text(encoding="utf-8")
+        (assets / name).write_text(re.sub(r"(\d+\.\d+)", number, text, count=1), "utf-8")
+    two = (out / "two.json").read_text(encoding="utf-8")
+    (out / "two.json").write_text(two.replace('"peak": ', f'"peak": {number}, "p": ', 1))
+
+    damaged: list[Path] = []
+    write_report(out, damaged=damaged)
+
+    assert damaged == [out / "two.json"]
+    report = embedded_report(out)
+    assert [Path(entry["image"]).name for entry in report["images"]] == ["one.png"]
+    for name in ("cache.json", "failures.json"):  # rewritten as strict JSON
+        json.loads((assets / name).read_text(encoding="utf-8"), parse_constant=pytest.fail)

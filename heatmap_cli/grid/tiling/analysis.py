@@ -357,8 +357,11 @@ class _FieldAnalysis:
         timm = timm_layers()
         if module.padding_mode == "circular":
             raise UnsupportedGraph(f"{self.describe(node)} pads circularly")
+        if isinstance(module, timm.flagged_same_convs) and not hasattr(module, "same_pad"):
+            # which padding it uses is read from same_pad: without it (timm renamed it?), probe
+            raise UnsupportedGraph(f"{self.describe(node)} has no same_pad attribute")
         if isinstance(module, timm.same_convs) or (
-            isinstance(module, timm.flagged_same_convs) and getattr(module, "same_pad", False)
+            isinstance(module, timm.flagged_same_convs) and module.same_pad
         ):
             return self.window_op(
                 node, module.kernel_size, module.stride, module.dilation, 0, same=True

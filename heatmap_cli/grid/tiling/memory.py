@@ -16,6 +16,8 @@ of ``heatmap_cli.io.figure_cache``); without one it is measured once per network
 
 from __future__ import annotations
 
+import itertools
+import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from heatmap_cli.grid.tiling.plan import minimum_tile
 __all__ = [
     "CUDA_BUDGET_FRACTION",
     "DEFAULT_CPU_BUDGET",
+    "MAX_BYTES_PER_PIXEL",
     "MEMORY_SAFETY_FACTOR",
     "FigureStore",
     "choose_tile",
@@ -62,6 +65,7 @@ class FigureStore(Protocol):
         net: nn.Module,
         extra: Sequence[str],
         measure: Callable[[], Mapping[str, float]],
+        plausible: Callable[[Mapping[str, float]], bool] | None = None,
     ) -> Mapping[str, float]:
         """The figures of ``kind`` for ``net`` (and ``extra``), from ``measure`` on a miss.
 
@@ -70,10 +74,12 @@ class FigureStore(Protocol):
             net: The network they describe (its structure is the key, with ``extra``).
             extra: Anything else they depend on, e.g. the dtype they were measured in.
             measure: Measures them (a shape pass: about a second).
+            plausible: Whether figures kept earlier can be believed; a store measures again
+                (and keeps the new figures) instead of returning figures it refuses.
 
         Returns:
             The figures by name. A store may return what it kept earlier; the caller checks
-            that they are plausible and measures again when not.
+            them again and measures itself when they are still not plausible.
         """
         ...
 
@@ -126,7 +132,7 @@ def estimate_activation_bytes(
     from creation until they are freed; the input is counted throughout (the caller holds it).
     Weights, the Python/torch runtime and operators' internal scratch buffers are not included:
     multiply by :data:`MEMORY_SAFETY_FACTOR` for a budget (measured on the CPU with the default
-    model; see ``benchmarks/huge_images.py``).
+    model; see ``benchmarks/studies/huge_images.py``).
 
     Args:
         net: Any module ``(N, 3, H, W) -> (N, K, h, w)`` that runs on meta tensors.
@@ -206,13 +212,46 @@ def _per_pixel(
         def measure() -> dict[str, float]:
             return _measure_per_pixel(net, dtype)
 
-        found = (
-            measure()
-            if figures is None
-            else figures.figures("activation-bytes", net, (str(dtype), _ESTIMATE_REVISION), measure)
-        )
-        cached[dtype] = (int(found["classes"]), found["bytes_per_pixel"])
+        def plausible(found: Mapping[str, float]) -> bool:
+            return _plausible_per_pixel(found, net, dtype)
+
+        found: Mapping[str, float] | None = None
+        if figures is not None:
+            extra = (str(dtype), _ESTIMATE_REVISION)
+            found = figures.figures("activation-bytes", net, extra, measure, plausible)
+        if found is None or not plausible(found):
+            found = measure()
+        cached[dtype] = (int(found["classes"]), float(found["bytes_per_pixel"]))
     return cached[dtype]
+
+
+MAX_BYTES_PER_PIXEL = 2**20
+"""The most activation bytes per input pixel believed of a stored figure (1 MiB: 50 GB for one
+224 x 224 window, far beyond any classifier; real ones take a few kilobytes)."""
+
+
+def _plausible_per_pixel(found: Mapping[str, float], net: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether stored per-pixel figures can be those of ``net``, without a shape pass.
+
+    ``classes`` must be a whole number that is the leading size of one of the network's
+    parameters or buffers (a classifier's last layer has ``K`` outputs), and ``bytes_per_pixel``
+    at least the input's own bytes per pixel and at most :data:`MAX_BYTES_PER_PIXEL`.
+    """
+    classes, per_pixel = found.get("classes"), found.get("bytes_per_pixel")
+    numbers = [value for value in (classes, per_pixel) if isinstance(value, int | float)]
+    if len(numbers) != 2 or any(isinstance(v, bool) or not math.isfinite(v) for v in numbers):
+        return False
+    input_bytes = 3 * _element_size(dtype)
+    if not input_bytes <= per_pixel <= MAX_BYTES_PER_PIXEL:  # type: ignore[operator]
+        return False
+    if classes != int(classes) or classes < 1:  # type: ignore[arg-type]
+        return False
+    leading = {
+        tensor.shape[0]
+        for tensor in itertools.chain(net.parameters(), net.buffers())
+        if tensor.dim() >= 1
+    }
+    return not leading or int(classes) in leading  # type: ignore[arg-type]
 
 
 _ESTIMATE_REVISION = "live tensor bytes on meta, window + 8 lattice periods"

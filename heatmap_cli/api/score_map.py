@@ -1,0 +1,225 @@
+"""One image's class maps in a notebook: the numbers of the command's npz, and its pictures.
+
+A :class:`ScoreMap` holds what the command's loader made of one image
+(:class:`~heatmap_cli.pipeline.scoring.ImageResult`): the averaged grid and every pass, and the
+photo's display copy. Its arrays are the npz's, its ranking is the json's ``top_k``
+(:func:`~heatmap_cli.pipeline.ranking.rank_passes`), and :meth:`ScoreMap.overlay` draws with the
+command's own code (:func:`~heatmap_cli.pipeline.rendering.rendered_classes` and
+:func:`~heatmap_cli.pipeline.rendering.render_overlay`), so it is the picture the command writes
+for the same options.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from heatmap_cli.errors import InvalidOptionError, UnknownClassError
+from heatmap_cli.pipeline.multiscale import Pass
+from heatmap_cli.pipeline.ranking import ImageRanking, rank_passes, resolve_class
+from heatmap_cli.pipeline.rendering import OutputOptions, render_overlay, rendered_classes
+from heatmap_cli.pipeline.scoring import ImageResult
+from heatmap_cli.render import DEFAULT_SCALE, peak_location
+
+__all__ = ["ClassSpec", "ScoreMap"]
+
+ClassSpec = int | str | tuple[int, str, float]
+"""A class: its index, its name (exact, else a unique part of it; any case), or an entry of
+:meth:`ScoreMap.top`."""
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreMap:
+    """The class maps of one image: probabilities and logits per window, and where they are.
+
+    Cell ``(i, j)`` is the classifier's answer on one window of the photo; ``centers[i, j]`` is
+    that window's centre in the photo's own pixels (after its EXIF orientation, for a file).
+
+    Attributes:
+        result: What the command's loader made of the image (grid, passes, display copy).
+        class_names: The ``K`` class names.
+        probabilities: Whether :attr:`probs` are probabilities (else the logits themselves:
+            ``activation="none"`` on a model that returns logits); pictures then show logits.
+    """
+
+    result: ImageResult
+    class_names: tuple[str, ...]
+    probabilities: bool = True
+    _rankings: dict[str, ImageRanking] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The image's file as given, or ``<image N>`` for one given in memory."""
+        return str(self.result.item.path)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """float32 ``(K, h, w)``: per cell, the activation of :attr:`logits` (softmax over K)."""
+        return self.result.grid.probs
+
+    @property
+    def logits(self) -> np.ndarray:
+        """float32 ``(K, h, w)``: per cell, the logits (averaged over the passes)."""
+        return self.result.grid.logits
+
+    @functools.cached_property
+    def centers(self) -> np.ndarray:
+        """float32 ``(h, w, 2)``: the ``(x, y)`` centre of each cell's window, original pixels."""
+        return self.result.grid.geometry.centers()
+
+    @property
+    def window(self) -> np.ndarray:
+        """float32 ``(2,)``: a window's ``(width, height)`` in original pixels."""
+        return self.result.grid.geometry.window_in_original()
+
+    @property
+    def stride(self) -> int:
+        """Output stride in the network input's pixels (see :attr:`input_size`)."""
+        return self.result.grid.geometry.stride
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the network input: the photo resized (first scale's, if several)."""
+        return self.result.grid.geometry.input_size
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the photo in its own pixels."""
+        return self.result.grid.geometry.original_size
+
+    @property
+    def photo(self) -> np.ndarray:
+        """uint8 ``(h, w, 3)``: the photo the overlays are drawn on (shrunk if very large)."""
+        return self.result.display
+
+    @property
+    def passes(self) -> tuple[Pass, ...]:
+        """Every pass that went in (one per scale and flip; one for a plain run)."""
+        return self.result.grid.passes
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Warnings about this image (upscaled from below the window, a damaged EXIF block...)."""
+        return self.result.notes
+
+    def index(self, cls: ClassSpec) -> int:
+        """The index of a class given by index or name.
+
+        Raises:
+            UnknownClassError: An index out of range, or a name that matches no class or
+                several (the message lists them).
+        """
+        if isinstance(cls, tuple) and cls and isinstance(cls[0], (int, np.integer)):
+            cls = cls[0]  # an entry of top(): (index, name, score)
+        if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            return resolve_class(str(int(cls)), self.class_names)
+        if isinstance(cls, str):
+            return resolve_class(cls, self.class_names)
+        raise UnknownClassError(f"a class is an index or a name, got {cls!r}")
+
+    def ranking(self, pooling: str = "max") -> ImageRanking:
+        """The image-level ranking of every class, computed once per pooling.
+
+        Args:
+            pooling: ``"max"`` (each class's best window, OverFeat's) or ``"mean"``.
+        """
+        if pooling not in self._rankings:
+            self._rankings[pooling] = rank_passes(self.passes, pooling)
+        return self._rankings[pooling]
+
+    def top(self, k: int = 5, pooling: str = "max") -> list[tuple[int, str, float]]:
+        """The image's ``k`` best classes, as the json's ``top_k`` ranks them.
+
+        Args:
+            k: How many (at most ``K``).
+            pooling: ``"max"`` or ``"mean"`` of each class map, averaged over the passes.
+
+        Returns:
+            ``[(index, name, score), ...]``, best first; scores in ``[0, 1]``.
+        """
+        return [(i, self.class_names[i], s) for i, s in self.ranking(pooling).top(k)]
+
+    def peak(self, cls: ClassSpec, scores: str = "probs") -> tuple[float, float, float]:
+        """Where a class's map is highest: ``(value, x, y)``, ``x, y`` in original pixels.
+
+        Args:
+            cls: The class, by index or name.
+            scores: ``"probs"`` or ``"logits"``.
+        """
+        if scores not in ("probs", "logits"):
+            raise InvalidOptionError(f"scores must be probs or logits, got {scores!r}")
+        values = self.probs if scores == "probs" else self.logits
+        return peak_location(values[self.index(cls)], self.centers)
+
+    def overlay(
+        self,
+        cls: ClassSpec,
+        *,
+        classes: Sequence[ClassSpec] | None = None,
+        scores: str = "probs",
+        cmap: str = "inferno",
+        alpha: float = 0.5,
+        scale: str = DEFAULT_SCALE,
+        vmin: float | None = None,
+        vmax: float | None = None,
+        label: str = "auto",
+        colorbar: bool = False,
+    ) -> Image.Image:
+        """One class's map over the photo: the picture the command writes for these options.
+
+        Args:
+            cls: The class drawn, by index or name.
+            classes: The classes drawn for the image, which the ``"shared"`` colour scale
+                spans (``cls`` is added if missing); default ``cls`` alone, as ``--class cls``.
+                As a run without ``--class`` (``--top-k 3``): ``classes=s.top(3)``.
+            scores: ``"probs"`` or ``"logits"`` (logits where :attr:`probabilities` is False).
+            cmap: A matplotlib colormap; a diverging one is centred on 0.
+            alpha: Opacity of the map at full score, 0..1.
+            scale: ``"shared"``, ``"absolute"`` or ``"per-class"``.
+            vmin: A fixed score at the colormap's bottom.
+            vmax: A fixed score at its top.
+            label: ``"auto"`` (the corner hiding least), ``"corner"`` (top-left) or ``"none"``.
+            colorbar: Append a colour bar.
+
+        Returns:
+            An RGB image the size of :attr:`photo` (wider by the colour bar), carrying the
+            photo's colour profile in ``info["icc_profile"]`` when it has one.
+
+        Raises:
+            UnknownClassError: A class that does not exist.
+            InvalidOptionError: Options that cannot be drawn (an unknown colormap, inverted
+                ends, ``absolute`` logits without both ends...).
+        """
+        index = self.index(cls)
+        drawn = list(dict.fromkeys(self.index(c) for c in (classes or ())))
+        drawn += [] if index in drawn else [index]
+        options = OutputOptions(
+            classes=tuple(drawn),
+            top_k=len(drawn),
+            scores=scores if self.probabilities else "logits",
+            cmap=cmap,
+            alpha=alpha,
+            colorbar=colorbar,
+            scale=scale,
+            vmin=vmin,
+            vmax=vmax,
+            label=label,
+        )
+        entries = rendered_classes(self.result, self.class_names, options)
+        (entry,) = (e for e in entries if e.index == index)
+        picture = Image.fromarray(render_overlay(self.result, entry, options))
+        if self.result.icc_profile:
+            picture.info["icc_profile"] = self.result.icc_profile
+        return picture
+
+    def __repr__(self) -> str:
+        rows, cols = self.result.grid.geometry.shape
+        best = ", ".join(f"{name} {score:.2f}" for _, name, score in self.top(3))
+        return (
+            f"ScoreMap({self.name}: {len(self.class_names)} classes on a {rows}x{cols} grid, "
+            f"stride {self.stride}; top: {best})"
+        )

@@ -1,0 +1,196 @@
+"""What a slide's outputs say of its scores: probabilities on tissue, rankings, peaks, tiles.
+
+Every figure is taken over the tissue cells only (the others were not scored): the slide-level
+ranking pools each class over them, peaks are searched among them, and the npz marks the rest
+with NaN. :func:`aggregate_tiles` turns a dense grid into non-overlapping tiles of about one
+window each (the size of WSInfer's patches), each holding the mean of its tissue cells: what the
+QuPath GeoJSON carries, a size QuPath handles even for a 100k x 100k slide at stride 32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from heatmap_cli.pipeline.activations import apply_activation
+from heatmap_cli.pipeline.slides.geometry import SlideGeometry
+
+__all__ = [
+    "DISPLAY_SPACING",
+    "SlideTiles",
+    "aggregate_tiles",
+    "cell_boxes",
+    "display_grid",
+    "masked_scores",
+    "rank_slide",
+    "slide_peak",
+]
+
+
+def masked_scores(
+    logits: np.ndarray, tissue: np.ndarray, activation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and probabilities in memory, NaN outside the tissue.
+
+    Args:
+        logits: float32 ``(K, rows, cols)`` (a memory map is read once).
+        tissue: bool ``(rows, cols)``.
+        activation: ``"softmax"``, ``"sigmoid"`` or ``"none"``.
+
+    Returns:
+        float32 ``(K, rows, cols)`` logits and probabilities.
+    """
+    values = np.array(logits, dtype=np.float32)
+    values[:, ~tissue] = 0.0  # never scored: zeros, made NaN below after the activation
+    probs = apply_activation(values, activation).astype(np.float32, copy=False)
+    values[:, ~tissue] = np.nan
+    probs[:, ~tissue] = np.nan
+    return values, probs
+
+
+DISPLAY_SPACING = 4.0
+"""Fewest overlay pixels between drawn cells: denser grids are averaged down to this."""
+
+
+def display_grid(
+    values: np.ndarray, geometry: SlideGeometry, downsample: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A class map made fit to draw on a thumbnail: cells averaged in blocks, centres moved.
+
+    A 100k x 100k slide at stride 32 has 9.7 million cells, 1.3 thumbnail pixels apart at 4096
+    pixels: drawing them all costs gigabytes for nothing the eye sees. Blocks of ``k x k`` cells
+    (``k`` the least that puts :data:`DISPLAY_SPACING` pixels between them) are averaged over
+    their tissue cells.
+
+    Args:
+        values: float32 ``(rows, cols)``, NaN off the tissue.
+        geometry: The slide's grid.
+        downsample: Level-0 pixels per thumbnail pixel.
+
+    Returns:
+        float32 ``(r, c)`` values (NaN where a block has no tissue) and float32 ``(r, c, 2)``
+        centres in thumbnail pixels.
+    """
+    step = geometry.stride * geometry.downsample / downsample
+    k = max(1, int(np.ceil(DISPLAY_SPACING / step)))
+    rows, cols = values.shape
+    out_rows, out_cols = -(-rows // k), -(-cols // k)
+    padded = np.full((out_rows * k, out_cols * k), np.nan, dtype=np.float32)
+    padded[:rows, :cols] = values
+    blocks = padded.reshape(out_rows, k, out_cols, k)
+    finite = np.isfinite(blocks)
+    counts = finite.sum(axis=(1, 3))
+    sums = np.where(finite, blocks, 0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reduced = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+    width, height = geometry.window_level0()
+    cell = geometry.stride * geometry.downsample
+    centres = np.empty((out_rows, out_cols, 2), dtype=np.float32)
+    first_x, first_y = width / 2 + (k - 1) * cell / 2, height / 2 + (k - 1) * cell / 2
+    centres[..., 0] = ((first_x + np.arange(out_cols) * k * cell) / downsample)[None, :]
+    centres[..., 1] = ((first_y + np.arange(out_rows) * k * cell) / downsample)[:, None]
+    return reduced, centres
+
+
+def rank_slide(scores: np.ndarray, top_k: int, pooling: str = "max") -> list[tuple[int, float]]:
+    """The slide-level ranking: each class pooled over the tissue cells, best first.
+
+    Args:
+        scores: float32 ``(K, rows, cols)``, NaN outside the tissue.
+        top_k: How many classes.
+        pooling: ``"max"`` or ``"mean"``.
+
+    Returns:
+        ``[(index, pooled score), ...]``, at most ``top_k``; empty when no cell is tissue.
+    """
+    flat = scores.reshape(scores.shape[0], -1)
+    finite = np.isfinite(flat[0]) if flat.shape[1] else np.zeros(0, dtype=bool)
+    if not finite.any():
+        return []
+    kept = flat[:, finite]
+    pooled = kept.max(axis=1) if pooling == "max" else kept.mean(axis=1)
+    order = np.argsort(-pooled, kind="stable")[:top_k]
+    return [(int(i), float(pooled[i])) for i in order]
+
+
+def slide_peak(values: np.ndarray, geometry: SlideGeometry) -> tuple[float, float, float]:
+    """``(peak, x, y)``: a class's highest tissue cell and its window centre in level-0 pixels."""
+    if not np.isfinite(values).any():
+        return float("nan"), 0.0, 0.0
+    row, col = np.unravel_index(int(np.nanargmax(values)), values.shape)
+    width, height = geometry.window_level0()
+    x = float(geometry.corners(1)[col] + width / 2)
+    y = float(geometry.corners(0)[row] + height / 2)
+    return float(values[row, col]), x, y
+
+
+def cell_boxes(geometry: SlideGeometry, tissue: np.ndarray) -> np.ndarray:
+    """int64 ``(n, 4)``: ``minx, miny, width, height`` in level-0 pixels of each tissue cell.
+
+    Row-major order of the grid, as ``scores[:, tissue]`` gives the cells' values.
+    """
+    rows, cols = np.nonzero(tissue)
+    width, height = geometry.window_level0()
+    xs, ys = geometry.corners(1)[cols], geometry.corners(0)[rows]
+    boxes = np.empty((len(rows), 4), dtype=np.int64)
+    boxes[:, 0] = np.round(xs)
+    boxes[:, 1] = np.round(ys)
+    boxes[:, 2] = round(width)
+    boxes[:, 3] = round(height)
+    return boxes
+
+
+@dataclass(frozen=True)
+class SlideTiles:
+    """Non-overlapping tiles of a slide's grid, each the mean of its tissue cells.
+
+    Attributes:
+        boxes: int64 ``(n, 4)``: ``minx, miny, width, height`` in level-0 pixels.
+        values: float32 ``(n, K)``: each tile's mean score per class.
+        cells: int64 ``(n,)``: tissue cells averaged in each tile.
+        side: Cells per tile side.
+    """
+
+    boxes: np.ndarray
+    values: np.ndarray
+    cells: np.ndarray
+    side: int
+
+
+def aggregate_tiles(
+    scores: np.ndarray, geometry: SlideGeometry, side: int | None = None
+) -> SlideTiles:
+    """Groups the grid into ``side`` x ``side`` cells, each group the mean of its tissue cells.
+
+    Args:
+        scores: float32 ``(K, rows, cols)``, NaN outside the tissue.
+        geometry: The slide's grid.
+        side: Cells per tile side; default ``round(window / stride)`` (one window per tile, like
+            WSInfer's non-overlapping patches; 1 at a stride as large as the window).
+
+    Returns:
+        The tiles holding at least one tissue cell; each tile's box is the area whose nearest
+        window centres are its cells.
+    """
+    count, rows, cols = scores.shape
+    if side is None:
+        side = max(1, round(min(geometry.window) / geometry.stride))
+    out_rows, out_cols = -(-rows // side), -(-cols // side)
+    padded = np.full((count, out_rows * side, out_cols * side), np.nan, dtype=np.float32)
+    padded[:, :rows, :cols] = scores
+    blocks = padded.reshape(count, out_rows, side, out_cols, side)
+    finite = np.isfinite(blocks[0])
+    cells = finite.sum(axis=(1, 3))
+    sums = np.where(np.isfinite(blocks), blocks, 0).sum(axis=(2, 4))
+    keep = cells > 0
+    means = sums[:, keep] / cells[keep]
+    step = geometry.stride * geometry.downsample
+    width, height = geometry.window_level0()
+    block_rows, block_cols = np.nonzero(keep)
+    boxes = np.empty((len(block_rows), 4), dtype=np.int64)
+    boxes[:, 0] = np.round(block_cols * side * step + width / 2 - step / 2)
+    boxes[:, 1] = np.round(block_rows * side * step + height / 2 - step / 2)
+    boxes[:, 2] = round(side * step)
+    boxes[:, 3] = round(side * step)
+    return SlideTiles(boxes, means.T.astype(np.float32), cells[keep].astype(np.int64), side)
