@@ -4,7 +4,10 @@ Every variant is one fresh ``heatmap`` process on the same 4032x3024 JPEG (two s
 side by side, upscaled), default options unless the variant says otherwise; rounds are
 interleaved (one round runs every variant once) and medians reported: wall seconds, and the
 CPU seconds of the process (user + system, from ``os.wait4``), which a loaded machine disturbs
-less. Issue 23's targets: ``--fidelity`` at its default costs at most 10% of the run; ``auto``
+less; and, within each process that checks fidelity, the check's own wall seconds (its
+``fidelity`` stage under ``HEATMAP_PROFILE=1``) as a share of that process's wall time: a ratio
+measured inside one process, which the load changes far less than a difference between two
+processes. Issue 23's targets: ``--fidelity`` at its default costs at most 10% of the run; ``auto``
 adds at most a quarter.
 
 Runs alone, from the repository root::
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -51,10 +55,10 @@ def phone_photo(folder: Path) -> Path:
 
 def run_once(
     photo: Path, extra: tuple[str, ...], out: Path, threads: int | None
-) -> tuple[float, float]:
-    """One process: ``(wall seconds, CPU seconds)``."""
+) -> tuple[float, float, float]:
+    """One process: ``(wall seconds, CPU seconds, the fidelity stage's wall seconds)``."""
     script = Path(sys.executable).with_name("heatmap")
-    env = dict(os.environ)
+    env = dict(os.environ, HEATMAP_PROFILE="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
@@ -66,9 +70,16 @@ def run_once(
     )
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    stderr = process.stderr.read().decode() if process.stderr else ""
     if status != 0:
-        raise RuntimeError(f"heatmap {' '.join(extra)} failed: {process.stderr.read().decode()}")
-    return wall, usage.ru_utime + usage.ru_stime
+        raise RuntimeError(f"heatmap {' '.join(extra)} failed: {stderr}")
+    return wall, usage.ru_utime + usage.ru_stime, fidelity_seconds(stderr)
+
+
+def fidelity_seconds(stderr: str) -> float:
+    """The ``fidelity`` stage's seconds in a ``HEATMAP_PROFILE=1`` line (0 when absent)."""
+    found = re.search(r"\bfidelity ([0-9.]+)", stderr)
+    return float(found.group(1)) if found else 0.0
 
 
 def main() -> None:
@@ -80,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fidelity-cost-") as folder:
         photo = phone_photo(Path(folder))
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in args.variants}
+        times: dict[str, list[tuple[float, float, float]]] = {n: [] for n in args.variants}
         for index in range(args.rounds + 1):  # round 0 warms the caches, not counted
             for name in args.variants:
                 out = Path(folder) / f"out{index}"
@@ -94,12 +105,18 @@ def main() -> None:
         f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads or 'default'}, "
         f"load average {load:.1f} at the end, {args.rounds} rounds"
     )
-    print("| variant | wall s (median) | CPU s (median) |")
-    print("|---|---|---|")
+    print("| variant | wall s (median) | CPU s (median) | fidelity check, share of its run |")
+    print("|---|---|---|---|")
     for name, measured in times.items():
         wall = statistics.median(m[0] for m in measured)
         cpu_s = statistics.median(m[1] for m in measured)
-        print(f"| {name} | {wall:.2f} | {cpu_s:.2f} |")
+        shares = [m[2] / m[0] for m in measured]
+        share = (
+            "-"
+            if not any(shares)
+            else f"{statistics.median(shares):.1%} ({min(shares):.1%}-{max(shares):.1%})"
+        )
+        print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {share} |")
 
 
 if __name__ == "__main__":

@@ -80,17 +80,17 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.2, 0.25, 0.3])
     parser.add_argument("--lattices", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--radii", type=float, nargs="+", default=[0.0, 1.0, 2.0])
-    parser.add_argument("--fill", type=int, nargs="+", default=[1], help="1: fill, 0: not")
+    parser.add_argument("--rounds", type=int, nargs="+", default=[4])
     args = parser.parse_args()
     files = sorted(glob.glob(str(args.grids / "*.npz")))
     images = [dict(np.load(f)) for f in files]
     classes = images[0]["dense"].shape[0]
     plans: dict[str, object] = {"dense": "dense", "crops": "crops"}
-    for share, lattice, radius, fill in itertools.product(
-        args.shares, args.lattices, args.radii, args.fill
+    for share, lattice, radius, rounds in itertools.product(
+        args.shares, args.lattices, args.radii, args.rounds
     ):
-        name = f"refine share {share:g}, lattice {lattice}, radius {radius:g}"
-        plans[name + ("" if fill else ", no fill")] = (share, lattice, radius, bool(fill))
+        name = f"refine share {share:g}, lattice {lattice}, radius {radius:g}, rounds {rounds}"
+        plans[name] = (share, lattice, radius, rounds)
     header = "| plan | exact share | top-1 vs crops | mean max dp |"
     if "labels" in images[0]:
         header += " pixel accuracy | mIoU |"
@@ -105,12 +105,12 @@ def main() -> None:
             elif plan == "crops":
                 logits, exact = crops, np.ones(dense.shape[1:], bool)
             else:
-                share, lattice, radius, fill = plan  # type: ignore[misc]
+                share, lattice, radius, rounds = plan  # type: ignore[misc]
                 budget = round(share * dense.shape[1] * dense.shape[2])
                 logits, exact = refine_cells(
                     dense,
                     lambda cells, crops=crops: crops[:, cells[:, 0], cells[:, 1]].T,
-                    RefinePlan(budget, lattice=lattice, radius=radius, fill=fill),
+                    RefinePlan(budget, lattice=lattice, radius=radius, rounds=rounds),
                 )
             scores.add(logits, exact, crops, data)
         print(scores.row(name), flush=True)

@@ -38,6 +38,7 @@ from heatmap_cli.pipeline.activations import apply_activation
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.exact import ExactWindows
 from heatmap_cli.pipeline.multiscale import PassInput, interpolation_weights
+from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.scoring import ImageResult
 
 __all__ = [
@@ -309,14 +310,15 @@ def image_fidelity(
     if count <= 0 or not result.inputs:
         return None
     grid = result.grid
-    return check_fidelity(
-        grid.logits,
-        result.inputs,
-        grid.geometry,
-        peaks,
-        count,
-        engine.exact,
-        activation=engine.activation,
-        probabilities=engine.probabilities,
-        known=grid.exact,
-    )
+    with timed("fidelity"):  # its share of a run: HEATMAP_PROFILE=1
+        return check_fidelity(
+            grid.logits,
+            result.inputs,
+            grid.geometry,
+            peaks,
+            count,
+            engine.exact,
+            activation=engine.activation,
+            probabilities=engine.probabilities,
+            known=grid.exact,
+        )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from heatmap_cli.grid.refine import DEFAULT_REFINE_SHARE
 from heatmap_cli.pipeline.methods import (
     AUTO_SHARE,
     MethodChoice,
@@ -98,7 +99,7 @@ def test_auto_times_its_first_windows_on_a_lattice_it_keeps() -> None:
 def test_refine_spends_at_most_its_share_of_cells() -> None:
     logits, exact, choice, _ = refine_once("refine", per_window=100.0, run_seconds=1)
 
-    assert choice.method == "refine" and 0 < exact.sum() <= round(0.3 * 180)
+    assert choice.method == "refine" and 0 < exact.sum() <= round(DEFAULT_REFINE_SHARE * 180)
     np.testing.assert_array_equal(logits[:, exact], grids()[1][:, exact])
     assert choice.reason.startswith("asked for")
 
