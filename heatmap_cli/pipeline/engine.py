@@ -453,14 +453,11 @@ class GridEngine:
 
         Args:
             pixels: uint8 ``(N, H, W, 3)`` resized images.
-            refine: False: the grid method's grid alone, no exact windows after it (``auto``
-                and ``refine`` then give their dense grid; for a caller that cuts one grid
-                into tiles, whose refinements would depend on the cut).
+            refine: False: no exact windows after the grid (``auto``, ``refine``: the dense one).
 
         Returns:
-            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling of each image, bool
-            ``(N, rows, cols)``: the cells evaluated as crops, and for ``auto``/``refine`` the
-            method each image's grid got (``pipeline.methods``).
+            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling, bool ``(N, rows, cols)``
+            cells evaluated as crops, and per image the method ``auto``/``refine`` chose.
         """
         grid, tiling = self._score_grid(pixels)
         if self.refiner is not None and refine:
