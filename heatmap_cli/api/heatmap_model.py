@@ -46,9 +46,10 @@ class HeatmapModel:
         size: Shorter side of the resized photo in pixels (snapped to whole windows), or
             ``"native"`` for each photo's own.
         stride: Output stride in resized pixels; None for the network's native stride.
-        method: ``"auto"`` (dense, or dilate for a finer stride), ``"dense"``, ``"stitch"``,
-            ``"dilate"``, ``"crops"`` (the unmodified model on every window), or any
-            registered method.
+        method: ``"auto"`` (dense, or dilate for a finer stride, then exact windows where they
+            add at most 25% to the time: ``heatmap_cli.pipeline.methods``), ``"refine"``,
+            ``"dense"``, ``"stitch"``, ``"dilate"``, ``"crops"`` (the unmodified model on every
+            window), or any registered method.
         device: ``"auto"`` (CUDA, then MPS, then the CPU), ``"cpu"``, ``"cuda:1"``...
         input_size: The window the model was trained at (``224``, ``(H, W)``).
         categories: Its class names, or a labels file.
@@ -137,7 +138,7 @@ class HeatmapModel:
 
     @property
     def method(self) -> str:
-        """The grid method used (``"auto"`` resolved)."""
+        """The grid method asked for (``"auto"`` and ``"refine"`` choose per image)."""
         return self.engine.method
 
     @property

@@ -29,6 +29,7 @@ from heatmap_cli.cli.writers import write_outputs
 from heatmap_cli.errors import HeatmapError
 from heatmap_cli.io import ImageInput
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.fidelity import Fidelity, image_fidelity
 from heatmap_cli.pipeline.limits import (
     is_out_of_memory,
     out_of_memory,
@@ -37,7 +38,13 @@ from heatmap_cli.pipeline.limits import (
 )
 from heatmap_cli.pipeline.ranking import describe_ranking
 from heatmap_cli.pipeline.read_ahead import DecodedAhead
-from heatmap_cli.pipeline.rendering import ImageSummary, OutputOptions, summarize_image
+from heatmap_cli.pipeline.rendering import (
+    ImageSummary,
+    OutputOptions,
+    RenderedClass,
+    summarize_image,
+    with_exact_peaks,
+)
 from heatmap_cli.pipeline.scoring import (
     DEFAULT_READING,
     ImageResult,
@@ -64,6 +71,7 @@ class Processed:
         warnings: Warnings about the image (read, upscaled...), one line each.
         notes: Notes of the engine that appeared while it was scored (``--compile`` failing).
         redo: Why an image that had a json was made again (``--skip-existing``); None if not.
+        remarks: Notes about the image's map (its fidelity check), one line each.
     """
 
     row: ManifestRow
@@ -71,6 +79,7 @@ class Processed:
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     redo: str | None = None
+    remarks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """A json form, to cross process boundaries (``heatmap_cli.cli.ray_runner``)."""
@@ -85,6 +94,7 @@ class Processed:
             warnings=tuple(data.get("warnings") or ()),  # type: ignore[arg-type]
             notes=tuple(data.get("notes") or ()),  # type: ignore[arg-type]
             redo=data.get("redo"),  # type: ignore[arg-type]
+            remarks=tuple(data.get("remarks") or ()),  # type: ignore[arg-type]
         )
 
 
@@ -211,6 +221,7 @@ class ImageJob:
             flip=self.flip,
             reading=self.reading,
             ahead=self.ahead,
+            keep_inputs=self.rendering.fidelity > 0,
         )
         try:
             for outcome in outcomes:
@@ -244,7 +255,10 @@ class ImageJob:
         try:
             result = outcome.unwrap()
             summary = summarize_image(result, categories, rendering)  # once, for every output
-            written = self._write(result, summary)
+            fidelity, remarks = self._fidelity(result, summary.classes, debug)
+            exact = with_exact_peaks(summary.classes, fidelity, rendering)
+            summary = dataclasses.replace(summary, classes=exact)
+            written = self._write(result, summary, fidelity)
         except Exception as error:  # one image's failure never stops the batch
             if debug:
                 raise
@@ -259,13 +273,30 @@ class ImageJob:
             ranking=summary.ranking,
         )
         row = ManifestRow.finished(path, stem, "done", ranking, files)
-        return Processed(row, table=table, warnings=result.notes)
+        return Processed(row, table=table, warnings=result.notes, remarks=remarks)
 
-    def _write(self, result: ImageResult, summary: ImageSummary) -> list[Path]:
+    def _fidelity(
+        self, result: ImageResult, classes: Sequence[RenderedClass], debug: bool
+    ) -> tuple[Fidelity | None, tuple[str, ...]]:
+        """The image's fidelity check and its note; a check that fails costs only itself."""
+        peaks = [c.cell for c in classes]
+        try:
+            fidelity = image_fidelity(result, self.engine, peaks, self.rendering.fidelity)
+        except Exception as error:  # the map is good work: it is written without the check
+            if debug:
+                raise
+            reason = describe_failure(result.item.path, error)
+            return None, (f"the fidelity check failed, the map is written without it: {reason}",)
+        note = None if fidelity is None else fidelity.note()
+        return fidelity, (note,) if note else ()
+
+    def _write(
+        self, result: ImageResult, summary: ImageSummary, fidelity: Fidelity | None
+    ) -> list[Path]:
         """``write_outputs``, with running out of memory said as what to lower."""
         try:
             return write_outputs(
-                result, self.engine, self.rendering, self.out, self.reading, summary
+                result, self.engine, self.rendering, self.out, self.reading, summary, fidelity
             )
         except Exception as error:
             if is_out_of_memory(error):
@@ -352,6 +383,8 @@ class Batch:
         said = self.quiet < QUIET_ERRORS_ONLY  # notes, warnings and redo reasons
         for note in processed.notes if said else ():
             say(f"Note: {note}")
+        for remark in processed.remarks if said else ():
+            say(f"Note: {path}: {remark}")
         if processed.redo and said:
             say(f"Redoing {path}: {processed.redo}")
         if row.status == "failed":

@@ -26,6 +26,7 @@ class CommandOptions:
     size: int | str
     stride: int | None
     method: str
+    fidelity: int
     scores: str
     device: str
     fp32: bool

@@ -45,6 +45,7 @@ from heatmap_cli.errors import HeatmapError, UsageError, command_line_names
 from heatmap_cli.pipeline.limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INPUT_PIXELS, MAX_TOP_K
 
 DEFAULT_MODEL = "efficientnet_lite0"  # kept in sync with heatmap_cli.models.DEFAULT_MODEL (test)
+DEFAULT_FIDELITY = 8  # kept in sync with heatmap_cli.pipeline.fidelity.DEFAULT_FIDELITY (test)
 
 
 class _Command(click.Command):
@@ -179,8 +180,21 @@ mixed sizes.
     metavar="METHOD",
     default="auto",
     show_default=True,
-    help="dense (native stride), dilate or stitch (finer strides), crops (exact reference); "
-    "auto: dense, or dilate for a finer stride.",
+    help="auto: the most faithful map the time allows: exact windows (the classifier on each "
+    "crop) where they add at most 25% to the run's time: every cell if that fits, else where the "
+    "dense answer is in doubt, else none. refine: dense, then exact where in doubt (at most 25% "
+    "of the cells). crops: every cell exact. dense (native stride), dilate, stitch (finer "
+    "strides): the converted network alone. The json's method and method_reason say which ran "
+    "and why.",
+)
+@click.option(
+    "--fidelity",
+    type=click.IntRange(min=0),
+    default=DEFAULT_FIDELITY,
+    show_default=True,
+    metavar="N",
+    help="Check each map against the classifier on its windows (exact) at the rendered "
+    "classes' peaks and N more cells; the json's fidelity says how far it is (0: no check).",
 )
 @click.option(
     "--scores",

@@ -32,6 +32,7 @@ from heatmap_cli.pipeline.classes import resolve_classes
 from heatmap_cli.pipeline.devices import compute_precision, device_without_torch, resolve_device
 from heatmap_cli.pipeline.settings import (
     CROPS_FALLBACK_STRIDE,
+    REFINING,
     GridSettings,
     OutputOptions,
     check_grid_settings,
@@ -119,6 +120,7 @@ def output_options(options: CommandOptions, classes: list[int]) -> OutputOptions
         image_format=options.image_format,
         npz_classes=options.npz_classes,
         npz_dtype=options.npz_dtype,
+        fidelity=options.fidelity,
     )
 
 
@@ -194,7 +196,9 @@ def _method_and_stride(settings: GridSettings, native_stride: int | None) -> tup
         GeometryError: A stride the method does not accept.
     """
     if native_stride is not None:
-        return choose_method(settings.method, settings.stride, native_stride)
+        method, stride = choose_method(settings.method, settings.stride, native_stride)
+        # the engine names a refined method as asked (its refiner decides image by image)
+        return (settings.method if settings.method in REFINING else method), stride
     if settings.method != "auto" and get_method(settings.method).needs_converted:
         return None  # converting fails at load, with the converter's reason
     return "crops", settings.stride or CROPS_FALLBACK_STRIDE  # the engine's fallback

@@ -31,6 +31,8 @@ from heatmap_cli.cli.run_settings import model_settings, run_settings, size_json
 from heatmap_cli.grid.geometry import GridGeometry
 from heatmap_cli.io import output_path
 from heatmap_cli.pipeline.engine import GridEngine, Tiling
+from heatmap_cli.pipeline.fidelity import Fidelity
+from heatmap_cli.pipeline.methods import image_method
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.rendering import (
     ImageSummary,
@@ -49,6 +51,7 @@ __all__ = [
     "run_settings",
     "software_versions",
 ]
+
 
 class OutputFile(NamedTuple):
     """One file written for an image, as its json lists it (``{"name", "bytes"}``).
@@ -70,7 +73,9 @@ class OutputRecord:
         image: The input file.
         model: The model name as given.
         weights: Where the weights came from.
-        method: The grid method used.
+        method: The grid method that made the map: ``crops`` (every cell exact), ``refine``
+            (some), ``dense``... (``--method auto`` decides per image).
+        method_reason: Why that method ran ("asked for", or ``auto``'s figures).
         native_stride: The converted network's own stride (None when it cannot be converted).
         size: ``--size``, the shorter side before snapping (or ``"native"``).
         passes: Every pass that went in, in evaluation order (one for a plain run).
@@ -89,12 +94,17 @@ class OutputRecord:
         device: Where the network ran (``"cpu"``, ``"cuda:0"``...).
         dtype: The dtype it computed in (``"float32"``, ``"bfloat16"`` under CUDA autocast...).
         files: Every other file written for the image, with its size.
+        fidelity: The map checked against exact windows (``heatmap_cli.pipeline.fidelity``);
+            None when ``--fidelity 0``.
+        exact_cells: How many cells of the map were evaluated exactly (as crops); None for a
+            method that evaluates none.
     """
 
     image: Path
     model: str
     weights: str
     method: str
+    method_reason: str
     native_stride: int | None
     size: int | str
     passes: tuple[Pass, ...]
@@ -111,6 +121,8 @@ class OutputRecord:
     device: str
     dtype: str
     files: tuple[OutputFile, ...] = ()
+    fidelity: Fidelity | None = None
+    exact_cells: int | None = None
 
     @property
     def tiling(self) -> Tiling:
@@ -127,6 +139,7 @@ class OutputRecord:
             "model": self.model,
             "weights": self.weights,
             "method": self.method,
+            "method_reason": self.method_reason,
             "native_stride": self.native_stride,
             "size": self.size,
             "multiscale": {
@@ -152,6 +165,8 @@ class OutputRecord:
             "scores": self.scores,
             "activation": self.activation,
             "model_output": self.model_output,
+            "exact_cells": self.exact_cells,
+            "fidelity": None if self.fidelity is None else self.fidelity.to_json(),
             "classes": [asdict(c) for c in self.classes],
             "top_k": [asdict(r) for r in self.top_k],
             "top_k_pooling": self.top_k_pooling,
@@ -215,6 +230,7 @@ def build_record(
     summary: ImageSummary,
     files: Sequence[OutputFile] = (),
     reading: PhotoReading = DEFAULT_READING,
+    fidelity: Fidelity | None = None,
 ) -> OutputRecord:
     """The one place an image's json record is assembled.
 
@@ -226,17 +242,20 @@ def build_record(
             (:func:`~heatmap_cli.pipeline.rendering.summarize_image`).
         files: The other files written for the image, with their sizes.
         reading: How the photo was decoded (the overlays' largest side, in the settings).
+        fidelity: The image's fidelity check, if any.
 
     Returns:
         The record; :meth:`OutputRecord.to_json` is what the json holds.
     """
     passes = result.grid.passes
     scales = [p.scale for p in passes if not p.flip]  # the order given: each scale, then mirror
+    method = image_method(passes, engine.settings.method, engine.method)
     return OutputRecord(
         image=result.item.path,
         model=engine.loaded.name,
         weights=engine.loaded.source,
-        method=engine.method,
+        method=method.method,
+        method_reason=method.reason,
         native_stride=engine.native_stride,
         size=engine.settings.size,
         passes=result.grid.passes,
@@ -253,4 +272,6 @@ def build_record(
         device=str(engine.device),
         dtype=engine.precision,
         files=tuple(files),
+        fidelity=fidelity,
+        exact_cells=None if result.grid.exact is None else int(result.grid.exact.sum()),
     )

@@ -118,6 +118,7 @@ def run_settings(
         "format": options.image_format,
         "npz_classes": options.npz_classes,
         "npz_dtype": options.npz_dtype,
+        "fidelity": options.fidelity,
     }
 
 

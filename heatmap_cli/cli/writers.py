@@ -48,6 +48,7 @@ from heatmap_cli.io import (
     write_npz,
 )
 from heatmap_cli.pipeline.engine import GridEngine
+from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.rendering import (
@@ -103,11 +104,14 @@ def write_grid(
     classes, kept for the ``k`` stored), ``class_indices`` ``(k,)`` when not all are kept,
     ``centers`` ``(rows, cols, 2)`` and ``window`` ``(2,)`` (width, height) in original pixels,
     ``window_input`` ``(2,)`` and ``stride`` in input pixels, ``input_size`` ``(H, W)`` and
-    ``classes``, the names of all ``K`` classes.
+    ``classes``, the names of all ``K`` classes; ``exact`` bool ``(rows, cols)``, the cells
+    evaluated as crops, when the grid says.
     """
     geometry = grid.geometry
     rows = slice(None) if class_indices is None else np.asarray(class_indices, dtype=np.int64)
     extra = {} if class_indices is None else {"class_indices": np.asarray(rows)}
+    if grid.exact is not None:
+        extra["exact"] = grid.exact
     with timed("encode+write"):
         write_npz(
             path,
@@ -130,6 +134,7 @@ def write_outputs(
     out_dir: Path,
     reading: PhotoReading = DEFAULT_READING,
     summary: ImageSummary | None = None,
+    fidelity: Fidelity | None = None,
 ) -> list[Path]:
     """Renders and writes every output of one image: pictures, npz, and the json last.
 
@@ -146,7 +151,9 @@ def write_outputs(
         out_dir: The output folder.
         reading: How the photo was decoded (recorded in the json's settings).
         summary: The image's ranking and drawn classes, when derived already
-            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`).
+            (:func:`~heatmap_cli.pipeline.rendering.summarize_image`; their exact peaks too,
+            from the fidelity check).
+        fidelity: The image's fidelity check, for the json; None: not checked.
 
     Returns:
         The paths written, the json last.
@@ -171,7 +178,7 @@ def write_outputs(
         names += grid_names
         jobs.wait()
         files = [OutputFile(name, (staging.folder / name).stat().st_size) for name in names]
-        record = build_record(result, engine, options, summary, files, reading)
+        record = build_record(result, engine, options, summary, files, reading, fidelity)
         write_json(staging.folder / marker.name, record.to_json())
         moved = staging.commit(names)
         if previous is not None:

@@ -32,11 +32,12 @@ import itertools
 import torch
 from torch import fx, nn
 
-from heatmap_cli.convert.fx import timm_layers
+from heatmap_cli.convert.fx import timm_layers, trace_model
 from heatmap_cli.convert.network import ConvolutionalizedNet
 from heatmap_cli.convert.tf_same import BandedSameConv2d
+from heatmap_cli.errors import ConversionError
 
-__all__ = ["TileNetwork", "fold_batch_norms", "tile_network"]
+__all__ = ["TileNetwork", "fold_batch_norms", "fold_classifier_norms", "tile_network"]
 
 
 def _is_foldable_norm(module: nn.Module) -> bool:
@@ -197,6 +198,31 @@ def fold_batch_norms(net: ConvolutionalizedNet) -> tuple[ConvolutionalizedNet, i
         source_model=net.source_model,
     )
     return copied, folded
+
+
+def fold_classifier_norms(model: nn.Module) -> tuple[nn.Module, int] | None:
+    """A copy of an unmodified classifier with its batch norms folded into the convolutions.
+
+    What exact windows run (``heatmap_cli.grid.crops``): the same answers as the model, up to
+    float rounding, 1.2-1.5x faster on the CPU.
+
+    Args:
+        model: The classifier in eval mode, ``(N, 3, h, w) -> (N, K)``; not modified.
+
+    Returns:
+        ``(copy, number of batch norms folded)``, the copy a traced graph module with its own
+        weights; None when the model cannot be traced (TorchScript, data-dependent control
+        flow) or no batch norm folds.
+    """
+    if not any(_is_foldable_norm(module) for module in model.modules()):
+        return None  # nothing to fold: no copy of the weights (VGG16's are 528 MB)
+    try:
+        traced = trace_model(model)
+    except ConversionError:
+        return None
+    graph_module = copy.deepcopy(traced)
+    folded = _fold_norms(graph_module)
+    return (graph_module, folded) if folded else None
 
 
 def tile_network(net: nn.Module) -> TileNetwork | None:

@@ -8,7 +8,8 @@ top-left corner is ``(i * stride, j * stride)`` in the input. Each is a
 * :mod:`~heatmap_cli.grid.dense`: one pass of the converted network, at its native stride;
 * :mod:`~heatmap_cli.grid.stitch`: a finer stride ``s/f`` from ``f*f`` shifted passes;
 * :mod:`~heatmap_cli.grid.dilate`: the same finer stride in one pass of an "a trous" network;
-* :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference.
+* :mod:`~heatmap_cli.grid.crops`: the unmodified model on every window, the exact reference;
+* :mod:`~heatmap_cli.grid.refine`: dense, then exact windows where its answer is in doubt.
 
 :func:`~heatmap_cli.grid.score.score_grid` runs any of them, converting a model once
 (:mod:`~heatmap_cli.grid.conversions`: the window it records, one conversion per model while it
@@ -25,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from heatmap_cli.grid.methods import CROPS, DENSE, DILATE, STITCH
+from heatmap_cli.grid.methods import CROPS, DENSE, DILATE, REFINE, STITCH
 from heatmap_cli.grid.registry import (
     DeferredFunction,
     GridFunction,
@@ -53,6 +54,7 @@ __all__ = [
     "CROPS",
     "DENSE",
     "DILATE",
+    "REFINE",
     "STITCH",
     "DeferredFunction",
     "GridFunction",

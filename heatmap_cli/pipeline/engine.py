@@ -13,6 +13,7 @@ change them). An image whose pass would not fit the memory budget is evaluated i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from heatmap_cli.errors import (
     first_line,
     setting,
 )
-from heatmap_cli.grid import GridMethod, get_method, score_grid
+from heatmap_cli.grid import GridMethod, get_method
 from heatmap_cli.grid.geometry import GridGeometry, covered_input
 from heatmap_cli.grid.pixels import normalize
 from heatmap_cli.grid.tiling import (
@@ -45,10 +46,12 @@ from heatmap_cli.io.figure_cache import DISK_FIGURES
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.pipeline.activations import resolve_activation
 from heatmap_cli.pipeline.devices import compute_precision, resolve_device
+from heatmap_cli.pipeline.exact import ExactWindows, exact_classifier, exact_windows
 from heatmap_cli.pipeline.limits import (
     check_input_size,
     release_free_memory,
 )
+from heatmap_cli.pipeline.methods import ScoredBatch, refiner_for
 from heatmap_cli.pipeline.preprocess import plan_geometry
 from heatmap_cli.pipeline.settings import (
     CROPS_FALLBACK_STRIDE,
@@ -156,8 +159,9 @@ def build_grid_network(
     native = converted.stride
     method, stride = choose_method(method, stride, native)
     grid_method = get_method(method)
-    if grid_method.build is None:  # crops: the caller's unmodified model, window by window
-        return GridNetwork(model, method, stride, native, 0, tuple(notes))
+    if grid_method.build is None:  # crops: the unmodified model (norms folded), window by window
+        classifier, folded = exact_classifier(model, fold=True)
+        return GridNetwork(classifier, method, stride, native, folded, tuple(notes))
     network, folded = converted, 0
     if grid_method.folds_norms:
         # Batch norms folded into the convolutions before them: 1.2-1.5x faster passes on the
@@ -238,7 +242,8 @@ class GridEngine:
             stride=settings.stride,
             batch_size=settings.batch_size,
         )
-        self.method, self.stride = built.method, built.stride
+        self.stride, self.refiner = built.stride, refiner_for(settings.method, built, self)
+        self.method = built.method if self.refiner is None else self.refiner.requested
         self.grid_method: GridMethod = get_method(built.method)
         self.native_stride, self.folded_norms = built.native_stride, built.folded_norms
         self.notes: list[str] = [*loaded.notes, *built.notes]
@@ -343,15 +348,24 @@ class GridEngine:
         """Logit grids for a batch of equally sized images (see :meth:`score_batch`)."""
         return self.score_batch(pixels)[0]
 
-    def score_batch(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling]:
-        """Logit grids for a batch of equally sized images, and how they were evaluated.
+    def score_batch(self, pixels: np.ndarray, refine: bool = True) -> ScoredBatch:
+        """Logit grids for a batch of equally sized images, how they were evaluated, which exactly.
 
         Args:
             pixels: uint8 ``(N, H, W, 3)`` resized images.
+            refine: False: no exact windows after the grid (``auto``, ``refine``: the dense one).
 
         Returns:
-            float32 ``(N, K, rows, cols)`` logits on the CPU, and the tiling of each image.
+            float32 ``(N, K, rows, cols)`` logits on the CPU, the tiling, bool ``(N, rows, cols)``
+            cells evaluated as crops, and per image the method ``auto``/``refine`` chose.
         """
+        grid, tiling = self._score_grid(pixels)
+        if self.refiner is not None and refine:
+            return self.refiner(grid, tiling, pixels, self.stride)
+        exact = np.full((grid.shape[0], *grid.shape[2:]), self.grid_method.build is None)
+        return ScoredBatch(grid, tiling, exact, ())
+
+    def _score_grid(self, pixels: np.ndarray) -> tuple[torch.Tensor, Tiling]:
         tile = self.tile_for((pixels.shape[1], pixels.shape[2]))
         if tile is not None:
             scored = [self._score_tiled(image, tile) for image in pixels]
@@ -359,24 +373,29 @@ class GridEngine:
             # A huge image comes alone: no copy of its grid (250 MB at 8192x8192)
             batch = grids[0] if len(grids) == 1 else torch.cat(grids)
             return batch, Tiling(tile, scored[0][1])
+        if self.grid_method.build is None:  # crops: the model on every window
+            return self.exact.grid(pixels, self.stride), UNTILED
         x = normalize(
             pixels, self.loaded.mean, self.loaded.std, device=self.device, dtype=self.dtype
         )
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(), torch.inference_mode():
-            if self.grid_method.build is None:  # crops: the model on every window
-                grid = score_grid(
-                    self.network,
-                    x,
-                    stride=self.stride,
-                    method=self.method,
-                    input_size=self.window,
-                    batch_size=self.settings.batch_size,
-                )
-            else:
-                grid = self._forward(covered_input(x, self.window, self.stride))
+            grid = self._forward(covered_input(x, self.window, self.stride))
         return grid.float().cpu(), UNTILED
+
+    @functools.cached_property
+    def exact(self) -> ExactWindows:
+        """The unmodified classifier on chosen windows (crops, refinement, fidelity checks).
+
+        ``crops`` runs the engine's network (the classifier, norms folded), ``refine`` and
+        ``auto`` a folded copy, the others the caller's model (a few fidelity windows).
+        """
+        classifier = self.network if self.grid_method.build is None else self.loaded.model
+        budget = self.settings.memory_budget or default_memory_budget(self.device)
+        running = (self.device, self.dtype, budget, self._autocast, self.figures)
+        # refine and auto run many windows: worth a copy with folded norms
+        return exact_windows(classifier, self.loaded, *running, fold=self.refiner is not None)
 
     def tile_for(self, input_size: tuple[int, int]) -> int | None:
         """The tile side for images of ``input_size``, or None to evaluate them whole.

@@ -74,7 +74,9 @@ __all__ = [
     "Scorer",
     "check_finite",
     "check_scales",
+    "exact_on",
     "finish_pass",
+    "interpolation_weights",
     "multiscale_grid",
     "parse_scales",
     "plan_passes",
@@ -128,6 +130,12 @@ class Pass:
             otherwise, as the engine's batches do).
         logits: float32 ``(K, rows, cols)`` on ``geometry``, in unmirrored orientation; only
             kept on request (``keep_pass_logits``), else None.
+        exact: bool ``(rows, cols)`` on ``geometry``, unmirrored: the cells evaluated as crops
+            (all of them for ``crops``, the refined ones for ``refine``); None when the scorer
+            does not say.
+        method: The method that made this pass's grid, where the engine chose it per input
+            (``auto``, ``refine``: ``heatmap_cli.pipeline.methods``); None otherwise.
+        method_reason: Why, in a few words.
     """
 
     scale: float
@@ -137,6 +145,9 @@ class Pass:
     mean: np.ndarray
     tiling: Tiling = UNTILED
     logits: np.ndarray | None = None
+    exact: np.ndarray | None = None
+    method: str | None = None
+    method_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,9 @@ class MultiScaleResult:
             (sums to 1 over K) by default, else a sigmoid, or the logits themselves.
         passes: Every pass that went in, in evaluation order.
         common: Which pass's grid is the common one: ``"first"`` or ``"finest"``.
+        exact: bool ``(rows, cols)``: the cells whose value equals what ``--method crops``
+            gives there: in every pass, every cell the value interpolates was evaluated as a
+            crop (:func:`exact_on`); None when a pass's scorer did not say.
     """
 
     geometry: GridGeometry
@@ -158,6 +172,7 @@ class MultiScaleResult:
     probs: np.ndarray
     passes: tuple[Pass, ...]
     common: CommonGrid
+    exact: np.ndarray | None = None
 
 
 def plan_passes(
@@ -227,6 +242,7 @@ def finish_pass(
     *,
     keep_logits: bool = False,
     activation: str = "softmax",
+    exact: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Pass]:
     """Turns one pass's scored grid into logits on the pass's geometry and its summary.
 
@@ -237,6 +253,8 @@ def finish_pass(
         keep_logits: Keep the logits in the summary too (``Pass.logits``).
         activation: What makes the summary's scores of the logits: ``"softmax"``,
             ``"sigmoid"`` or ``"none"``.
+        exact: bool ``(rows, cols)``: the cells of ``grid`` the scorer evaluated as crops
+            (orientation of ``grid``); None when it does not say.
 
     Returns:
         float32 ``(K, rows, cols)`` logits in unmirrored orientation, and the pass's summary.
@@ -256,6 +274,7 @@ def finish_pass(
     if spec.flip:
         # Column j of the mirrored input's grid is column k - j of the image's own grid.
         logits = np.ascontiguousarray(logits[:, :, ::-1])
+        exact = None if exact is None else np.ascontiguousarray(exact[:, ::-1])
     probs = apply_activation(logits, activation)
     summary = Pass(
         scale=spec.scale,
@@ -265,6 +284,7 @@ def finish_pass(
         mean=pooled_scores(probs, "mean"),
         tiling=tiling,
         logits=logits if keep_logits else None,
+        exact=None if exact is None else np.asarray(exact, dtype=bool),
     )
     return logits, summary
 
@@ -325,7 +345,30 @@ class PassAverage:
             raise ValueError(f"{len(passes)} of {len(self._passes)} passes were added")
         logits = self._sum if len(passes) == 1 else (self._sum / len(passes)).astype(np.float32)
         probs = apply_activation(logits, self.activation)
-        return MultiScaleResult(self.geometry, logits, probs, passes, self.common)
+        exact = exact_on(passes, self.geometry)
+        return MultiScaleResult(self.geometry, logits, probs, passes, self.common, exact)
+
+
+def exact_on(passes: Sequence[Pass], common: GridGeometry) -> np.ndarray | None:
+    """The cells of ``common`` whose averaged value is exact in every pass, ``(rows, cols)``.
+
+    A cell's averaged value equals what crops give there when, in every pass, every cell that
+    the interpolation onto it weighs (see :func:`interpolation_weights`) was evaluated as a crop.
+
+    Returns:
+        The mask; None if a pass does not say which of its cells are exact.
+    """
+    if any(p.exact is None for p in passes):
+        return None
+    result = np.ones(common.shape, dtype=bool)
+    for p in passes:
+        assert p.exact is not None
+        along_y, along_x = interpolation_weights(p.geometry, common)
+        # a cell is inexact if any weighed source cell is inexact
+        inexact = (along_y != 0).astype(np.float64) @ (~p.exact).astype(np.float64)
+        inexact = inexact @ (along_x != 0).astype(np.float64).T
+        result &= inexact == 0
+    return result
 
 
 def _axis_weights(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -376,12 +419,33 @@ def resample_grid(values: np.ndarray, source: GridGeometry, target: GridGeometry
         raise GeometryError(f"values {values.shape} do not fit a {source.shape} grid")
     if source == target:
         return values.astype(np.float32, copy=False)
+    along_y, along_x = interpolation_weights(source, target)
+    resampled = along_y @ values.astype(np.float64) @ along_x.T
+    return resampled.astype(np.float32)
+
+
+def interpolation_weights(
+    source: GridGeometry, target: GridGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weights :func:`resample_grid` moves a grid with, one matrix per axis.
+
+    Args:
+        source: Where the values lie, ``(rows, cols)`` cells.
+        target: Where they go, ``(rows', cols')`` cells (of the same original image).
+
+    Returns:
+        float64 ``(rows', rows)`` and ``(cols', cols)``: target cell ``(i, j)`` takes
+        ``sum over (a, b) of along_y[i, a] * along_x[j, b] * values[:, a, b]``; identity
+        matrices for equal geometries.
+    """
+    if source == target:
+        rows, cols = source.shape
+        return np.eye(rows), np.eye(cols)
     src = source.centers().astype(np.float64)
     dst = target.centers().astype(np.float64)
     along_y = _axis_weights(src[:, 0, 1], dst[:, 0, 1])  # (rows', rows)
     along_x = _axis_weights(src[0, :, 0], dst[0, :, 0])  # (cols', cols)
-    resampled = along_y @ values.astype(np.float64) @ along_x.T
-    return resampled.astype(np.float32)
+    return along_y, along_x
 
 
 def multiscale_grid(

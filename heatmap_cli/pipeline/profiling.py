@@ -24,6 +24,7 @@ __all__ = [
     "StageTimes",
     "profile_line",
     "record_start_up",
+    "run_seconds",
     "seconds_since_start",
     "timed",
 ]
@@ -92,6 +93,11 @@ def record_start_up() -> None:
     """
     if _TIMES.enabled:
         _TIMES.add("import", time.perf_counter() - _LOADED)
+
+
+def run_seconds() -> float:
+    """Wall seconds since the run started (since this module was loaded, with the command's)."""
+    return time.perf_counter() - _LOADED
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ draw overlays with :func:`render_overlay`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from heatmap_cli.io import slug
+from heatmap_cli.pipeline.fidelity import LABEL_TOLERANCE, Fidelity
 from heatmap_cli.pipeline.multiscale import MultiScaleResult
 from heatmap_cli.pipeline.ranking import ImageRanking, rank_passes
 from heatmap_cli.pipeline.scoring import ImageResult
@@ -33,6 +35,7 @@ from heatmap_cli.render import (
     ColourScale,
     colour_scales,
     is_diverging,
+    peak_cell,
     peak_location,
     render_class_overlay,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "render_overlay",
     "rendered_classes",
     "summarize_image",
+    "with_exact_peaks",
 ]
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class RenderedClass:
         y: Likewise, vertically.
         overlay: File name of its overlay picture, next to the json; None when not written.
         scale: The colour scale its map is drawn on.
+        row: The peak cell's row in the grid.
+        col: Its column.
+        exact_peak: The exact window's score at the peak cell, in the units of ``peak``
+            (``heatmap_cli.pipeline.fidelity``); None when not checked.
     """
 
     index: int
@@ -75,6 +83,14 @@ class RenderedClass:
     y: float
     overlay: str | None
     scale: ColourScale
+    row: int = 0
+    col: int = 0
+    exact_peak: float | None = None
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """``(row, col)`` of the peak cell."""
+        return (self.row, self.col)
 
 
 @dataclass(frozen=True)
@@ -160,10 +176,29 @@ def rendered_classes(
     for index, scale in zip(chosen, scales, strict=True):
         name = categories[index]
         peak, x, y = peak_location(values[index], centers)
+        row, col = peak_cell(values[index])
         picture = f"{result.item.stem.name}_{index}_{slug(name)}{suffix}"
         overlay = picture if "png" in options.outputs else None
-        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale))
+        classes.append(RenderedClass(index, name, peak, x, y, overlay, scale, row, col))
     return tuple(classes)
+
+
+def with_exact_peaks(
+    classes: Sequence[RenderedClass], fidelity: Fidelity | None, options: OutputOptions
+) -> tuple[RenderedClass, ...]:
+    """The rendered classes with their exact peak values from a fidelity check.
+
+    Args:
+        classes: The rendered classes (:func:`rendered_classes`).
+        fidelity: The image's check (its cells include every class's peak cell); None: off.
+        options: What is drawn (probabilities or logits: the exact value's units).
+    """
+    if fidelity is None:
+        return tuple(classes)
+    return tuple(
+        dataclasses.replace(c, exact_peak=fidelity.exact_score(c.cell, c.index, options.scores))
+        for c in classes
+    )
 
 
 def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None:
@@ -171,6 +206,9 @@ def overlay_label(rendered: RenderedClass, options: OutputOptions) -> str | None
     if options.label == "none":
         return None
     value = f"p={rendered.peak:.2f}" if options.probabilities else f"logit={rendered.peak:.2f}"
+    exact = rendered.exact_peak
+    if exact is not None and abs(exact - rendered.peak) > LABEL_TOLERANCE:
+        value += f" (exact {exact:.2f})"
     return f"{rendered.name}  {value}  [{rendered.scale.describe()}]"
 
 

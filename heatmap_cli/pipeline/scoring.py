@@ -113,6 +113,8 @@ class ImageResult:
         display: uint8 ``(h, w, 3)`` photo for overlays.
         icc_profile: The photo's embedded RGB colour profile, for the overlays; None if none.
         notes: Warnings about this image for the user (e.g. upscaled from below the window).
+        inputs: Every pass with its pixels, kept on request (``keep_inputs``) for exact
+            windows after scoring (the fidelity check); empty otherwise.
     """
 
     item: ImageInput
@@ -120,6 +122,7 @@ class ImageResult:
     display: np.ndarray
     icc_profile: bytes | None = None
     notes: tuple[str, ...] = ()
+    inputs: tuple[PassInput, ...] = ()
 
 
 class Outcome(NamedTuple):
@@ -255,19 +258,25 @@ class _InFlight:
     """A prepared image whose passes are being scored.
 
     A pass's pixels are let go as soon as it is scored (:meth:`scored`): at ``--size native``
-    an 8192x8192 photo's network input is 192 MB, not needed to draw or write its outputs.
+    an 8192x8192 photo's network input is 192 MB, not needed to draw or write its outputs;
+    unless ``keep_inputs``: then the result holds them, for the exact windows of a fidelity
+    check, until the image is written.
     """
 
-    def __init__(self, prepared: Prepared, common: CommonGrid, activation: str) -> None:
+    def __init__(
+        self, prepared: Prepared, common: CommonGrid, activation: str, keep_inputs: bool = False
+    ) -> None:
         self.prepared = dataclasses.replace(prepared, passes=())
         self.passes = list(prepared.passes)
         self.average = PassAverage([p.geometry for p in prepared.passes], common, activation)
         self.failed = False
+        self.keep_inputs = keep_inputs
 
     def scored(self, index: int) -> PassInput:
-        """Pass ``index``, which is no longer held here: its pixels have been scored."""
+        """Pass ``index``, whose pixels are let go here (unless kept): they have been scored."""
         spec = self.passes[index]
-        self.passes[index] = dataclasses.replace(spec, pixels=_SCORED)
+        if not self.keep_inputs:
+            self.passes[index] = dataclasses.replace(spec, pixels=_SCORED)
         return spec
 
     def result(self) -> ImageResult:
@@ -278,6 +287,7 @@ class _InFlight:
             display=prepared.display,
             icc_profile=prepared.icc_profile,
             notes=prepared.notes,
+            inputs=tuple(self.passes) if self.keep_inputs else (),
         )
 
 
@@ -314,7 +324,7 @@ class _Batches:
             return
         try:
             with timed("network"):
-                grids, tiling = self._engine.score_batch(_stacked(live))
+                scored = self._engine.score_batch(_stacked(live))
         except Exception as error:  # one failing batch must not stop the others
             failure = _memory_said(
                 error,
@@ -326,12 +336,26 @@ class _Batches:
                 image.failed = True
                 yield Outcome(image.prepared.item, failure)
             return
-        for (image, index), grid in zip(live, grids.numpy(), strict=True):
+        grids, choices = scored.grid.numpy(), scored.choices or (None,) * len(live)
+        for (image, index), grid, cells, choice in zip(
+            live, grids, scored.exact, choices, strict=True
+        ):
             if image.failed:
                 continue
             try:
                 spec, activation = image.scored(index), self._engine.activation
-                image.average.add(index, *finish_pass(spec, grid, tiling, activation=activation))
+                logits, summary = finish_pass(
+                    spec,
+                    grid,
+                    scored.tiling,
+                    activation=activation,
+                    exact=cells,  # type: ignore[arg-type]
+                )
+                if choice is not None:
+                    summary = dataclasses.replace(
+                        summary, method=choice.method, method_reason=choice.reason
+                    )
+                image.average.add(index, logits, summary)
                 if image.average.complete:
                     yield Outcome(image.prepared.item, image.result())
             except Exception as error:
@@ -364,13 +388,14 @@ def score_images(
     common: CommonGrid = "first",
     workers: int = 2,
     reading: PhotoReading = DEFAULT_READING,
+    keep_inputs: bool = False,
     decode: Decoder = read_file,
     ahead: Mapping[Path, Future[DecodedAhead]] | None = None,
 ) -> Iterator[Outcome]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
-    Decoding and resizing run in ``workers`` threads ahead of the network; same-size network
-    inputs are batched (``settings.batch_size``). Closing it early cancels the images not read.
+    Decoding and resizing run in ``workers`` threads ahead of the network; inputs of one size
+    are stacked into batches (``settings.batch_size``); an early close cancels the rest.
 
     Args:
         items: Images to score.
@@ -380,6 +405,7 @@ def score_images(
         common: The grid passes are averaged on: ``"first"`` or ``"finest"``.
         workers: Loader threads.
         reading: The decoding limit and the display copy's size.
+        keep_inputs: Keep every pass's pixels (``ImageResult.inputs``), for exact windows.
         decode: What turns an item into its photo (:func:`read_file` reads the file).
         ahead: Photos decoded ahead by :func:`read_file`, by path (``pipeline.read_ahead``).
 
@@ -405,7 +431,7 @@ def score_images(
                 break
             item, future = futures.popleft()
             try:
-                in_flight = _InFlight(future.result(), common, engine.activation)
+                in_flight = _InFlight(future.result(), common, engine.activation, keep_inputs)
             except Exception as error:  # a bad image is reported, the others go on
                 yield Outcome(item, error)
                 continue

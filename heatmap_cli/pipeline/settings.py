@@ -32,12 +32,14 @@ from heatmap_cli.render.scale import DEFAULT_SCALE, check_scale
 __all__ = [
     "ACTIVATIONS",
     "CROPS_FALLBACK_STRIDE",
+    "DEFAULT_FIDELITY",
     "DEFAULT_READING",
     "LABELS",
     "NATIVE_SIZE",
     "NPZ_DTYPES",
     "OUTPUTS",
     "POOLINGS",
+    "REFINING",
     "Activation",
     "GridSettings",
     "OutputOptions",
@@ -55,6 +57,10 @@ __all__ = [
     "parse_size",
     "resolve_activation",
 ]
+
+DEFAULT_FIDELITY = 8
+"""Cells checked per image besides the rendered classes' peaks (``--fidelity``). With the default
+three classes, 11 windows: one batch of exact windows (docs/fidelity.md gives its cost)."""
 
 NATIVE_SIZE = "native"
 """``size`` for scoring each photo at its own resolution (its shorter side, snapped)."""
@@ -79,7 +85,7 @@ def parse_size(text: str) -> int | str:
 
 
 def method_choices() -> tuple[str, ...]:
-    """``--method`` values: ``auto`` (dense, or dilate for a finer stride) and every method.
+    """``--method`` values: ``auto`` (the most faithful map the time allows) and every method.
 
     ``heatmap_cli.grid.registry.register_method`` adds one.
     """
@@ -95,7 +101,8 @@ class GridSettings:
             window's shorter side; or :data:`NATIVE_SIZE` for the photo's own shorter side
             (for objects about as large, in pixels, as the window).
         stride: Output stride in resized pixels; None for the native stride.
-        method: ``"auto"`` (dense, or dilate for a finer stride), or a ``score_grid`` method.
+        method: ``"auto"`` (the dense grid, made exact where the time allows:
+            ``heatmap_cli.pipeline.methods``), or a ``score_grid`` method.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         fp32: Keep float32 on accelerators (otherwise CUDA runs under autocast).
         batch_size: Images per forward pass (and windows per pass for crops).
@@ -187,6 +194,11 @@ def check_grid_settings(settings: GridSettings) -> None:
     if settings.method != "auto":
         get_method(settings.method)  # raises for an unknown method, naming the choices
 
+
+REFINING = ("auto", "refine")
+"""The ``--method`` choices that add exact windows to a dense grid, image by image: the engine's
+method is then the one asked for (each image's json says what ran:
+``heatmap_cli.pipeline.methods``)."""
 
 CROPS_FALLBACK_STRIDE = 32
 """The stride of crops for a model that cannot be converted (it has no derived stride)."""
@@ -309,6 +321,8 @@ class OutputOptions:
         image_format: The pictures' format: ``"png"``, ``"jpg"`` or ``"webp"``.
         npz_classes: Which classes the npz keeps: ``"all"``, ``"rendered"`` or ``"topK"``.
         npz_dtype: ``"float32"`` or ``"float16"`` for the npz's logits and probs.
+        fidelity: Cells checked against exact windows besides the rendered classes' peaks
+            (``heatmap_cli.pipeline.fidelity``); 0 checks none, not even the peaks.
 
     Raises:
         InvalidOptionError: For any value that cannot work (checked when constructed).
@@ -330,8 +344,13 @@ class OutputOptions:
     image_format: str = "png"
     npz_classes: str = "all"
     npz_dtype: str = "float32"
+    fidelity: int = DEFAULT_FIDELITY
 
     def __post_init__(self) -> None:
+        if isinstance(self.fidelity, bool) or not isinstance(self.fidelity, int):
+            raise InvalidOptionError(f"fidelity must be a number of cells, got {self.fidelity!r}")
+        if self.fidelity < 0:
+            raise InvalidOptionError(f"fidelity must be 0 or more cells, got {self.fidelity}")
         if self.scores not in ("probs", "logits"):
             raise InvalidOptionError(f"scores must be probs or logits, got {self.scores!r}")
         check_scale(self.scale, self.scores == "probs", self.vmin, self.vmax)

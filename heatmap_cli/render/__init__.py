@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         cell_values_to_image,
         margin_fade,
         normalize_scores,
+        peak_cell,
         peak_location,
     )
     from heatmap_cli.render.scale import (
@@ -62,6 +63,7 @@ _EXPORTS = {
     "cell_values_to_image": "heatmap_cli.render.heat",
     "margin_fade": "heatmap_cli.render.heat",
     "normalize_scores": "heatmap_cli.render.heat",
+    "peak_cell": "heatmap_cli.render.heat",
     "peak_location": "heatmap_cli.render.heat",
     "DEFAULT_SCALE": "heatmap_cli.render.scale",
     "SCALES": "heatmap_cli.render.scale",
@@ -96,6 +98,7 @@ __all__ = [
     "margin_fade",
     "normalize_scores",
     "overlay",
+    "peak_cell",
     "peak_location",
     "render_class_overlay",
     "sheet_tile",

@@ -25,6 +25,7 @@ __all__ = [
     "lattice_axes",
     "margin_fade",
     "normalize_scores",
+    "peak_cell",
     "peak_location",
     "resolve_range",
     "row_bands",
@@ -370,6 +371,13 @@ def peak_location(values: np.ndarray, centers: np.ndarray) -> tuple[float, float
             f"expected values (rows, cols) and centers (rows, cols, 2), "
             f"got {scores.shape} and {centers.shape}"
         )
-    row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    row, col = peak_cell(scores)
     x, y = centers[row, col]
     return float(scores[row, col]), float(x), float(y)
+
+
+def peak_cell(values: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` of the highest cell of ``(rows, cols)`` scores (ties: row-major first)."""
+    scores = np.asarray(values)
+    row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return int(row), int(col)

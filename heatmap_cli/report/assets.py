@@ -91,7 +91,8 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
         A JSON-ready dict: ``key``, ``name`` (stem), ``image`` (source), ``size``
         ``[width, height]`` or ``None``, ``model``, ``method``, ``stride``, ``activation``,
         ``top`` ``[[index, name, score], ...]``, ``rendered`` ``[[index, name, peak, overlay
-        url or None], ...]``, ``range`` (the ``[low, high]`` probabilities the overlays
+        url or None, exact peak or None], ...]``, ``fidelity`` (the fidelity check's figures
+        and number of cells, or ``None``), ``range`` (the ``[low, high]`` probabilities the overlays
         share, or ``None``: each class to its own peak), the relative URLs ``thumb``,
         ``photo``, ``data``, ``labels`` (each ``None`` when not made), ``photo_size`` and
         ``notes`` (why something is missing).
@@ -127,9 +128,10 @@ def build_entry(record: ImageRecord, out_dir: Path) -> dict[str, object]:
         "activation": record.activation,
         "top": [[c.index, c.name, c.score] for c in record.ranking],
         "rendered": [
-            [c.index, c.name, c.score, _url(folder / c.overlay) if c.overlay else None]
+            [c.index, c.name, c.score, _url(folder / c.overlay) if c.overlay else None, c.exact]
             for c in record.rendered
         ],
+        "fidelity": record.fidelity,
         "range": list(record.colour_range) if record.colour_range else None,
         "thumb": thumb,
         "photo": shown,

@@ -40,12 +40,15 @@ class RankedClass:
         name: Class name.
         score: The ranking's score (``top_k``) or the peak probability (rendered classes).
         overlay: File name of the rendered PNG next to the json, or ``None``.
+        exact: The exact window's score at a rendered class's peak (the fidelity check), or
+            ``None`` when not checked.
     """
 
     index: int
     name: str
     score: float
     overlay: str | None = None
+    exact: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,23 @@ class ImageRecord:
         """How the json's scores were made from logits: ``"softmax"`` unless recorded."""
         value = self.fields.get("activation")
         return value if isinstance(value, str) and value else "softmax"
+
+    @property
+    def fidelity(self) -> dict[str, float] | None:
+        """The fidelity check's figures, and ``cells``: how many cells it checked.
+
+        Returns:
+            ``top1_agreement``, ``max_abs_diff``, ``mean_abs_diff`` and ``cells``; None when the
+            json has no fidelity check.
+        """
+        found = self.fields.get("fidelity")
+        if not isinstance(found, dict) or not isinstance(found.get("cells"), list):
+            return None
+        figures = {k: _number(found.get(k)) for k in ("top1_agreement", "max_abs_diff")}
+        figures["mean_abs_diff"] = _number(found.get("mean_abs_diff"))
+        if any(value is None for value in figures.values()):
+            return None
+        return {**figures, "cells": float(len(found["cells"]))}  # type: ignore[dict-item]
 
     def text(self, key: str) -> str | None:
         """A scalar field (``model``, ``method``, ``stride``...) as text, or ``None``."""
@@ -189,6 +209,7 @@ def _classes(entries: object, score_key: str) -> list[RankedClass]:
                 name=name if isinstance(name, str) else f"class {index}",
                 score=score,
                 overlay=overlay if isinstance(overlay, str) and overlay else None,
+                exact=_number(entry.get("exact_peak")),
             )
         )
     return found

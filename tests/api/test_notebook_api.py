@@ -73,7 +73,10 @@ def assert_same_as_command(score_map: ScoreMap, arrays: dict, record: dict, out:
 
 @pytest.mark.parametrize(
     ("options", "settings"),
-    [((), {}), (("--stride", 16), {"stride": 16})],
+    [
+        (("--method", "dense"), {"method": "dense"}),
+        (("--stride", 16, "--method", "dilate"), {"stride": 16, "method": "dilate"}),
+    ],
     ids=["dense", "dilate-16"],
 )
 def test_the_default_model_gives_the_commands_npz_json_and_pictures(

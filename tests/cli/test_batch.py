@@ -253,7 +253,7 @@ def test_skip_existing_redoes_an_image_whose_outputs_are_not_complete(
     ("options", "changed"),
     [
         (["--class", "4"], "classes [1] -> [4]"),
-        (["--stride", "4"], 'method "dense" -> "dilate"; stride 8 -> 4'),
+        (["--stride", "4"], "stride 8 -> 4"),  # auto both times: the method asked for
         (["--alpha", "0.75"], "alpha 0.5 -> 0.75"),
         (["--scales", "1,1.5"], "scales [1.0] -> [1.0, 1.5]"),
     ],

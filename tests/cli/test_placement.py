@@ -119,8 +119,8 @@ def write_scenes(folder: Path) -> dict[str, tuple[tuple[int, int], tuple[int, in
 @pytest.mark.parametrize(
     ("options", "method", "stride"),
     [
-        ([], "dense", NATIVE_STRIDE),
-        (["--stride", "4"], "dilate", 4),
+        (["--method", "dense"], "dense", NATIVE_STRIDE),
+        (["--stride", "4", "--method", "dilate"], "dilate", 4),
         (["--stride", "4", "--method", "stitch"], "stitch", 4),
         (["--method", "crops"], "crops", NATIVE_STRIDE),
     ],

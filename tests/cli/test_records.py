@@ -52,9 +52,11 @@ def test_json_record_says_which_passes_went_in_and_how() -> None:
     document = json.loads(json.dumps(record.to_json()))
 
     assert list(document) == [
-        *("image", "model", "weights", "method", "native_stride", "size", "multiscale"),
+        *("image", "model", "weights", "method", "method_reason", "native_stride", "size"),
+        "multiscale",
         *("tiling", "original_size", "input_size", "window", "window_input", "stride", "grid"),
-        *("scores", "activation", "model_output", "classes", "top_k", "top_k_pooling"),
+        *("scores", "activation", "model_output", "exact_cells", "fidelity", "classes"),
+        *("top_k", "top_k_pooling"),
         *("settings", "versions", "device", "dtype", "files"),
     ]
     assert (document["image"], document["model"], document["weights"]) == (
@@ -197,7 +199,7 @@ def test_json_records_every_setting_the_versions_the_device_and_the_dtype() -> N
 
     settings = document["settings"]
     assert settings["scales"] == [1.0, 1.5] and settings["flip"] is True
-    assert (settings["size"], settings["stride"], settings["method"]) == (60, 8, "dense")
+    assert (settings["size"], settings["stride"], settings["method"]) == (60, 8, "auto")
     expected = {
         "scale": "per-class", "vmin": None, "vmax": 0.9, "label": "corner", "cmap": "magma",
         "outputs": ["npz", "json"], "format": "webp", "npz_classes": "top5",
@@ -271,3 +273,55 @@ def test_written_outputs_list_every_other_file_with_its_size(tmp_path: Path) -> 
     assert [tmp_path / f["name"] for f in record["files"]] == written[:-1]
     assert [f["bytes"] for f in record["files"]] == [p.stat().st_size for p in written[:-1]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+def test_overlay_label_shows_the_exact_peak_where_it_differs() -> None:
+    result, engine = scored((1,), flip=False)
+    options = OutputOptions(top_k=1)
+    (drawn,) = rendered_classes(result, engine.categories, options)
+
+    near = overlay_label(dataclasses.replace(drawn, exact_peak=drawn.peak + 0.009), options)
+    far = overlay_label(dataclasses.replace(drawn, exact_peak=drawn.peak + 0.3), options)
+
+    assert near == overlay_label(drawn, options) and "exact" not in str(near)
+    assert f"p={drawn.peak:.2f} (exact {drawn.peak + 0.3:.2f})" in str(far)
+
+
+def test_written_json_and_npz_hold_the_fidelity_check(tmp_path: Path) -> None:
+    from heatmap_cli.pipeline.fidelity import image_fidelity
+    from heatmap_cli.pipeline.rendering import summarize_image, with_exact_peaks
+    from heatmap_cli.pipeline.scoring import score_images
+
+    loaded = as_loaded(seeded(VolumeHeadNet), window=WINDOW, source="test weights")
+    engine = GridEngine(loaded, GridSettings(size=60, device="cpu", method="dense"))
+    photo = tmp_path / "x.png"
+    Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(photo)
+    (outcome,) = score_images([ImageInput(photo, Path("x"))], engine, keep_inputs=True)
+    result = outcome.unwrap()
+    options = OutputOptions(top_k=2, fidelity=3)
+    summary = summarize_image(result, engine.categories, options)
+    fidelity = image_fidelity(result, engine, [c.cell for c in summary.classes], options.fidelity)
+    classes = with_exact_peaks(summary.classes, fidelity, options)
+    summary = dataclasses.replace(summary, classes=classes)
+
+    write_outputs(result, engine, options, tmp_path / "out", summary=summary, fidelity=fidelity)
+
+    record = json.loads((tmp_path / "out" / "x.json").read_bytes())
+    assert fidelity is not None
+    assert record["fidelity"] == fidelity.to_json()
+    assert record["settings"]["fidelity"] == 3
+    assert record["exact_cells"] == 0  # dense: none evaluated as crops
+    for entry, drawn in zip(record["classes"], classes, strict=True):
+        assert (entry["row"], entry["col"]) == drawn.cell
+        assert entry["exact_peak"] == pytest.approx(drawn.peak, abs=1e-4)  # padding-free
+        assert fidelity.exact_score(drawn.cell, drawn.index) == entry["exact_peak"]
+    with np.load(tmp_path / "out" / "x.npz") as arrays:
+        assert arrays["exact"].dtype == bool and not arrays["exact"].any()
+        assert arrays["exact"].shape == arrays["logits"].shape[1:]
+
+
+def test_fidelity_that_cannot_work_is_refused() -> None:
+    with pytest.raises(InvalidOptionError, match="fidelity"):
+        OutputOptions(fidelity=-1)
+    with pytest.raises(InvalidOptionError, match="fidelity"):
+        OutputOptions(fidelity=True)  # type: ignore[arg-type]

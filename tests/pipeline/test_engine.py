@@ -58,8 +58,8 @@ def test_engine_grids_at_finer_strides_equal_crops(method: str, stride: int) -> 
     reference = copy.deepcopy(model)
     settings = GridSettings(device="cpu", method=method, stride=stride)
     engine = GridEngine(loaded(model), settings)
-    # the folded copy is what gets dilated or stitched; crops run the unmodified model
-    assert engine.folded_norms == (0 if method == "crops" else 1)
+    # the folded copy is what gets dilated or stitched; crops run the classifier, folded too
+    assert engine.folded_norms == 1
     pixels = random_pixels(2, 3, 4)
     grid = engine.score(pixels)
     x = normalize(pixels, MEAN, STD)
@@ -89,7 +89,7 @@ def test_the_callers_model_keeps_its_values() -> None:
 
 
 def test_pretrained_default_model_engine_equals_score_grid_on_the_model(pretrained) -> None:
-    engine = GridEngine(pretrained, GridSettings(device="cpu", size=288))
+    engine = GridEngine(pretrained, GridSettings(device="cpu", size=288, method="dense"))
     assert engine.folded_norms > 0
     with Image.open(SAMPLES / "chelsea.jpg") as photo:
         image = photo.convert("RGB")
@@ -106,7 +106,9 @@ def test_pretrained_default_model_engine_equals_score_grid_on_the_model(pretrain
 
 
 def test_pretrained_default_model_dilates_its_folded_copy(pretrained) -> None:
-    engine = GridEngine(pretrained, GridSettings(device="cpu", size=256, stride=16))
+    engine = GridEngine(
+        pretrained, GridSettings(device="cpu", size=256, stride=16, method="dilate")
+    )
     assert engine.folded_norms > 0
     assert isinstance(engine.network, DilatedNet)  # folding left nothing dilation cannot read
     assert engine.notes == []
@@ -121,11 +123,13 @@ def test_pretrained_default_model_dilates_its_folded_copy(pretrained) -> None:
 
 def test_tiled_batches_say_how_they_were_tiled() -> None:
     model = seeded(VolumeHeadNet)
-    whole = GridEngine(loaded(model), GridSettings(device="cpu"))
-    tiled = GridEngine(loaded(copy.deepcopy(model)), GridSettings(device="cpu", tile=60))
+    whole = GridEngine(loaded(model), GridSettings(device="cpu", method="dense"))
+    settings = GridSettings(device="cpu", tile=60, method="dense")
+    tiled = GridEngine(loaded(copy.deepcopy(model)), settings)
     pixels = random_pixels(2, 8, 9)  # 100 x 108 pixels: more than one 60-pixel tile each way
-    grid, tiling = whole.score_batch(pixels)
-    tiled_grid, tiled_tiling = tiled.score_batch(pixels)
+    grid, tiling, exact, _ = whole.score_batch(pixels)
+    tiled_grid, tiled_tiling, _, _ = tiled.score_batch(pixels)
+    assert exact.shape == (2, *grid.shape[2:]) and not exact.any()
     assert tiling == Tiling() and not tiling.tiled
     assert tiled_tiling.tiled and tiled_tiling.tile == 60 and tiled_tiling.tiles >= 4
     assert (grid - tiled_grid).abs().max().item() < 1e-5

@@ -52,9 +52,7 @@ def whole_sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.where(wide >= 0, 1 / (1 + exp), exp / (1 + exp)).astype(np.float32)
 
 
-@pytest.mark.parametrize(
-    ("banded", "whole"), [(softmax, whole_softmax), (sigmoid, whole_sigmoid)]
-)
+@pytest.mark.parametrize(("banded", "whole"), [(softmax, whole_softmax), (sigmoid, whole_sigmoid)])
 @pytest.mark.parametrize("band_values", [1, 300 * 7, 1 << 22])
 def test_activations_in_bands_equal_the_whole_grid_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch, banded: Activation, whole: Activation, band_values: int

@@ -476,6 +476,32 @@ def test_command_report_keeps_earlier_images_and_failures_on_resume(tmp_path: Pa
     assert not report["failures"][0]["reason"].startswith(str(photos))
 
 
+def test_report_carries_each_images_fidelity_and_exact_peaks(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = write_outputs(out, "one")
+    record["classes"][0]["exact_peak"] = 0.125
+    record["fidelity"] = {
+        "cells": [[0, 0], [1, 2], [3, 4]],
+        "top1_agreement": 2 / 3,
+        "max_abs_diff": 0.5,
+        "mean_abs_diff": 0.25,
+    }
+    (out / "one.json").write_text(json.dumps(record), encoding="utf-8")
+    write_outputs(out, "two", seed=1)  # an older json: no fidelity, no exact peak
+
+    write_report(out)
+
+    one, two = embedded_report(out)["images"]
+    assert one["rendered"][0][4] == 0.125
+    assert one["fidelity"] == {
+        "top1_agreement": 2 / 3,
+        "max_abs_diff": 0.5,
+        "mean_abs_diff": 0.25,
+        "cells": 3,
+    }
+    assert two["rendered"][0][4] is None and two["fidelity"] is None
+
+
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_the_reports_own_files_and_records_holding_non_finite_numbers_are_not_trusted(
     tmp_path: Path, number: str

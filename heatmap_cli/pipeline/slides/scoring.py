@@ -408,7 +408,8 @@ def _run_tiles(
     for batch in _batches(todo, tiles, stack, read, settings.read_ahead):
         pixels = np.stack([p for _, p in batch]) if len(batch) > 1 else batch[0][1][None]
         with timed("network"):
-            grids, _ = engine.score_batch(pixels)
+            # unrefined: a refinement per tile would depend on where the tiles fall
+            grids = engine.score_batch(pixels, refine=False).grid
         for (index, _), grid in zip(batch, grids.numpy(), strict=True):
             t = tiles[index]
             store.write(t.out_rows, t.out_cols, grid[:, t.rows, t.cols])

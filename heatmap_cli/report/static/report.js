@@ -206,10 +206,18 @@
     return null;
   }
 
+  // The exact window's value at a class's peak, where it differs from the map's (the json's
+  // exact_peak; LABEL_TOLERANCE in heatmap_cli/pipeline/fidelity.py).
+  function exactNote(peak, exact) {
+    return exact === null || exact === undefined || Math.abs(exact - peak) <= 0.01 ? '' : ' (exact ' + fmt(exact) + ')';
+  }
+
   function showEntry(entry) {
     $('v-title').textContent = entry.name;
+    const fidelity = entry.fidelity && ('top class as the exact windows\' on ' + Math.round(entry.fidelity.top1_agreement * entry.fidelity.cells) +
+      '/' + entry.fidelity.cells + ' cells checked, largest difference ' + fmt(entry.fidelity.max_abs_diff));
     $('v-meta').textContent = [entry.model, entry.method, entry.stride && 'stride ' + entry.stride,
-      entry.size && entry.size.join('×') + ' px'].filter(Boolean).join(' · ');
+      entry.size && entry.size.join('×') + ' px', fidelity].filter(Boolean).join(' · ');
     const photo = $('v-photo');
     const overlay = $('v-overlay');
     const firstOverlay = entry.rendered.find((r) => r[3]);
@@ -234,8 +242,8 @@
     for (const note of entry.notes) addNote(note);
     $('v-ranking').replaceChildren(...entry.top.map(([, name, score]) =>
       el('li', null, name, el('span', { text: fmt(score) }))));
-    $('v-rendered').replaceChildren(...entry.rendered.map(([c, name, peak]) =>
-      el('button', { type: 'button', 'data-class': c, 'aria-pressed': 'false', text: name, title: 'peak ' + fmt(peak), onclick: () => selectClass(c) })));
+    $('v-rendered').replaceChildren(...entry.rendered.map(([c, name, peak, , exact]) =>
+      el('button', { type: 'button', 'data-class': c, 'aria-pressed': 'false', text: name + exactNote(peak, exact), title: 'peak ' + fmt(peak), onclick: () => selectClass(c) })));
     $('v-class').disabled = !entry.data;
     $('v-class').value = '';
     $('v-class').placeholder = entry.data ? 'Any class by name' : 'No grid: rendered classes only';

@@ -1,0 +1,125 @@
+"""What --method auto picks, and refine: the rule picks what it says it picks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from heatmap_cli.grid.refine import DEFAULT_REFINE_SHARE
+from heatmap_cli.pipeline.methods import (
+    AUTO_SHARE,
+    MethodChoice,
+    Refiner,
+    auto_budget,
+    combined_choice,
+    image_method,
+)
+
+STRIDE = 8
+SHAPE = (12, 15)  # 180 cells
+
+
+class FakeExact:
+    """Exact windows read from a table, each costing ``per_window`` seconds of the clock."""
+
+    def __init__(self, table: np.ndarray, per_window: float, measured: bool) -> None:
+        self.table, self.per_window = table, per_window
+        self.windows = 1 if measured else 0
+        self.seconds = per_window if measured else 0.0
+
+    @property
+    def seconds_per_window(self) -> float | None:
+        return self.seconds / self.windows if self.windows else None
+
+    def logits(self, pixels: np.ndarray, corners: np.ndarray) -> np.ndarray:
+        self.windows += len(corners)
+        self.seconds += len(corners) * self.per_window
+        return self.table[:, corners[:, 1] // STRIDE, corners[:, 2] // STRIDE].T
+
+
+def grids() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    exact = rng.normal(0, 1, (3, *SHAPE)).astype(np.float32)
+    dense = exact + rng.normal(0, 1, exact.shape).astype(np.float32)
+    return dense, exact
+
+
+def refine_once(
+    requested: str, per_window: float, run_seconds: float, measured: bool = True
+) -> tuple[np.ndarray, np.ndarray, MethodChoice, FakeExact]:
+    dense, exact = grids()
+    windows = FakeExact(exact, per_window, measured)
+    refiner = Refiner(requested, "dense", lambda: windows, lambda: run_seconds + windows.seconds)
+    scored = refiner(torch.from_numpy(dense[None]), None, np.zeros((1, 1, 1, 3), np.uint8), STRIDE)
+    (choice,) = scored.choices
+    return scored.grid[0].numpy(), scored.exact[0], choice, windows
+
+
+def test_auto_budget_is_its_share_of_the_time_per_input_in_windows() -> None:
+    assert auto_budget(180, 0.01, 4.0) == int(AUTO_SHARE * 4.0 / 0.01)
+    assert auto_budget(50, 0.01, 4.0) == 50  # never more than the cells
+    assert auto_budget(180, 0.5, 0.1) == 0
+
+
+def test_auto_makes_every_cell_exact_when_that_fits_in_its_share() -> None:
+    logits, exact, choice, _ = refine_once("auto", per_window=0.001, run_seconds=10)
+
+    assert choice.method == "crops" and exact.all()
+    np.testing.assert_array_equal(logits, grids()[1])
+    assert "180 exact windows would take 0.18 s" in choice.reason and "all fit" in choice.reason
+
+
+def test_auto_keeps_the_dense_map_when_too_few_windows_fit() -> None:
+    logits, exact, choice, windows = refine_once("auto", per_window=1.0, run_seconds=10)
+
+    assert choice.method == "dense" and not exact.any()
+    np.testing.assert_array_equal(logits, grids()[0])
+    assert windows.windows == 1  # none evaluated
+    assert "only 2 fit in 25% of it" in choice.reason and "method crops or refine" in choice.reason
+
+
+def test_auto_refines_with_what_fits_in_between() -> None:
+    logits, exact, choice, _ = refine_once("auto", per_window=0.05, run_seconds=10)
+
+    assert choice.method == "refine"
+    assert 180 // 9 <= exact.sum() <= int(AUTO_SHARE * 10 / 0.05)
+    np.testing.assert_array_equal(logits[:, exact], grids()[1][:, exact])
+    budget = int(AUTO_SHARE * 10.05 / 0.05)  # the run's 10 s and the window timed before
+    assert f"up to {budget} where in doubt fit in 25%" in choice.reason
+
+
+def test_auto_times_its_first_windows_on_a_lattice_it_keeps() -> None:
+    _, exact, choice, windows = refine_once("auto", 1.0, run_seconds=10, measured=False)
+
+    assert windows.windows == exact.sum() == 20  # the 4 x 5 lattice of a 12 x 15 grid
+    assert choice.method == "refine"
+
+
+def test_refine_spends_at_most_its_share_of_cells() -> None:
+    logits, exact, choice, _ = refine_once("refine", per_window=100.0, run_seconds=1)
+
+    assert choice.method == "refine" and 0 < exact.sum() <= round(DEFAULT_REFINE_SHARE * 180)
+    np.testing.assert_array_equal(logits[:, exact], grids()[1][:, exact])
+    assert choice.reason.startswith("asked for")
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [(["crops", "crops"], "crops"), (["crops", "dense"], "refine"), (["dense"], "dense")],
+)
+def test_an_images_method_comes_from_its_passes(methods, expected) -> None:
+    choices = [MethodChoice(m, f"why {m}") for m in methods]
+    combined = combined_choice(choices, "auto")
+    assert combined.method == expected
+    assert combined.reason == "; ".join(dict.fromkeys(c.reason for c in choices))
+
+
+def test_a_method_asked_for_says_so() -> None:
+    class Plain:
+        method = None
+        method_reason = None
+
+    assert image_method([Plain()], "dense", "dense") == MethodChoice("dense", "asked for")
+    fallback = image_method([Plain()], "auto", "crops")
+    assert fallback.method == "crops" and "cannot be converted" in fallback.reason
