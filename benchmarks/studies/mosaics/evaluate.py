@@ -1,0 +1,230 @@
+"""Scoring what the methods wrote, and dense against crops network-only.
+
+* :func:`score_heatmap_outputs`, :func:`score_peer_outputs`: the pixel accuracy and mIoU of a
+  folder of outputs against the mosaics' label maps (:mod:`.metrics` says how a grid becomes
+  per-pixel labels).
+* :func:`grid_fidelity`: dense against crops for one texture model on a mosaic set, computed in
+  this process through the library (``convolutionalize`` + ``score_grid``), cell by cell, with
+  the cells split by where they are: inside one texture region, or on a boundary.
+* :func:`photo_fidelity`: the same for the offline default model on the sample photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from heatmap_cli import convolutionalize
+from heatmap_cli.grid import score_grid
+from heatmap_cli.grid.geometry import GridGeometry
+
+from .metrics import Agreement, Confusion, cell_truth, pixel_labels
+from .mosaics import MosaicSet, read_labels
+from .training import TrainedModel, normalize
+
+__all__ = [
+    "GridFidelity",
+    "PhotoFidelity",
+    "Scores",
+    "grid_fidelity",
+    "photo_fidelity",
+    "score_heatmap_outputs",
+    "score_peer_outputs",
+]
+
+
+@dataclass
+class Scores:
+    """Accuracy of one method's outputs over a set.
+
+    Attributes:
+        pixels: Per-pixel confusion over every mosaic.
+        cells: Per-cell confusion against the class at each window's centre (grid methods only).
+        exact_cells: Cells the method evaluated as crops (the npz's ``exact``), when it says.
+        total_cells: Cells in all.
+    """
+
+    pixels: Confusion
+    cells: Confusion | None = None
+    exact_cells: int | None = None
+    total_cells: int = 0
+
+
+def score_heatmap_outputs(mosaics: MosaicSet, out: Path) -> Scores:
+    """Scores the ``<stem>.npz`` files a ``heatmap`` run wrote into ``out``.
+
+    Args:
+        mosaics: The set the run read.
+        out: The run's ``--out``.
+
+    Returns:
+        Pixel and cell confusions; the exact-cell count when the npz has an ``exact`` array.
+    """
+    classes = len(mosaics.names)
+    scores = Scores(Confusion(classes), Confusion(classes))
+    for stem in mosaics.stems():
+        labels = read_labels(mosaics, stem)
+        with np.load(out / f"{stem}.npz") as npz:
+            probs, centers = npz["probs"].astype(np.float32), npz["centers"]
+            exact = npz["exact"] if "exact" in npz.files else None
+        scores.pixels.add(labels, pixel_labels(probs, centers, labels.shape))
+        assert scores.cells is not None
+        scores.cells.add(cell_truth(labels, centers), probs.argmax(0))
+        scores.total_cells += probs.shape[1] * probs.shape[2]
+        if exact is not None:
+            scores.exact_cells = (scores.exact_cells or 0) + int(exact.sum())
+    return scores
+
+
+def score_peer_outputs(mosaics: MosaicSet, out: Path) -> Scores:
+    """Scores the ``<stem>.npz`` label maps a peer (``peer_cam.py``) wrote into ``out``."""
+    scores = Scores(Confusion(len(mosaics.names)))
+    for stem in mosaics.stems():
+        with np.load(out / f"{stem}.npz") as npz:
+            scores.pixels.add(read_labels(mosaics, stem), npz["labels"])
+    return scores
+
+
+@dataclass
+class GridFidelity:
+    """Dense against crops for one model over a set, network-only.
+
+    Attributes:
+        all: Every cell.
+        inside: Cells whose whole window lies in one texture region.
+        boundary: Cells whose window holds more than one class.
+        interior: Cells whose window does not touch the image border.
+        dense_cells: Dense's top-1 against the class at each window centre.
+        crops_cells: Crops' top-1 against the same.
+    """
+
+    classes: int
+    all: Agreement = field(default_factory=Agreement)
+    inside: Agreement = field(default_factory=Agreement)
+    boundary: Agreement = field(default_factory=Agreement)
+    interior: Agreement = field(default_factory=Agreement)
+    dense_cells: Confusion = field(init=False)
+    crops_cells: Confusion = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dense_cells = Confusion(self.classes)
+        self.crops_cells = Confusion(self.classes)
+
+
+def _pure_windows(
+    labels: np.ndarray, window: int, stride: int, grid: tuple[int, int]
+) -> np.ndarray:
+    """Whether each cell's window holds a single class: bool ``(h, w)``."""
+    rows, cols = grid
+    pure = np.zeros(grid, dtype=bool)
+    for i in range(rows):
+        for j in range(cols):
+            patch = labels[i * stride : i * stride + window, j * stride : j * stride + window]
+            pure[i, j] = patch.min() == patch.max()
+    return pure
+
+
+@torch.inference_mode()
+def grid_fidelity(
+    model: TrainedModel, mosaics: MosaicSet, limit: int | None = None
+) -> GridFidelity:
+    """Dense (converted network) against crops (unmodified model) on the set's mosaics.
+
+    Args:
+        model: The texture model.
+        mosaics: The set (square mosaics whose side is ``window + 32 k``).
+        limit: Use only the first ``limit`` mosaics.
+
+    Returns:
+        The agreement, split by cell position, and both methods' cell accuracy.
+    """
+    window = model.recipe.window
+    net = convolutionalize(model.model, input_size=(window, window))
+    result = GridFidelity(len(mosaics.names))
+    for stem in mosaics.stems()[:limit]:
+        labels = read_labels(mosaics, stem)
+        image = np.asarray(Image.open(mosaics.images / f"{stem}.png").convert("RGB"))
+        x = normalize(image[None])
+        dense = score_grid(net, x, input_size=(window, window)).softmax(1)[0].numpy()
+        crops = score_grid(net, x, method="crops", input_size=(window, window))
+        crops = crops.softmax(1)[0].numpy()
+        geometry = GridGeometry(labels.shape, labels.shape, (window, window), net.stride)
+        centers = geometry.centers()
+        rows, cols = dense.shape[1:]
+        pure = _pure_windows(labels, window, net.stride, (rows, cols))
+        interior = np.zeros((rows, cols), dtype=bool)
+        interior[1:-1, 1:-1] = True
+        result.all.add(dense, crops)
+        result.inside.add(dense, crops, pure)
+        result.boundary.add(dense, crops, ~pure)
+        result.interior.add(dense, crops, interior)
+        truth = cell_truth(labels, centers)
+        result.dense_cells.add(truth, dense.argmax(0))
+        result.crops_cells.add(truth, crops.argmax(0))
+    return result
+
+
+@dataclass(frozen=True)
+class PhotoFidelity:
+    """Dense against crops for the default model on one photo at one size."""
+
+    photo: str
+    size: int
+    grid: tuple[int, int]
+    agreement: Agreement
+    top1_dense: str
+    top1_crops: str
+
+
+@torch.inference_mode()
+def photo_fidelity(photos: list[Path], sizes: list[int]) -> list[PhotoFidelity]:
+    """The offline default model (EfficientNet-Lite0, ImageNet) on photos, dense against crops.
+
+    Each photo is resized as the command does (shorter side ``size``, snapped to the grid),
+    then scored dense and as crops; the image-level top-1 is the class with the highest
+    probability in any cell (the command's default ``--pooling max``).
+    """
+    from heatmap_cli.grid.pixels import normalize as normalize_pixels
+    from heatmap_cli.io import read_image
+    from heatmap_cli.models import load_model
+    from heatmap_cli.pipeline.preprocess import plan_geometry, resize_for_grid
+
+    loaded = load_model()
+    net = convolutionalize(loaded.model, input_size=loaded.input_size)
+    rows = []
+    for photo in photos:
+        image = read_image(photo)
+        for size in sizes:
+            geometry = plan_geometry(
+                (image.height, image.width),
+                shorter_side=size,
+                window=loaded.input_size,
+                stride=net.stride,
+            )
+            pixels = resize_for_grid(image, geometry.input_size, loaded.interpolation)
+            x = normalize_pixels(pixels, loaded.mean, loaded.std)
+            dense = score_grid(net, x, input_size=loaded.input_size).softmax(1)[0].numpy()
+            crops = score_grid(net, x, method="crops", input_size=loaded.input_size)
+            crops = crops.softmax(1)[0].numpy()
+            names = loaded.categories
+            rows.append(
+                PhotoFidelity(
+                    photo.name,
+                    size,
+                    dense.shape[1:],
+                    _agreement(dense, crops),
+                    names[int(dense.reshape(dense.shape[0], -1).max(1).argmax())],
+                    names[int(crops.reshape(crops.shape[0], -1).max(1).argmax())],
+                )
+            )
+    return rows
+
+
+def _agreement(dense: np.ndarray, crops: np.ndarray) -> Agreement:
+    agreement = Agreement()
+    agreement.add(dense, crops)
+    return agreement
