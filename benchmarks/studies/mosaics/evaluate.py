@@ -3,14 +3,17 @@
 * :func:`score_heatmap_outputs`, :func:`score_peer_outputs`: the pixel accuracy and mIoU of a
   folder of outputs against the mosaics' label maps (:mod:`.metrics` says how a grid becomes
   per-pixel labels).
-* :func:`grid_fidelity`: dense against crops for one texture model on a mosaic set, computed in
-  this process through the library (``convolutionalize`` + ``score_grid``), cell by cell, with
-  the cells split by where they are: inside one texture region, or on a boundary.
+* :func:`mosaic_grids`: dense and crops logits of a set through the library
+  (``convolutionalize`` + ``score_grid``), cached; :func:`score_grids` scores any grids by the
+  benchmark's rule, so a refinement's cell selection can be studied offline in seconds.
+* :func:`grid_fidelity`: dense against crops for one texture model on a mosaic set, cell by
+  cell, with the cells split by where they are: inside one texture region, or on a boundary.
 * :func:`photo_fidelity`: the same for the offline default model on the sample photos.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +31,16 @@ from .training import TrainedModel, normalize
 
 __all__ = [
     "GridFidelity",
+    "MosaicGrids",
     "PhotoFidelity",
     "Scores",
     "grid_fidelity",
+    "mosaic_grids",
     "photo_fidelity",
+    "score_grids",
     "score_heatmap_outputs",
     "score_peer_outputs",
+    "softmax",
 ]
 
 
@@ -128,9 +135,106 @@ def _pure_windows(
     return pure
 
 
+@dataclass(frozen=True)
+class MosaicGrids:
+    """One mosaic's dense and crops grids, for studying a method offline.
+
+    Attributes:
+        stem: The mosaic's file stem.
+        labels: uint8 ``(H, W)`` ground truth.
+        centers: float32 ``(h, w, 2)`` window centres ``(x, y)`` in pixels.
+        dense: float32 ``(K, h, w)`` logits of the converted network, one pass.
+        crops: float32 ``(K, h, w)`` logits of the unmodified model on every window.
+        window: Window side in pixels.
+        stride: Grid stride in pixels.
+    """
+
+    stem: str
+    labels: np.ndarray
+    centers: np.ndarray
+    dense: np.ndarray
+    crops: np.ndarray
+    window: int
+    stride: int
+
+    def pure(self) -> np.ndarray:
+        """Whether each cell's window lies in one texture region: bool ``(h, w)``."""
+        return _pure_windows(self.labels, self.window, self.stride, self.dense.shape[1:])
+
+
 @torch.inference_mode()
+def _compute_grids(model: TrainedModel, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    window = (model.recipe.window, model.recipe.window)
+    net = convolutionalize(model.model, input_size=window)
+    dense = score_grid(net, x, input_size=window)[0].numpy()
+    crops = score_grid(net, x, method="crops", input_size=window)[0].numpy()
+    return dense, crops, net.stride
+
+
+def mosaic_grids(
+    model: TrainedModel, mosaics: MosaicSet, limit: int | None = None, cache: Path | None = None
+) -> Iterator[MosaicGrids]:
+    """Dense and crops logits of every mosaic of the set (computed once when ``cache`` is given).
+
+    The grids are what ``score_grid`` returns through the library, network-only; the cache
+    (``cache/grids/<model>/<set>/<stem>.npz``) makes a study of cell-selection rules (which cells
+    a refinement should evaluate exactly) cost no network time after the first run.
+
+    Args:
+        model: The texture model.
+        mosaics: The set (square mosaics whose side is ``window + 32 k``).
+        limit: Only the first ``limit`` mosaics.
+        cache: The benchmark's cache folder, or None to recompute.
+
+    Yields:
+        One :class:`MosaicGrids` per mosaic, in file order.
+    """
+    window = model.recipe.window
+    folder = None if cache is None else cache / "grids" / model.recipe.key / mosaics.root.name
+    for stem in mosaics.stems()[:limit]:
+        labels = read_labels(mosaics, stem)
+        path = None if folder is None else folder / f"{stem}.npz"
+        if path is not None and path.exists():
+            with np.load(path) as stored:
+                dense, crops, stride = stored["dense"], stored["crops"], int(stored["stride"])
+        else:
+            image = np.asarray(Image.open(mosaics.images / f"{stem}.png").convert("RGB"))
+            dense, crops, stride = _compute_grids(model, normalize(image[None]))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, dense=dense, crops=crops, stride=stride)
+        geometry = GridGeometry(labels.shape, labels.shape, (window, window), stride)
+        yield MosaicGrids(stem, labels, geometry.centers(), dense, crops, window, stride)
+
+
+def score_grids(
+    grids: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], classes: int
+) -> Confusion:
+    """Pixel confusion of grids by the benchmark's rule (:func:`.metrics.pixel_labels`).
+
+    Args:
+        grids: ``(labels, probs, centers)`` per mosaic: uint8 ``(H, W)``, float ``(K, h, w)``
+            probabilities, float ``(h, w, 2)`` centres. A refinement studied offline passes
+            ``np.where(exact, crops, dense)`` (softmaxed) as ``probs``.
+        classes: ``K``.
+
+    Returns:
+        The confusion over every pixel of every mosaic.
+    """
+    confusion = Confusion(classes)
+    for labels, probs, centers in grids:
+        confusion.add(labels, pixel_labels(probs, centers, labels.shape))
+    return confusion
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 of ``(K, ...)`` logits."""
+    shifted = np.exp(logits - logits.max(0, keepdims=True))
+    return shifted / shifted.sum(0, keepdims=True)
+
+
 def grid_fidelity(
-    model: TrainedModel, mosaics: MosaicSet, limit: int | None = None
+    model: TrainedModel, mosaics: MosaicSet, limit: int | None = None, cache: Path | None = None
 ) -> GridFidelity:
     """Dense (converted network) against crops (unmodified model) on the set's mosaics.
 
@@ -138,31 +242,22 @@ def grid_fidelity(
         model: The texture model.
         mosaics: The set (square mosaics whose side is ``window + 32 k``).
         limit: Use only the first ``limit`` mosaics.
+        cache: Where :func:`mosaic_grids` keeps the grids (None: recompute).
 
     Returns:
         The agreement, split by cell position, and both methods' cell accuracy.
     """
-    window = model.recipe.window
-    net = convolutionalize(model.model, input_size=(window, window))
     result = GridFidelity(len(mosaics.names))
-    for stem in mosaics.stems()[:limit]:
-        labels = read_labels(mosaics, stem)
-        image = np.asarray(Image.open(mosaics.images / f"{stem}.png").convert("RGB"))
-        x = normalize(image[None])
-        dense = score_grid(net, x, input_size=(window, window)).softmax(1)[0].numpy()
-        crops = score_grid(net, x, method="crops", input_size=(window, window))
-        crops = crops.softmax(1)[0].numpy()
-        geometry = GridGeometry(labels.shape, labels.shape, (window, window), net.stride)
-        centers = geometry.centers()
-        rows, cols = dense.shape[1:]
-        pure = _pure_windows(labels, window, net.stride, (rows, cols))
-        interior = np.zeros((rows, cols), dtype=bool)
+    for grids in mosaic_grids(model, mosaics, limit, cache):
+        dense, crops = softmax(grids.dense), softmax(grids.crops)
+        pure = grids.pure()
+        interior = np.zeros(pure.shape, dtype=bool)
         interior[1:-1, 1:-1] = True
         result.all.add(dense, crops)
         result.inside.add(dense, crops, pure)
         result.boundary.add(dense, crops, ~pure)
         result.interior.add(dense, crops, interior)
-        truth = cell_truth(labels, centers)
+        truth = cell_truth(grids.labels, grids.centers)
         result.dense_cells.add(truth, dense.argmax(0))
         result.crops_cells.add(truth, crops.argmax(0))
     return result

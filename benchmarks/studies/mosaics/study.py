@@ -230,8 +230,8 @@ def _fidelity_rows(plan: Plan) -> list[FidelityRow]:
     for arch, window in plan.fidelity_models:
         trained = model(plan, arch, window)
         plan.log(f"table (b): {arch}@{window}")
-        fidelity = grid_fidelity(trained, mosaics, count)
-        large_fidelity = grid_fidelity(trained, large) if large is not None else None
+        fidelity = grid_fidelity(trained, mosaics, count, plan.cache)
+        large_fidelity = grid_fidelity(trained, large, cache=plan.cache) if large else None
         rows.append(
             FidelityRow(
                 arch,
