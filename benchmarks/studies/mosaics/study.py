@@ -55,7 +55,7 @@ __all__ = [
     "write_results",
 ]
 
-ARCHS = ("resnet18", "mobilenet_v3_large", "shufflenet_v2_x1_0", "efficientnet_b0")
+ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0")
 WINDOWS = (64, 96, 224)
 _PEER_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 _REPO = HERE.parents[2]

@@ -21,7 +21,7 @@ __all__ = [
     "refine_goals",
 ]
 
-SE_ARCHITECTURES = ("mobilenet_v3_large", "efficientnet_b0")
+SE_ARCHITECTURES = ("mobilenet_v3_small", "efficientnet_b0")
 """The architectures with squeeze-and-excitation blocks (global pools inside the body)."""
 
 

@@ -48,7 +48,7 @@ STD = (0.25, 0.25, 0.25)
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
-    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
     "shufflenet_v2_x1_0": torchvision.models.shufflenet_v2_x1_0,
     "efficientnet_b0": torchvision.models.efficientnet_b0,
 }
@@ -80,7 +80,7 @@ class Recipe:
     arch: str
     window: int
     steps: int
-    batch: int = 32
+    batch: int = 16
     lr: float = 2e-3
     pool: int = 32
     seed: int = 0
@@ -98,12 +98,12 @@ def recipe_for(arch: str, window: int) -> Recipe:
     """The recipe the benchmark uses: about the same pixels seen at every window size.
 
     Larger windows hold more texture per sample and cost more per sample, so the step count
-    falls with the window's area (batches of 16 above 128 px), down to at least 200 steps.
-    Quick and full runs share the recipe, so a model trained by either serves both.
+    falls with the window's area (400 steps of 16 windows at 96 px), down to at least 150
+    steps. Quick and full runs share the recipe, so a model trained by either serves both.
     """
-    batch = 32 if window <= 128 else 16
-    pixels = 300 * 32 * 96 * 96
-    steps = max(200, round(pixels / (batch * window * window) / 10) * 10)
+    batch = 16
+    pixels = 400 * batch * 96 * 96
+    steps = max(150, round(pixels / (batch * window * window) / 10) * 10)
     return Recipe(arch, window, steps, batch)
 
 
