@@ -44,12 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mosaics", type=int, help="mosaics in table (a)'s set")
     parser.add_argument("--side", type=int, help="their side (window + 32 k; default 768)")
     parser.add_argument("--repeat", type=int, default=1, help="timed processes per method")
+    parser.add_argument("--threads", type=int, help="CPU threads of every process (default: "
+                        "torch's; 1 on a shared, oversubscribed machine)")  # fmt: skip
     parser.add_argument("--no-peers", action="store_true", help="leave Grad-CAM out")
     parser.add_argument("--cache", type=Path, help="default: MOSAICS_CACHE or ./cache beside")
     parser.add_argument("--results", type=Path, help="markdown out (default "
                         "benchmarks/results/fidelity.md, quick: fidelity-quick.md)")  # fmt: skip
     args = parser.parse_args(argv)
-    changes: dict[str, object] = {"repeat": args.repeat, "peers": not args.no_peers, "log": _log}
+    changes: dict[str, object] = {
+        "repeat": args.repeat,
+        "threads": args.threads,
+        "peers": not args.no_peers,
+        "log": _log,
+    }
     if args.models:
         changes["accuracy_models"] = args.models
     if args.fidelity_models:

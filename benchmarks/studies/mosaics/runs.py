@@ -89,8 +89,21 @@ def _stages(stderr: str) -> dict[str, float]:
     return stages
 
 
+def _environment(threads: int | None) -> dict[str, str]:
+    """The child's environment: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set when ``threads``."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
 def run_heatmap(
-    mosaics: MosaicSet, model: TrainedModel, method: str, out: Path, extra: tuple[str, ...] = ()
+    mosaics: MosaicSet,
+    model: TrainedModel,
+    method: str,
+    out: Path,
+    extra: tuple[str, ...] = (),
+    threads: int | None = None,
 ) -> ProcessRun:
     """One ``heatmap`` process over the set's images with a texture model.
 
@@ -104,6 +117,7 @@ def run_heatmap(
         method: A grid method name.
         out: Output folder (emptied first by the caller).
         extra: More options.
+        threads: CPU threads of the process (``OMP_NUM_THREADS``); None: torch's default.
 
     Returns:
         The run's times.
@@ -129,7 +143,7 @@ def run_heatmap(
     ]  # fmt: skip
     if _has_option("--fidelity"):
         command += ["--fidelity", "0"]
-    env = {**os.environ, "HEATMAP_PROFILE": "1"}
+    env = {**_environment(threads), "HEATMAP_PROFILE": "1"}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
@@ -145,8 +159,12 @@ def peer_python() -> Path:
     return venv / "bin" / "python"
 
 
-def run_peer(peer: str, mosaics: MosaicSet, model: TrainedModel, out: Path) -> ProcessRun:
+def run_peer(
+    peer: str, mosaics: MosaicSet, model: TrainedModel, out: Path, threads: int | None = None
+) -> ProcessRun:
     """One peer process (``peer_cam.py`` in the peers' venv) over the set's images.
+
+    ``threads`` as for :func:`run_heatmap`.
 
     Raises:
         FileNotFoundError: If the peers' venv is missing (run ``setup_peers.sh``).
@@ -169,7 +187,8 @@ def run_peer(peer: str, mosaics: MosaicSet, model: TrainedModel, out: Path) -> P
         "--std", ",".join(f"{v:g}" for v in STD),
     ]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = _environment(threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{peer} failed:\n{done.stderr[-2000:]}")
