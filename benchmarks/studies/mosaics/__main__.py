@@ -9,12 +9,14 @@ See ``benchmarks/studies/mosaics/README.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from .runs import HEATMAP_ENV
 from .study import Plan, run_study, write_results
 
 TABLES = ("accuracy", "fidelity", "photos")
@@ -46,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed processes per method")
     parser.add_argument("--threads", type=int, help="CPU threads of every process (default: "
                         "torch's; 1 on a shared, oversubscribed machine)")  # fmt: skip
+    parser.add_argument("--heatmap", type=Path, help="the heatmap executable to time (another "
+                        "checkout's; default this venv's; also MOSAICS_HEATMAP)")  # fmt: skip
     parser.add_argument("--no-peers", action="store_true", help="leave Grad-CAM out")
     parser.add_argument("--cache", type=Path, help="default: MOSAICS_CACHE or ./cache beside")
     parser.add_argument("--results", type=Path, help="markdown out (default "
                         "benchmarks/results/fidelity.md, quick: fidelity-quick.md)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.heatmap:
+        os.environ[HEATMAP_ENV] = str(args.heatmap.resolve())
     changes: dict[str, object] = {
         "repeat": args.repeat,
         "threads": args.threads,

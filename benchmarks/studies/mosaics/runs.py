@@ -7,7 +7,8 @@ secondary, network-only figure comes from the process itself: the ``heatmap`` co
 time inside their CAM calls.
 
 Grid methods are read from the library's registry (:func:`grid_methods`), so a method added
-there (``refine``) is run and tabled with no change here.
+there (``refine``) is run and tabled with no change here. ``MOSAICS_HEATMAP`` (the path of
+another checkout's ``heatmap``) times that command instead, with that checkout's methods.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from .mosaics import MosaicSet
 from .training import MEAN, STD, TrainedModel
 
 __all__ = [
+    "HEATMAP_ENV",
     "HERE",
     "PEERS",
     "ProcessRun",
+    "command_methods",
     "grid_methods",
+    "heatmap_command",
     "peer_python",
     "run_heatmap",
     "run_peer",
@@ -43,7 +47,12 @@ _WANTED = ("dense", "refine", "crops")
 
 
 def grid_methods() -> list[str]:
-    """The grid methods to table: dense, refine (once registered), crops."""
+    """The grid methods to table: dense, refine (once registered), crops.
+
+    From this checkout's registry, or from that of the command ``$MOSAICS_HEATMAP`` names.
+    """
+    if os.environ.get(HEATMAP_ENV):
+        return command_methods()
     from heatmap_cli.grid import method_names
 
     available = set(method_names())
@@ -65,17 +74,42 @@ class ProcessRun:
     stages: dict[str, float]
 
 
-def _heatmap_command() -> list[str]:
+HEATMAP_ENV = "MOSAICS_HEATMAP"
+"""Names the ``heatmap`` executable to time (another checkout's, for before/after figures)."""
+
+
+def heatmap_command() -> list[str]:
+    """The ``heatmap`` command timed: ``$MOSAICS_HEATMAP``, else this interpreter's."""
+    chosen = os.environ.get(HEATMAP_ENV)
+    if chosen:
+        return [chosen]
     script = Path(sys.executable).parent / "heatmap"
     return [str(script)] if script.exists() else [sys.executable, "-m", "heatmap_cli"]
 
 
-def _has_option(option: str) -> bool:
-    """Whether this checkout's ``heatmap`` knows ``option`` (``--fidelity`` comes with issue 23)."""
-    help_text = subprocess.run(
-        [*_heatmap_command(), "--help"], capture_output=True, text=True, check=True
+def _help() -> str:
+    return subprocess.run(
+        [*heatmap_command(), "--help"], capture_output=True, text=True, check=True
     ).stdout
-    return option in help_text
+
+
+def command_methods() -> list[str]:
+    """The methods of the accuracy table that the timed command's checkout registers.
+
+    Asked of the interpreter beside the command (``bin/python`` next to ``bin/heatmap``), so
+    ``$MOSAICS_HEATMAP`` can name another checkout whose registry this process cannot import.
+    """
+    python = Path(heatmap_command()[0]).parent / "python"
+    if not python.exists():
+        python = Path(sys.executable)
+    names = subprocess.run(
+        # -I: not this folder's heatmap_cli (the current directory) but the venv's own.
+        [str(python), "-I", "-c", "from heatmap_cli.grid import method_names as m; print(*m())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [name for name in _WANTED if name in names]
 
 
 def _stages(stderr: str) -> dict[str, float]:
@@ -126,7 +160,7 @@ def run_heatmap(
         RuntimeError: If the command fails (its stderr in the message).
     """
     command = [
-        *_heatmap_command(),
+        *heatmap_command(),
         str(mosaics.images),
         "--model", model.recipe.arch,
         "--weights", str(model.weights),
@@ -141,7 +175,7 @@ def run_heatmap(
         "--quiet",
         *extra,
     ]  # fmt: skip
-    if _has_option("--fidelity"):
+    if "--fidelity" in _help():
         command += ["--fidelity", "0"]
     env = {**_environment(threads), "HEATMAP_PROFILE": "1"}
     start = time.perf_counter()
