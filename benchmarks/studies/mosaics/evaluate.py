@@ -104,7 +104,9 @@ class GridFidelity:
         all: Every cell.
         inside: Cells whose whole window lies in one texture region.
         boundary: Cells whose window holds more than one class.
-        interior: Cells whose window does not touch the image border.
+        border: Cells whose window touches the image border (there the dense pass sees zero
+            padding on that side too, as a crop does).
+        interior: The other cells.
         dense_cells: Dense's top-1 against the class at each window centre.
         crops_cells: Crops' top-1 against the same.
     """
@@ -113,6 +115,7 @@ class GridFidelity:
     all: Agreement = field(default_factory=Agreement)
     inside: Agreement = field(default_factory=Agreement)
     boundary: Agreement = field(default_factory=Agreement)
+    border: Agreement = field(default_factory=Agreement)
     interior: Agreement = field(default_factory=Agreement)
     dense_cells: Confusion = field(init=False)
     crops_cells: Confusion = field(init=False)
@@ -256,6 +259,7 @@ def grid_fidelity(
         result.all.add(dense, crops)
         result.inside.add(dense, crops, pure)
         result.boundary.add(dense, crops, ~pure)
+        result.border.add(dense, crops, ~interior)
         result.interior.add(dense, crops, interior)
         truth = cell_truth(grids.labels, grids.centers)
         result.dense_cells.add(truth, dense.argmax(0))

@@ -350,7 +350,7 @@ def _agreement_dict(agreement: Agreement) -> dict:
 
 
 def _grid_fidelity_dict(fidelity: GridFidelity) -> dict:
-    parts = ("all", "inside", "boundary", "interior")
+    parts = ("all", "inside", "boundary", "border", "interior")
     return {part: _agreement_dict(getattr(fidelity, part)) for part in parts} | {
         "dense_cell_accuracy": fidelity.dense_cells.accuracy,
         "crops_cell_accuracy": fidelity.crops_cells.accuracy,

@@ -160,9 +160,10 @@ def fidelity_table(rows: list[FidelityRow], refine: bool) -> str:
     """Table (b): dense against crops per model and window size."""
     lines = [
         "| model | SE blocks | window | held-out window acc. % | mosaics | top-1 agreement % "
-        "| inside regions % | on boundaries % | not at the border % | mean \\|Δp\\| | max \\|Δp\\| "
+        "| inside regions % | on boundaries % | at the image border % | interior % "
+        "| mean \\|Δp\\| | max \\|Δp\\| "
         "| dense cell acc. % | crops cell acc. % | larger mosaics: agreement % | pick |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         f = row.fidelity
@@ -170,7 +171,8 @@ def fidelity_table(rows: list[FidelityRow], refine: bool) -> str:
         lines.append(
             f"| {row.arch} | {'yes' if row.arch in SE_ARCHITECTURES else 'no'} | {row.window} "
             f"| {_pct(row.window_accuracy)} | {row.set_label} | {_pct(f.all.top1)} "
-            f"| {_pct(f.inside.top1)} | {_pct(f.boundary.top1)} | {_pct(f.interior.top1)} "
+            f"| {_pct(f.inside.top1)} | {_pct(f.boundary.top1)} | {_pct(f.border.top1)} "
+            f"| {_pct(f.interior.top1)} "
             f"| {f.all.mean_diff:.3f} | {f.all.diff_max:.3f} | {_pct(f.dense_cells.accuracy)} "
             f"| {_pct(f.crops_cells.accuracy)} | {large} | {recommend(f.all.top1, refine)} |"
         )
