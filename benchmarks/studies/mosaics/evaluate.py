@@ -180,8 +180,10 @@ def mosaic_grids(
     """Dense and crops logits of every mosaic of the set (computed once when ``cache`` is given).
 
     The grids are what ``score_grid`` returns through the library, network-only; the cache
-    (``cache/grids/<model>/<set>/<stem>.npz``) makes a study of cell-selection rules (which cells
-    a refinement should evaluate exactly) cost no network time after the first run.
+    (``cache/grids/<model>/<set>/<stem>.npz``: ``dense``, ``crops``, ``labels``, ``centers``,
+    ``window``, ``stride``, the fields of :class:`MosaicGrids`) makes a study of cell-selection
+    rules (which cells a refinement should evaluate exactly) cost no network time after the
+    first run.
 
     Args:
         model: The texture model.
@@ -203,11 +205,20 @@ def mosaic_grids(
         else:
             image = np.asarray(Image.open(mosaics.images / f"{stem}.png").convert("RGB"))
             dense, crops, stride = _compute_grids(model, normalize(image[None]))
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, dense=dense, crops=crops, stride=stride)
         geometry = GridGeometry(labels.shape, labels.shape, (window, window), stride)
-        yield MosaicGrids(stem, labels, geometry.centers(), dense, crops, window, stride)
+        grids = MosaicGrids(stem, labels, geometry.centers(), dense, crops, window, stride)
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                dense=dense,
+                crops=crops,
+                labels=labels,
+                centers=grids.centers,
+                window=window,
+                stride=stride,
+            )
+        yield grids
 
 
 def score_grids(
