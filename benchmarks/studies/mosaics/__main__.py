@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                         "torch's; 1 on a shared, oversubscribed machine)")  # fmt: skip
     parser.add_argument("--heatmap", type=Path, help="the heatmap executable to time (another "
                         "checkout's; default this venv's; also MOSAICS_HEATMAP)")  # fmt: skip
+    parser.add_argument("--reuse", action="store_true", help="take table (a)'s rows measured "
+                        "earlier with the same settings from the cache")  # fmt: skip
     parser.add_argument("--no-peers", action="store_true", help="leave Grad-CAM out")
     parser.add_argument("--cache", type=Path, help="default: MOSAICS_CACHE or ./cache beside")
     parser.add_argument("--results", type=Path, help="markdown out (default "
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, object] = {
         "repeat": args.repeat,
         "threads": args.threads,
+        "reuse": args.reuse,
         "peers": not args.no_peers,
         "log": _log,
     }

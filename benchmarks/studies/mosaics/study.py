@@ -12,7 +12,10 @@ returns the markdown. The pieces are reusable on their own (the fidelity enginee
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -86,6 +89,10 @@ class Plan:
         large_mosaics: How many of them.
         photo_sizes: ``--size`` values for the default model on photos.
         repeat: Timed processes per method (median).
+        reuse: Take table (a)'s rows measured by an earlier run with the same set, model,
+            method, ``heatmap`` command, threads and repeat from ``cache/rows`` instead of
+            measuring them again (a full run assembled piece by piece); off by default, since
+            the timed checkout may have changed since.
         threads: CPU threads of every timed process and of this one (None: torch's default,
             one per core). On a shared, oversubscribed machine 1 is the fair choice: two
             threads that wait at each other's barriers there cost up to 10x the CPU time.
@@ -104,6 +111,7 @@ class Plan:
     large_mosaics: int
     photo_sizes: list[int]
     repeat: int = 1
+    reuse: bool = False
     threads: int | None = None
     peers: bool = True
     log: Callable[[str], None] = field(default=print, repr=False)
@@ -218,20 +226,44 @@ def peer_row(plan: Plan, mosaics: MosaicSet, trained: TrainedModel, peer: str) -
     )
 
 
+def _row_once(plan: Plan, key: dict, measure: Callable[[], MethodRow]) -> MethodRow:
+    """``measure()``, stamped with its time and load, kept in ``cache/rows``; reused if asked."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = plan.cache / "rows" / f"{digest}.json"
+    if plan.reuse and path.exists():
+        plan.log(f"  reused: {path}")
+        return MethodRow(**json.loads(path.read_text())["row"])
+    stamp = f"{datetime.datetime.now().isoformat(timespec='minutes')}, load {_load_average()}"
+    row = dataclasses.replace(measure(), measured=stamp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "row": asdict(row)}, indent=1))
+    return row
+
+
 def _accuracy_rows(plan: Plan) -> list[MethodRow]:
     mosaics = accuracy_set(plan)
     rows = []
     peers = plan.peers and peer_python().exists()
     if plan.peers and not peers:
         plan.log(f"no peer venv at {peer_python()}: Grad-CAM rows left out (setup_peers.sh)")
+    methods = grid_methods()
     for arch, window in plan.accuracy_models:
         trained = model(plan, arch, window)
-        for method in grid_methods():
+        key = {
+            "set": mosaics.root.name,
+            "model": trained.recipe.key,
+            "heatmap": heatmap_command(),
+            "threads": plan.threads,
+            "repeat": plan.repeat,
+        }
+        for method in methods:
             plan.log(f"table (a): {arch}@{window} {method}")
-            rows.append(method_row(plan, mosaics, trained, method))
+            measure = functools.partial(method_row, plan, mosaics, trained, method)
+            rows.append(_row_once(plan, key | {"method": method}, measure))
         for peer in PEERS if peers else ():
             plan.log(f"table (a): {arch}@{window} {peer}")
-            rows.append(peer_row(plan, mosaics, trained, peer))
+            measure = functools.partial(peer_row, plan, mosaics, trained, peer)
+            rows.append(_row_once(plan, key | {"method": peer, "heatmap": None}, measure))
     return rows
 
 

@@ -41,6 +41,7 @@ class MethodRow:
         start_up: Median seconds of import, model loading and conversion (``heatmap`` only).
         mosaics: Mosaics in the set.
         runs: Timed processes (the median is taken).
+        measured: When, and at which load average (1, 5, 15 min), the row was measured.
     """
 
     model: str
@@ -54,6 +55,7 @@ class MethodRow:
     start_up: float | None
     mosaics: int
     runs: int
+    measured: str = ""
 
 
 @dataclass(frozen=True)
