@@ -386,6 +386,12 @@ def _markdown(plan: Plan, command: str, results: Results) -> str:
             f"## (a) Pixel accuracy, mIoU and time: {results.accuracy[0].mosaics} mosaics of "
             f"{plan.side}²\n\n" + accuracy_table(results.accuracy)
         )
+        stamps = sorted({row.measured for row in results.accuracy if row.measured})
+        if len(stamps) > 1:
+            parts.append(
+                f"Rows measured from {stamps[0]} to {stamps[-1]} (each row's time and load "
+                "average: `measured` in the .json)."
+            )
         goals = refine_goals(results.accuracy)
         if goals:
             parts.append("Issue 23's goals for refine:\n\n" + "\n".join(goals))
