@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", type=_model_spec, metavar="ARCH@WINDOW",
                         help="table (a)'s models (default: quick shufflenet_v2_x1_0@96, full "
                         "all four at 96)")  # fmt: skip
+    parser.add_argument("--methods", nargs="+", help="table (a)'s --method values (default: "
+                        "dense, refine once registered, crops)")  # fmt: skip
     parser.add_argument("--fidelity-models", nargs="+", type=_model_spec, metavar="ARCH@WINDOW")
     parser.add_argument("--mosaics", type=int, help="mosaics in table (a)'s set")
     parser.add_argument("--side", type=int, help="their side (window + 32 k; default 768)")
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "threads": args.threads,
         "reuse": args.reuse,
+        "methods": args.methods,
         "peers": not args.no_peers,
         "log": _log,
     }

@@ -89,6 +89,8 @@ class Plan:
         large_mosaics: How many of them.
         photo_sizes: ``--size`` values for the default model on photos.
         repeat: Timed processes per method (median).
+        methods: Table (a)'s grid methods (None: dense, refine once registered, crops); any
+            ``--method`` value, ``auto`` too.
         reuse: Take table (a)'s rows measured by an earlier run with the same set, model,
             method, ``heatmap`` command, threads and repeat from ``cache/rows`` instead of
             measuring them again (a full run assembled piece by piece); off by default, since
@@ -111,6 +113,7 @@ class Plan:
     large_mosaics: int
     photo_sizes: list[int]
     repeat: int = 1
+    methods: list[str] | None = None
     reuse: bool = False
     threads: int | None = None
     peers: bool = True
@@ -246,7 +249,7 @@ def _accuracy_rows(plan: Plan) -> list[MethodRow]:
     peers = plan.peers and peer_python().exists()
     if plan.peers and not peers:
         plan.log(f"no peer venv at {peer_python()}: Grad-CAM rows left out (setup_peers.sh)")
-    methods = grid_methods()
+    methods = plan.methods or grid_methods()
     for arch, window in plan.accuracy_models:
         trained = model(plan, arch, window)
         key = {
