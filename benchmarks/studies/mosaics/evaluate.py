@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,10 @@ class MosaicGrids:
 @torch.inference_mode()
 def _compute_grids(model: TrainedModel, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
     window = (model.recipe.window, model.recipe.window)
-    net = convolutionalize(model.model, input_size=window)
+    with warnings.catch_warnings():
+        # The squeeze-and-excitation warning, once per mosaic otherwise: table (b) has a column.
+        warnings.filterwarnings("ignore", message=".*global pooling inside its body")
+        net = convolutionalize(model.model, input_size=window)
     dense = score_grid(net, x, input_size=window)[0].numpy()
     crops = score_grid(net, x, method="crops", input_size=window)[0].numpy()
     return dense, crops, net.stride
