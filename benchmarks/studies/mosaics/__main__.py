@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.studies.mosaics", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--quick", action="store_true", help="one model, 6 mosaics, short training")
+    parser.add_argument("--quick", action="store_true", help="one model, 6 mosaics")
     parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
     parser.add_argument("--models", nargs="+", type=_model_spec, metavar="ARCH@WINDOW",
                         help="table (a)'s models (default: quick shufflenet_v2_x1_0@96, full "
