@@ -394,8 +394,7 @@ def score_images(
 ) -> Iterator[Outcome]:
     """Scores many images, yielding each image's result or the error that stopped it.
 
-    Decoding and resizing run in ``workers`` threads ahead of the network; inputs of one size
-    are stacked into batches (``settings.batch_size``); an early close cancels the rest.
+    Decoded in ``workers`` threads ahead of the network, batched by size; a close cancels the rest.
 
     Args:
         items: Images to score.
@@ -439,5 +438,4 @@ def score_images(
             yield from batches.add(in_flight)
         yield from batches.drain()
     finally:
-        # On an early close (Ctrl-C in the caller) do not decode the images queued ahead.
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # an early close decodes no more

@@ -132,7 +132,7 @@ def test_the_command_scores_as_with_the_settings_spelled_out(model_folder, tmp_p
     Image.fromarray(pixels).save(photo)
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
-    common = ("--size", "native", "--outputs", "npz,json")
+    common = ("--size", "native", "--outputs", "npz,json", "--method", "dense")  # converted
     folder_run = run(photo, "--model", model_folder, *common, "--out", tmp_path / "folder")
     assert folder_run.exit_code == 0, folder_run.output
     spelled = run(
