@@ -46,8 +46,8 @@ class HeatmapModel:
         size: Shorter side of the resized photo in pixels (snapped to whole windows), or
             ``"native"`` for each photo's own.
         stride: Output stride in resized pixels; None for the network's native stride.
-        method: ``"auto"`` (dense, or dilate for a finer stride, then exact windows where they
-            add at most 25% to the time: ``heatmap_cli.pipeline.methods``), ``"refine"``,
+        method: ``"auto"`` (dense, or dilate for a finer stride, then exact windows within a
+            quarter of the other time: ``heatmap_cli.pipeline.methods``), ``"refine"``,
             ``"dense"``, ``"stitch"``, ``"dilate"``, ``"crops"`` (the unmodified model on every
             window), or any registered method.
         device: ``"auto"`` (CUDA, then MPS, then the CPU), ``"cpu"``, ``"cuda:1"``...

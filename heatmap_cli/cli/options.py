@@ -181,7 +181,7 @@ mixed sizes.
     default="auto",
     show_default=True,
     help="auto: the most faithful map the time allows: exact windows (the classifier on each "
-    "crop) where they add at most 25% to the run's time: every cell if that fits, else where the "
+    "crop) within a quarter of the run's other time: every cell if that fits, else where the "
     "dense answer is in doubt, else none. refine: dense, then exact where in doubt (at most 25% "
     "of the cells). crops: every cell exact. dense (native stride), dilate, stitch (finer "
     "strides): the converted network alone. The json's method and method_reason say which ran "

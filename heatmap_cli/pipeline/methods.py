@@ -6,13 +6,15 @@ command's choices decide per image how many exact windows to add to the dense gr
 
 * ``refine``: the dense grid (the "a trous" one at a finer stride) refined where in doubt,
   with at most :data:`~heatmap_cli.grid.refine.DEFAULT_REFINE_SHARE` of the cells exact;
-* ``auto`` (the default): the most faithful map the time allows. Exact windows may add at most
-  :data:`AUTO_SHARE` to the run's time per image (:func:`auto_budget`, from what this run has
-  measured: its wall time per network input so far, start-up included, and the seconds per
-  exact window): every cell when they all fit (the map is then exactly what ``crops`` gives),
-  else as many as fit, where the dense answer is most in doubt (a refinement), and none when
-  fewer than a refinement's first lattice fit (the dense map, whose fidelity check says how
-  far it is). The first image's windows are timed on its lattice, which is kept.
+* ``auto`` (the default): the most faithful map the time allows. Exact windows may take at
+  most :data:`AUTO_SHARE` of the time the run has spent on everything else so far, start-up
+  included (:func:`auto_budget`, from this run's measured wall time and seconds per exact
+  window): a budget kept over the whole run, so a single photo, whose start-up dominates, usually
+  comes out exact, and over a folder the exact windows settle at that share of the per-photo
+  time. An input gets every cell when they all fit in what is left (the map is then exactly what
+  ``crops`` gives), else as many as fit, where the dense answer is most in doubt (a refinement),
+  and none when fewer than a refinement's first lattice fit (the dense map, whose fidelity check
+  says how far it is). The first image's windows are timed on its lattice, which is kept.
 
 Each image's json records the method that ran (``crops``, ``refine``, ``dense``...) and why.
 """
@@ -51,10 +53,11 @@ __all__ = [
     "image_method",
     "method_choices",
     "refiner_for",
+    "seconds_left",
 ]
 
 AUTO_SHARE = 0.25
-"""``auto``: exact windows may add this share to the run's time per image."""
+"""``auto``: exact windows take at most this share of the time the run spends on the rest."""
 
 _LATTICE = RefinePlan(0).lattice
 
@@ -90,22 +93,38 @@ class ScoredBatch(NamedTuple):
 
 
 def auto_budget(
-    cells: int, seconds_per_window: float, seconds_per_input: float, share: float = AUTO_SHARE
+    cells: int,
+    seconds_per_window: float,
+    seconds_left: float,
 ) -> int:
     """How many exact windows ``auto`` allows one network input.
 
     Args:
         cells: Cells of its grid.
         seconds_per_window: Measured wall seconds of one exact window.
-        seconds_per_input: The run's wall seconds per network input so far.
-        share: The share of that time exact windows may add.
+        seconds_left: The input's part of what is left of the run's exact-window budget
+            (:func:`seconds_left`).
 
     Returns:
-        ``share * seconds_per_input / seconds_per_window``, at most ``cells``.
+        ``seconds_left / seconds_per_window`` windows, between 0 and ``cells``.
     """
     if seconds_per_window <= 0 or not math.isfinite(seconds_per_window):
         return cells
-    return max(0, min(cells, int(share * seconds_per_input / seconds_per_window)))
+    return max(0, min(cells, int(seconds_left / seconds_per_window)))
+
+
+def seconds_left(run_seconds: float, exact_seconds: float, share: float = AUTO_SHARE) -> float:
+    """What is left of ``auto``'s budget: exact windows take at most ``share`` of the rest.
+
+    Args:
+        run_seconds: Wall seconds of the run so far, start-up included.
+        exact_seconds: Of those, the seconds spent on exact windows.
+        share: The exact windows' largest share of the time spent on everything else.
+
+    Returns:
+        ``share * (run_seconds - exact_seconds) - exact_seconds``; negative when spent.
+    """
+    return share * (run_seconds - exact_seconds) - exact_seconds
 
 
 class Refiner:
@@ -115,8 +134,8 @@ class Refiner:
         requested: ``"refine"`` or ``"auto"``.
         dense_method: The method of the dense grid (``"dense"`` or ``"dilate"``).
         exact: The engine's exact windows (asked for when first needed).
-        clock: Wall seconds of the run so far, and network inputs scored before; ``auto``
-            budgets with it (default: since this object was made).
+        clock: Wall seconds of the run so far, start-up included; ``auto`` budgets with it
+            (default: since this object was made).
     """
 
     def __init__(
@@ -131,7 +150,6 @@ class Refiner:
         self._exact = exact
         made = time.perf_counter()
         self._clock = clock or (lambda: time.perf_counter() - made)
-        self.inputs = 0
 
     def __call__(
         self, grid: torch.Tensor, tiling: object, pixels: np.ndarray, stride: int
@@ -150,7 +168,6 @@ class Refiner:
         exact = self._exact()
         dense = [grid[image].numpy() for image in range(grid.shape[0])]
         cells = dense[0].shape[1] * dense[0].shape[2]
-        self.inputs += len(dense)
 
         def evaluate(found: np.ndarray) -> np.ndarray:
             return exact.logits(pixels, cell_corners(found, stride))
@@ -173,18 +190,17 @@ class Refiner:
     ) -> tuple[list[Refinement], list[MethodChoice]]:
         """Each input's refinement within ``auto``'s budget, and why."""
         exact = self._exact()
-        spent_before = exact.seconds
         first = [Refinement(d, RefinePlan(0)) for d in dense]  # nothing: a budget of 0
         if exact.seconds_per_window is None:  # time the first windows: a lattice, kept
             first = [Refinement(d, RefinePlan(cells, rounds=0, radius=0)) for d in dense]
             refine_together(first, evaluate)
         per_window = exact.seconds_per_window or 0.0
-        per_input = (self._clock() - (exact.seconds - spent_before)) / max(1, self.inputs)
-        allowed = auto_budget(cells, per_window, per_input)
+        left = seconds_left(self._clock(), exact.seconds)
+        allowed = auto_budget(cells, per_window, left / len(dense))
         figures = (
-            f"{cells} exact windows would take {cells * per_window:.2f} s, "
-            f"{cells * per_window / max(per_input, 1e-9):.0%} of the run's "
-            f"{per_input:.2f} s per image"
+            f"{cells} exact windows would take {cells * per_window:.2f} s; "
+            f"{max(left, 0.0) / len(dense):.2f} s of its {AUTO_SHARE:.0%} share of the run's "
+            "time was left"
         )
         plans, choices = [], []
         for grid, before in zip(dense, first, strict=True):
@@ -194,13 +210,13 @@ class Refiner:
                 choices.append(MethodChoice("crops", f"auto: {figures}; all fit"))
             elif allowed < math.ceil(cells / _LATTICE**2) and not before.exact.any():
                 advice = f"{setting('method')} crops or refine make cells exact"
-                why = f"auto: {figures}; only {allowed} fit in {AUTO_SHARE:.0%} of it ({advice})"
+                why = f"auto: {figures}; only {allowed} fit ({advice})"
                 plans.append(Refinement(grid, RefinePlan(0), state))
                 choices.append(MethodChoice(self.dense_method, why))
             else:
                 budget = max(allowed, int(before.exact.sum()))
                 plans.append(Refinement(grid, RefinePlan(budget), state))
-                why = f"auto: {figures}; up to {budget} where in doubt fit in {AUTO_SHARE:.0%}"
+                why = f"auto: {figures}; up to {budget} where in doubt fit"
                 choices.append(MethodChoice("refine", why))
         return plans, choices
 

@@ -14,6 +14,7 @@ from heatmap_cli.pipeline.methods import (
     auto_budget,
     combined_choice,
     image_method,
+    seconds_left,
 )
 
 STRIDE = 8
@@ -56,10 +57,13 @@ def refine_once(
     return scored.grid[0].numpy(), scored.exact[0], choice, windows
 
 
-def test_auto_budget_is_its_share_of_the_time_per_input_in_windows() -> None:
-    assert auto_budget(180, 0.01, 4.0) == int(AUTO_SHARE * 4.0 / 0.01)
-    assert auto_budget(50, 0.01, 4.0) == 50  # never more than the cells
+def test_auto_budget_is_what_is_left_in_windows() -> None:
+    assert auto_budget(180, 0.01, 1.0) == 100
+    assert auto_budget(50, 0.01, 1.0) == 50  # never more than the cells
     assert auto_budget(180, 0.5, 0.1) == 0
+    assert auto_budget(180, 0.01, -2.0) == 0  # overspent
+    assert seconds_left(10.0, 0.0) == AUTO_SHARE * 10.0
+    assert seconds_left(12.5, 2.5) == pytest.approx(0.0)  # 2.5 s is a quarter of the other 10
 
 
 def test_auto_makes_every_cell_exact_when_that_fits_in_its_share() -> None:
@@ -76,17 +80,34 @@ def test_auto_keeps_the_dense_map_when_too_few_windows_fit() -> None:
     assert choice.method == "dense" and not exact.any()
     np.testing.assert_array_equal(logits, grids()[0])
     assert windows.windows == 1  # none evaluated
-    assert "only 2 fit in 25% of it" in choice.reason and "method crops or refine" in choice.reason
+    fit = int(seconds_left(10 + 1.0, 1.0) / 1.0)  # the window timed before counts as spent
+    assert f"only {fit} fit" in choice.reason and "method crops or refine" in choice.reason
 
 
 def test_auto_refines_with_what_fits_in_between() -> None:
     logits, exact, choice, _ = refine_once("auto", per_window=0.05, run_seconds=10)
 
     assert choice.method == "refine"
-    assert 180 // 9 <= exact.sum() <= int(AUTO_SHARE * 10 / 0.05)
+    budget = int(seconds_left(10 + 0.05, 0.05) / 0.05)
+    assert 180 // 9 <= exact.sum() <= budget
     np.testing.assert_array_equal(logits[:, exact], grids()[1][:, exact])
-    budget = int(AUTO_SHARE * 10.05 / 0.05)  # the run's 10 s and the window timed before
-    assert f"up to {budget} where in doubt fit in 25%" in choice.reason
+    assert f"up to {budget} where in doubt fit" in choice.reason
+
+
+def test_auto_keeps_exact_windows_within_its_share_over_a_long_run() -> None:
+    """A folder: 4 s of start-up, then 1 s of other work per photo; all cells take 1.8 s."""
+    dense, table = grids()
+    windows = FakeExact(table, per_window=0.01, measured=True)
+    other = [4.0]
+    refiner = Refiner("auto", "dense", lambda: windows, lambda: other[0] + windows.seconds)
+    methods = []
+    for _ in range(30):
+        other[0] += 1.0
+        scored = refiner(torch.from_numpy(dense[None]), None, np.zeros((1, 1, 1, 3), np.uint8), 8)
+        methods.append(scored.choices[0].method)
+        assert windows.seconds <= AUTO_SHARE * other[0] + 1e-9
+    assert methods[0] == "refine" and set(methods[1:]) == {"refine"}
+    assert windows.seconds > 0.8 * AUTO_SHARE * other[0]  # and it spends most of its share
 
 
 def test_auto_times_its_first_windows_on_a_lattice_it_keeps() -> None:
