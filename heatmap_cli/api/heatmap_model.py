@@ -79,6 +79,7 @@ class HeatmapModel:
         loaded: The model with its class names and preprocessing.
         engine: The converted model and the choices made (method, stride, device...).
         notes: What to know about the model and the choices made (also given as warnings).
+        fidelity: Spread cells checked on every map besides its peaks (0: no check).
 
     Raises:
         TypeError: An unknown keyword, or a model of no kind above.

@@ -249,11 +249,6 @@ class ScoreMap:
     ) -> Image.Image:
         """One class's map over the photo: the picture the command writes for these options.
 
-        Its label adds the exact window's value at the peak, "(exact 0.xx)", where it differs
-        from the map's by more than 0.01, as the command's does (:meth:`exact_peak`: evaluated
-        now for a peak the default check did not reach, as the command checks every class it
-        draws); none without a check (``fidelity=0``).
-
         Args:
             cls: The class drawn, by index or name.
             classes: The classes drawn for the image, which the ``"shared"`` colour scale
@@ -266,6 +261,8 @@ class ScoreMap:
             vmin: A fixed score at the colormap's bottom.
             vmax: A fixed score at its top.
             label: ``"auto"`` (the corner hiding least), ``"corner"`` (top-left) or ``"none"``.
+                It adds "(exact 0.xx)" where :meth:`exact_peak` differs by over 0.01, as the
+                command's does.
             colorbar: Append a colour bar.
 
         Returns:
@@ -292,24 +289,29 @@ class ScoreMap:
             vmax=vmax,
             label=label,
         )
-        entries = rendered_classes(self.result, self.class_names, options)
-        (entry,) = (e for e in entries if e.index == index)
-        entry = dataclasses.replace(entry, exact_peak=self._exact_for_label(entry, options))
-        picture = Image.fromarray(render_overlay(self.result, entry, options))
+        picture = Image.fromarray(render_overlay(self.result, self._drawn(index, options), options))
         if self.result.icc_profile:
             picture.info["icc_profile"] = self.result.icc_profile
         return picture
 
-    def _exact_for_label(self, entry: RenderedClass, options: OutputOptions) -> float | None:
-        """The exact value at a drawn class's peak, for its label; a failure costs only it."""
+    def _drawn(self, index: int, options: OutputOptions) -> RenderedClass:
+        """Class ``index`` as the command draws it: its peak, scale and exact peak value.
+
+        The exact value is evaluated now where the map's check did not reach the peak; if that
+        fails, the class is drawn without it (a warning says why), as the command draws a map
+        whose check failed.
+        """
+        entries = rendered_classes(self.result, self.class_names, options)
+        (entry,) = (e for e in entries if e.index == index)
         if self.exact_cells is None:
-            return None
+            return entry
         try:
-            return self.exact_cells.score(entry.cell, entry.index, options.scores)
+            exact = self.exact_cells.score(entry.cell, index, options.scores)
         except Exception as error:  # the picture is good work: drawn without the exact value
             note = f"{self.name}: the exact value at {entry.name}'s peak failed: {error}"
             warnings.warn(note, UserWarning, stacklevel=3)
-            return None
+            return entry
+        return dataclasses.replace(entry, exact_peak=exact)
 
     def __repr__(self) -> str:
         rows, cols = self.result.grid.geometry.shape
