@@ -252,13 +252,13 @@ class HeatmapModel:
             fidelity, exact_cells = check_image(result, self.engine, peaks, self.fidelity)
         except Exception as error:  # the map is good work: it is kept without the check
             remark = f"the fidelity check failed, the map is kept without it: {error}"
-            return dataclasses.replace(score_map, extra_notes=(remark,))
+            return dataclasses.replace(score_map, remarks=(remark,))
         remark = None if fidelity is None else fidelity.note()
         return dataclasses.replace(
             score_map,
             fidelity=fidelity,
             exact_cells=exact_cells,
-            extra_notes=(remark,) if remark else (),
+            remarks=(remark,) if remark else (),
         )
 
     def _say(self, notes: Iterable[str]) -> None:

@@ -61,6 +61,7 @@ class ScoreMap:
             failed (:attr:`notes` says why).
         exact_cells: The exact answers known at cells of the map, and the means to evaluate
             more (the pass pixels); None without a check.
+        remarks: The command's remark on the map: the fidelity note, or a check that failed.
     """
 
     result: ImageResult
@@ -68,7 +69,7 @@ class ScoreMap:
     probabilities: bool = True
     fidelity: Fidelity | None = None
     exact_cells: ExactCells | None = field(default=None, repr=False)
-    extra_notes: tuple[str, ...] = ()
+    remarks: tuple[str, ...] = ()
     _rankings: dict[str, ImageRanking] = field(default_factory=dict, repr=False)
 
     @property
@@ -128,7 +129,7 @@ class ScoreMap:
         An image upscaled from below the window, a damaged EXIF block...; a map that departs
         from the classifier's answers on its windows (:attr:`fidelity`), or a check that failed.
         """
-        return self.result.notes + self.extra_notes
+        return self.result.notes + self.remarks
 
     def index(self, cls: ClassSpec) -> int:
         """The index of a class given by index or name.
@@ -316,7 +317,14 @@ class ScoreMap:
     def __repr__(self) -> str:
         rows, cols = self.result.grid.geometry.shape
         best = ", ".join(f"{name} {score:.2f}" for _, name, score in self.top(3))
+        checked = ""
+        if self.fidelity is not None:
+            same = round(self.fidelity.top1_agreement * len(self.fidelity.cells))
+            checked = (
+                f"; exact windows: top class the same on {same} of {len(self.fidelity.cells)}, "
+                f"largest difference {self.fidelity.max_abs_diff:.2f}"
+            )
         return (
             f"ScoreMap({self.name}: {len(self.class_names)} classes on a {rows}x{cols} grid, "
-            f"stride {self.stride}; top: {best})"
+            f"stride {self.stride}; top: {best}{checked})"
         )

@@ -75,6 +75,8 @@ def test_a_map_that_departs_is_checked_as_the_command_checks_it(
     assert score_map.peak(bright)[0] > 0.99 and score_map.exact_peak(bright) < 0.01
     (note,) = [n for n in score_map.notes if "departs" in n]
     assert "method crops gives exact maps" in note and f"{score_map.name}: {note}" in said
+    same = round(fidelity.top1_agreement * len(fidelity.cells))
+    assert f"top class the same on {same} of {len(fidelity.cells)}, largest" in repr(score_map)
     crops = score(edgy_mapper(method="crops", **settings), white)[0]  # the explicit reference
     rows, cols = np.array(fidelity.cells).T
     assert np.allclose(fidelity.exact_logits, crops.logits[:, rows, cols].T, rtol=0, atol=1e-4)
@@ -91,6 +93,7 @@ def test_fidelity_zero_checks_nothing_and_draws_the_commands_pictures(edgy, whit
     assert unchecked.fidelity is None and record["fidelity"] is None
     assert unchecked.exact_peak("bright") is None and unchecked.result.inputs == ()
     assert not any("departs" in line for line in [*unchecked.notes, *said])
+    assert "exact windows" not in repr(unchecked)
     with pytest.raises(InvalidOptionError, match="kept no pixels"):
         unchecked.check(count=4)
     checked = score(edgy_mapper(method="dense"), white)[0]
