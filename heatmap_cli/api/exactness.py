@@ -58,10 +58,6 @@ class ExactCells:
         self._activation, self._probabilities = activation, probabilities
         self._checks: list[Fidelity] = [] if checked is None else [checked]
 
-    def known(self, cell: Cell) -> bool:
-        """Whether ``cell``'s exact answer was evaluated already (checked or asked for)."""
-        return any(cell in check.cells for check in self._checks)
-
     def check(self, cells: Sequence[Cell], count: int = 0) -> Fidelity:
         """A fidelity check of ``cells`` plus ``count`` spread cells, as the command's.
 
