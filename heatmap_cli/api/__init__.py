@@ -12,7 +12,8 @@ s.top(3), s.overlay("espresso")
   names and preprocessing, as the command's ``--model`` loads it;
 * :class:`~heatmap_cli.api.heatmap_model.HeatmapModel`: it converted once; called on photos;
 * :class:`~heatmap_cli.api.score_map.ScoreMap`: one photo's maps (the npz's numbers), its
-  ranking (the json's ``top_k``) and its overlays (the command's pictures).
+  ranking (the json's ``top_k``), its fidelity check (the json's ``fidelity``, a
+  :class:`~heatmap_cli.pipeline.fidelity.Fidelity`) and its overlays (the command's pictures).
 
 Everything goes through the command's own pipeline (engine, loader, ranking, rendering), so the
 API and the command give the same numbers and pictures for the same options.
@@ -24,5 +25,6 @@ from heatmap_cli.api.heatmap_model import HeatmapModel
 from heatmap_cli.api.loading import describe_module, load_model
 from heatmap_cli.api.pictures import ImageLike
 from heatmap_cli.api.score_map import ScoreMap
+from heatmap_cli.pipeline.fidelity import Fidelity
 
-__all__ = ["HeatmapModel", "ImageLike", "ScoreMap", "describe_module", "load_model"]
+__all__ = ["Fidelity", "HeatmapModel", "ImageLike", "ScoreMap", "describe_module", "load_model"]

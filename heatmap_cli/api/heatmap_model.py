@@ -4,11 +4,13 @@ It is the command without files: the command's engine
 (:class:`~heatmap_cli.pipeline.engine.GridEngine`) converts the model once, and every call goes
 through the command's loader (:func:`~heatmap_cli.pipeline.scoring.score_images`: reading,
 resizing, batching by size, the passes of ``scales`` and ``flip`` averaged), so the numbers are
-the npz's for the same options, bit for bit.
+the npz's for the same options, bit for bit. Every map is checked against exact windows as the
+command checks it (``fidelity``, :mod:`heatmap_cli.api.exactness`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections import deque
@@ -17,14 +19,17 @@ from typing import Any, Literal
 
 from torch import nn
 
+from heatmap_cli.api.exactness import check_image, default_peaks
 from heatmap_cli.api.loading import Categories, Channels, WindowSize, loaded_model
 from heatmap_cli.api.pictures import ImageLike, Pictures, gather
 from heatmap_cli.api.score_map import ScoreMap
+from heatmap_cli.errors import InvalidOptionError
 from heatmap_cli.io import DEFAULT_MAX_PIXELS
 from heatmap_cli.models import LoadedModel
 from heatmap_cli.pipeline.engine import GridEngine, GridSettings
 from heatmap_cli.pipeline.multiscale import check_scales
-from heatmap_cli.pipeline.scoring import PhotoReading, score_images
+from heatmap_cli.pipeline.scoring import ImageResult, PhotoReading, score_images
+from heatmap_cli.pipeline.settings import DEFAULT_FIDELITY
 
 __all__ = ["ENGINE_SETTINGS", "HeatmapModel"]
 
@@ -64,6 +69,9 @@ class HeatmapModel:
         max_overlay_side: Longest side of the photo kept to draw overlays on.
         max_pixels: Decompression-bomb limit for image files; None for none.
         workers: Threads that read and resize photos while the network runs.
+        fidelity: Cells of every map checked against exact windows besides the peaks of its 3
+            best classes, as the command's ``--fidelity`` (:attr:`ScoreMap.fidelity`); 0 checks
+            none, keeps no pixels and draws no exact values in labels.
         **engine: Other settings of the engine: ``fp32``, ``compile``, ``tile``,
             ``memory_budget`` (bytes), ``max_input_pixels``, ``max_aspect``.
 
@@ -71,11 +79,12 @@ class HeatmapModel:
         loaded: The model with its class names and preprocessing.
         engine: The converted model and the choices made (method, stride, device...).
         notes: What to know about the model and the choices made (also given as warnings).
+        fidelity: Spread cells checked on every map besides its peaks (0: no check).
 
     Raises:
         TypeError: An unknown keyword, or a model of no kind above.
         UsageError: A subclass saying what cannot work (a size below the window, a stride that
-            does not divide the native one, a model in training mode...).
+            does not divide the native one, a model in training mode, a negative fidelity...).
         ConversionError: The model cannot be converted for the method asked for (``"auto"``
             falls back to ``"crops"``, with a note).
     """
@@ -100,11 +109,15 @@ class HeatmapModel:
         max_overlay_side: int = 4096,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         workers: int = 2,
+        fidelity: int = DEFAULT_FIDELITY,
         **engine: Any,
     ) -> None:
         unknown = sorted(set(engine) - ENGINE_SETTINGS)
         if unknown:
             raise TypeError(f"HeatmapModel got unknown keyword(s): {', '.join(unknown)}")
+        if isinstance(fidelity, bool) or not isinstance(fidelity, int) or fidelity < 0:
+            raise InvalidOptionError(f"fidelity must be 0 or more cells, got {fidelity!r}")
+        self.fidelity = fidelity
         self.loaded = loaded_model(
             model,
             input_size=input_size,
@@ -209,6 +222,7 @@ class HeatmapModel:
             workers=self.workers,
             reading=self.reading,
             decode=pictures.decode,
+            keep_inputs=self.fidelity > 0,
         )
         try:
             for item, result in outcomes:
@@ -221,12 +235,31 @@ class HeatmapModel:
         finally:
             outcomes.close()
 
-    def _score_map(self, result: object) -> ScoreMap | Exception:
+    def _score_map(self, result: ImageResult | Exception) -> ScoreMap | Exception:
         if isinstance(result, Exception):
             return result
-        score_map = ScoreMap(result, self.class_names, self.engine.probabilities)  # type: ignore[arg-type]
+        score_map = ScoreMap(result, self.class_names, self.engine.probabilities)
+        if self.fidelity > 0:
+            score_map = self._checked(score_map)
         self._say(f"{score_map.name}: {note}" for note in score_map.notes)
         return score_map
+
+    def _checked(self, score_map: ScoreMap) -> ScoreMap:
+        """The map with the command's fidelity check; a check that fails costs only itself."""
+        result, probabilities = score_map.result, self.engine.probabilities
+        peaks = default_peaks(result, self.class_names, score_map.ranking("max"), probabilities)
+        try:
+            fidelity, exact_cells = check_image(result, self.engine, peaks, self.fidelity)
+        except Exception as error:  # the map is good work: it is kept without the check
+            remark = f"the fidelity check failed, the map is kept without it: {error}"
+            return dataclasses.replace(score_map, remarks=(remark,))
+        remark = None if fidelity is None else fidelity.note()
+        return dataclasses.replace(
+            score_map,
+            fidelity=fidelity,
+            exact_cells=exact_cells,
+            remarks=(remark,) if remark else (),
+        )
 
     def _say(self, notes: Iterable[str]) -> None:
         for note in notes:

@@ -6,24 +6,35 @@ photo's display copy. Its arrays are the npz's, its ranking is the json's ``top_
 (:func:`~heatmap_cli.pipeline.ranking.rank_passes`), and :meth:`ScoreMap.overlay` draws with the
 command's own code (:func:`~heatmap_cli.pipeline.rendering.rendered_classes` and
 :func:`~heatmap_cli.pipeline.rendering.render_overlay`), so it is the picture the command writes
-for the same options.
+for the same options. Its fidelity check (:attr:`ScoreMap.fidelity`) is the command's, and its
+overlay labels carry the exact value at the peak where the command's do
+(:mod:`heatmap_cli.api.exactness`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from heatmap_cli.errors import InvalidOptionError, UnknownClassError
+from heatmap_cli.api.exactness import Cell, ExactCells
+from heatmap_cli.errors import InvalidOptionError, UnknownClassError, setting
+from heatmap_cli.pipeline.fidelity import Fidelity
 from heatmap_cli.pipeline.multiscale import Pass
 from heatmap_cli.pipeline.ranking import ImageRanking, rank_passes, resolve_class
-from heatmap_cli.pipeline.rendering import OutputOptions, render_overlay, rendered_classes
+from heatmap_cli.pipeline.rendering import (
+    OutputOptions,
+    RenderedClass,
+    render_overlay,
+    rendered_classes,
+)
 from heatmap_cli.pipeline.scoring import ImageResult
-from heatmap_cli.render import DEFAULT_SCALE, peak_location
+from heatmap_cli.render import DEFAULT_SCALE, peak_cell, peak_location
 
 __all__ = ["ClassSpec", "ScoreMap"]
 
@@ -44,11 +55,21 @@ class ScoreMap:
         class_names: The ``K`` class names.
         probabilities: Whether :attr:`probs` are probabilities (else the logits themselves:
             ``activation="none"`` on a model that returns logits); pictures then show logits.
+        fidelity: The map checked against exact windows as the command checks it (the json's
+            ``fidelity``: ``cells``, ``top1_agreement``, ``max_abs_diff``, ``mean_abs_diff``,
+            and ``to_json()``); None when the check is off (``HeatmapModel(fidelity=0)``) or
+            failed (:attr:`notes` says why).
+        exact_cells: The exact answers known at cells of the map, and the means to evaluate
+            more (the pass pixels); None without a check.
+        remarks: The command's remark on the map: the fidelity note, or a check that failed.
     """
 
     result: ImageResult
     class_names: tuple[str, ...]
     probabilities: bool = True
+    fidelity: Fidelity | None = None
+    exact_cells: ExactCells | None = field(default=None, repr=False)
+    remarks: tuple[str, ...] = ()
     _rankings: dict[str, ImageRanking] = field(default_factory=dict, repr=False)
 
     @property
@@ -103,8 +124,12 @@ class ScoreMap:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """Warnings about this image (upscaled from below the window, a damaged EXIF block...)."""
-        return self.result.notes
+        """Warnings about this image, and the command's remark on its map's fidelity.
+
+        An image upscaled from below the window, a damaged EXIF block...; a map that departs
+        from the classifier's answers on its windows (:attr:`fidelity`), or a check that failed.
+        """
+        return self.result.notes + self.remarks
 
     def index(self, cls: ClassSpec) -> int:
         """The index of a class given by index or name.
@@ -155,6 +180,60 @@ class ScoreMap:
         values = self.probs if scores == "probs" else self.logits
         return peak_location(values[self.index(cls)], self.centers)
 
+    def exact_peak(
+        self, cls: ClassSpec, scores: str = "probs", *, evaluate: bool = True
+    ) -> float | None:
+        """The classifier's exact answer at a class's peak cell: the json's ``exact_peak``.
+
+        The peak is that of the drawn scores (:meth:`peak`); the exact value is what
+        ``method="crops"`` gives there with the same options, in the same units. The default
+        check holds it for the peaks of the 3 best classes; for another class (or the logits'
+        peak) the one window is evaluated now, from the pixels the map keeps, and remembered:
+        the value the command checks when asked to draw that class.
+
+        Args:
+            cls: The class, by index or name.
+            scores: ``"probs"`` or ``"logits"`` (logits where :attr:`probabilities` is False).
+            evaluate: False: None unless that cell was evaluated already.
+
+        Returns:
+            A probability (or logit); None when the map has no check (``fidelity=0``).
+        """
+        if scores not in ("probs", "logits"):
+            raise InvalidOptionError(f"scores must be probs or logits, got {scores!r}")
+        scores = scores if self.probabilities else "logits"
+        if self.exact_cells is None:
+            return None
+        index = self.index(cls)
+        values = self.probs if scores == "probs" else self.logits
+        return self.exact_cells.score(peak_cell(values[index]), index, scores, evaluate)
+
+    def check(self, cells: Sequence[Cell] = (), count: int = 0) -> Fidelity:
+        """Checks more of the map against exact windows: chosen cells and spread ones.
+
+        The figures are the command's (``Fidelity.to_json()``), over these cells; the map's own
+        check (:attr:`fidelity`) stays as it is.
+
+        Args:
+            cells: ``(row, col)`` cells of the grid, e.g. from ``np.argwhere``.
+            count: More cells spread evenly over the grid (all cells at most).
+
+        Returns:
+            The check of ``cells`` and the spread ones; cells already exact in the map
+            (``crops``, refined cells) are taken as they are.
+
+        Raises:
+            InvalidOptionError: A cell outside the grid, or a map without its pixels
+                (``HeatmapModel(fidelity=0)``).
+        """
+        if self.exact_cells is None:
+            raise InvalidOptionError(
+                f"this map kept no pixels to evaluate windows on: it was made with "
+                f"{setting('fidelity')}=0, or its check failed"
+            )
+        chosen = [(int(r), int(c)) for r, c in cells]
+        return self.exact_cells.check(chosen, count)
+
     def overlay(
         self,
         cls: ClassSpec,
@@ -183,6 +262,8 @@ class ScoreMap:
             vmin: A fixed score at the colormap's bottom.
             vmax: A fixed score at its top.
             label: ``"auto"`` (the corner hiding least), ``"corner"`` (top-left) or ``"none"``.
+                It adds "(exact 0.xx)" where :meth:`exact_peak` differs by over 0.01, as the
+                command's does.
             colorbar: Append a colour bar.
 
         Returns:
@@ -209,17 +290,41 @@ class ScoreMap:
             vmax=vmax,
             label=label,
         )
-        entries = rendered_classes(self.result, self.class_names, options)
-        (entry,) = (e for e in entries if e.index == index)
-        picture = Image.fromarray(render_overlay(self.result, entry, options))
+        picture = Image.fromarray(render_overlay(self.result, self._drawn(index, options), options))
         if self.result.icc_profile:
             picture.info["icc_profile"] = self.result.icc_profile
         return picture
 
+    def _drawn(self, index: int, options: OutputOptions) -> RenderedClass:
+        """Class ``index`` as the command draws it: its peak, scale and exact peak value.
+
+        The exact value is evaluated now where the map's check did not reach the peak; if that
+        fails, the class is drawn without it (a warning says why), as the command draws a map
+        whose check failed.
+        """
+        entries = rendered_classes(self.result, self.class_names, options)
+        (entry,) = (e for e in entries if e.index == index)
+        if self.exact_cells is None:
+            return entry
+        try:
+            exact = self.exact_cells.score(entry.cell, index, options.scores)
+        except Exception as error:  # the picture is good work: drawn without the exact value
+            note = f"{self.name}: the exact value at {entry.name}'s peak failed: {error}"
+            warnings.warn(note, UserWarning, stacklevel=3)
+            return entry
+        return dataclasses.replace(entry, exact_peak=exact)
+
     def __repr__(self) -> str:
         rows, cols = self.result.grid.geometry.shape
         best = ", ".join(f"{name} {score:.2f}" for _, name, score in self.top(3))
+        checked = ""
+        if self.fidelity is not None:
+            same = round(self.fidelity.top1_agreement * len(self.fidelity.cells))
+            checked = (
+                f"; exact windows: top class the same on {same} of {len(self.fidelity.cells)}, "
+                f"largest difference {self.fidelity.max_abs_diff:.2f}"
+            )
         return (
             f"ScoreMap({self.name}: {len(self.class_names)} classes on a {rows}x{cols} grid, "
-            f"stride {self.stride}; top: {best})"
+            f"stride {self.stride}; top: {best}{checked})"
         )

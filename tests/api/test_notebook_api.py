@@ -1,8 +1,10 @@
 """The notebook API gives the command's numbers and pictures, for the same options, bit for bit.
 
-The reference is the command itself, run in-process into a folder: its npz (logits, probs,
-centres, window, stride), its json (the ranking) and its PNG overlays. The API scores the same
-photo, from its path, as a Pillow image and as an array, and must equal every one of them.
+The reference is the command itself with its default fidelity check, run in-process into a
+folder: its npz (logits, probs, centres, window, stride), its json (the ranking, the fidelity
+check, the exact peaks) and its PNG overlays, whose labels carry exact values
+(``tests.helpers.api``). The API scores the same photo, from its path, as a Pillow image and as
+an array, and must equal every one of them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,50 +28,8 @@ from heatmap_cli.errors import (
     TrainingModeError,
     UnknownClassError,
 )
-from tests.helpers.cli import CATEGORIES, SAMPLES, TinyNet, run, save_photo
-
-GRID_KEYS = ("logits", "probs", "centers", "window", "stride", "input_size")
-
-
-def command_outputs(photo: Path, out: Path, *options: object) -> tuple[dict, dict, Path]:
-    """Runs the command on one photo; its npz arrays, its json, and the folder.
-
-    Without the fidelity check: its exact peak values join the command's labels, and the API
-    runs no check (docs/python.md).
-    """
-    result = run(photo, "--out", out, "--fidelity", 0, *options)
-    assert result.exit_code == 0, result.output + result.stderr
-    stem = photo.stem
-    with np.load(out / f"{stem}.npz") as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    return arrays, json.loads((out / f"{stem}.json").read_text()), out
-
-
-def assert_same_as_command(score_map: ScoreMap, arrays: dict, record: dict, out: Path, **look):
-    """Every number of the npz, the json's ranking, and every overlay's pixels."""
-    mine = {
-        "logits": score_map.logits,
-        "probs": score_map.probs,
-        "centers": score_map.centers,
-        "window": score_map.window,
-        "stride": score_map.stride,
-        "input_size": np.array(score_map.input_size),
-    }
-    for key in GRID_KEYS:
-        assert np.array_equal(mine[key], arrays[key]), key
-    assert list(arrays["classes"]) == list(score_map.class_names)
-    pooling = record["top_k_pooling"]
-    expected = [(r["index"], r["name"], r["score"]) for r in record["top_k"]]
-    assert score_map.top(len(expected), pooling) == expected
-    drawn = [c["index"] for c in record["classes"]]
-    for entry in record["classes"]:
-        with Image.open(out / entry["overlay"]) as written:
-            pixels = np.asarray(written.convert("RGB"))
-        picture = score_map.overlay(entry["index"], classes=drawn, **look)
-        assert np.array_equal(np.asarray(picture), pixels), entry["overlay"]
-        value, x, y = score_map.peak(entry["index"], record["scores"])
-        assert (value, x, y) == pytest.approx((entry["peak"], entry["x"], entry["y"]))
-
+from tests.helpers.api import assert_same_as_command, command_outputs
+from tests.helpers.cli import CATEGORIES, SAMPLES, TinyNet, save_photo
 
 # --- The shipped default model ------------------------------------------------------------------
 
@@ -90,9 +49,10 @@ def test_the_default_model_gives_the_commands_npz_json_and_pictures(
     arrays, record, out = command_outputs(photo, tmp_path / "out", "--size", 384, *options)
     mapper = HeatmapModel(pretrained, size=384, device="cpu", **settings)
     assert (mapper.method, mapper.stride) == (record["method"], record["stride"])
-    from_path = mapper(photo)
+    with pytest.warns(UserWarning, match="coffee.jpg: the map departs from the classifier"):
+        from_path = mapper(photo)  # the command's note, as a warning
     assert_same_as_command(from_path, arrays, record, out)
-    with Image.open(photo) as opened:  # no EXIF orientation: the same pixels either way
+    with Image.open(photo) as opened, pytest.warns(UserWarning, match=r"<image \d>: the map"):
         from_pil, from_array = mapper([opened, np.asarray(opened.convert("RGB"))])
     for score_map in (from_pil, from_array):
         assert np.array_equal(score_map.logits, from_path.logits)
@@ -108,7 +68,9 @@ def test_the_default_model_by_name_and_its_ranking_in_a_notebook(pretrained):
         pretrained.interpolation,
     )
     mapper = hm.HeatmapModel(pretrained, device="cpu")
-    espresso = mapper(SAMPLES / "coffee.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the map's fidelity note: not what is tested here
+        espresso = mapper(SAMPLES / "coffee.jpg")
     index, name, score = espresso.top(1)[0]
     assert name == "espresso" and espresso.index("espresso") == index == 967
     assert score == pytest.approx(float(espresso.probs[index].max()))
