@@ -141,16 +141,22 @@ class GridStore:
 
         Read with positioned reads, not a memory map, so that reading a whole grid band by
         band never holds more of it than one band (a map's pages count as resident memory).
+
+        Raises:
+            OutputWriteError: The kept file is shorter than the grid (cut by something else).
         """
         if self._array is not None:
             return np.array(self._array[:, start:stop], dtype=np.float32)
         assert self.folder is not None
         count, rows, cols = self.shape
         band = np.empty((count, max(0, stop - start), cols), dtype=np.float32)
+        if not band.size:
+            return band
         with (self.folder / _DATA).open("rb") as file:
             for k in range(count):
                 file.seek(self._offset + 4 * (k * rows + start) * cols)
-                file.readinto(memoryview(band[k]).cast("B"))
+                if file.readinto(memoryview(band[k]).cast("B")) != band[k].nbytes:
+                    raise OutputWriteError(f"the scored tiles in {self.folder} are truncated")
         return band
 
     def close(self) -> None:
