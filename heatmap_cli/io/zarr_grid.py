@@ -7,7 +7,8 @@ time, and read by zarr (2 and 3), xarray, dask and tensorstore without loading i
 
 The store is written in **Zarr format 2** (``.zarray``/``.zattrs``, consolidated metadata in
 ``.zmetadata``): the format both zarr-python 2 (as WSInfer's environment pins it) and 3 read.
-Writing needs zarr-python 3 (the ``slides`` extra: ``pip install "heatmap-cli[slides]"``).
+Writing and reading take zarr-python 2 (2.11 or later) or 3 (the ``slides`` extra brings it:
+``pip install "heatmap-cli[slides]"``).
 """
 
 from __future__ import annotations
@@ -32,21 +33,23 @@ _INSTALL = 'pip install "heatmap-cli[slides]"'
 
 
 def zarr_module() -> ModuleType:
-    """The zarr package (version 3 or later), imported.
+    """The zarr package (zarr-python 2.11 or later, or 3), imported.
 
     Raises:
-        OutputWriteError: zarr is missing or older than 3 (the message says how to install it).
+        OutputWriteError: zarr is missing or too old (the message says how to install it).
     """
     try:
         import zarr
     except ImportError:
         raise OutputWriteError(f"needs zarr, which is not installed: {_INSTALL}") from None
-    major = str(getattr(zarr, "__version__", "0")).split(".", 1)[0]
-    if not major.isdigit() or int(major) < 3:
-        raise OutputWriteError(
-            f"needs zarr 3 or later to write, found {zarr.__version__}: {_INSTALL}"
-        )
+    if _major(zarr) < 2:
+        raise OutputWriteError(f"needs zarr 2.11 or later, found {zarr.__version__}: {_INSTALL}")
     return zarr
+
+
+def _major(zarr: ModuleType) -> int:
+    major = str(getattr(zarr, "__version__", "0")).split(".", 1)[0]
+    return int(major) if major.isdigit() else 0
 
 
 class ZarrGridWriter:
@@ -69,12 +72,13 @@ class ZarrGridWriter:
     ) -> None:
         self._zarr = zarr_module()
         self.path = Path(path)
+        # zarr-python 3 writes format 3 unless told; 2 writes only format 2, its own way
+        self._format = {"zarr_format": 2} if _major(self._zarr) >= 3 else {}
         try:
-            self._group = self._zarr.open_group(store=str(path), mode="w", zarr_format=2)
+            self._group = self._zarr.open_group(store=str(path), mode="w", **self._format)
+            create = self._group.create_array if self._format else self._group.create_dataset
             self._arrays = {
-                name: self._group.create_array(
-                    name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill
-                )
+                name: create(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill)
                 for name, (shape, dtype, chunks, fill) in arrays.items()
             }
             self._group.attrs.update(json.loads(json.dumps(dict(attributes))))
@@ -91,7 +95,7 @@ class ZarrGridWriter:
     def close(self) -> None:
         """Writes the consolidated metadata (readers open the store with one read)."""
         try:
-            self._zarr.consolidate_metadata(str(self.path), zarr_format=2)
+            self._zarr.consolidate_metadata(str(self.path), **self._format)
         except OSError as error:
             raise OutputWriteError(f"cannot write {self.path}: {os_reason(error)}") from error
 

@@ -50,6 +50,9 @@ def test_the_zarr_store_holds_the_npz_arrays_and_the_other_outputs_are_equal(
     result = run_tiny(slide, "--out", zarr_out, *RUN, "--grid-format", "zarr")
     assert result.exit_code == 0, result.stderr
     assert not (zarr_out / "a.npz").exists() and (zarr_out / "a.zarr" / ".zmetadata").is_file()
+    # Zarr format 2, which zarr-python 2 (WSInfer's environment) reads as well as 3
+    zarray = json.loads((zarr_out / "a.zarr" / "probs" / ".zarray").read_text())
+    assert zarray["zarr_format"] == 2 and zarray["chunks"] == [1, 8, 8]
     store = zarr.open_group(str(zarr_out / "a.zarr"), mode="r")
     with np.load(npz_out / "a.npz") as grid:
         for name in ("logits", "probs", "tissue", "full_context", "centers"):
