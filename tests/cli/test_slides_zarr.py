@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,10 +190,32 @@ def test_without_zarr_the_slide_fails_in_one_line_and_keeps_its_tiles(
     assert (out / "a.zarr").is_dir()
 
 
-def test_the_report_hovers_a_zarr_grid(tiny, slide, tmp_path):
-    out = tmp_path / "out"
-    result = run_tiny(slide, "--out", out, *RUN, "--grid-format", "zarr", "--report")
-    assert result.exit_code == 0, result.stderr
-    data = [p for p in (out / "index_files").iterdir() if p.name.endswith(".d.js")]
-    assert len(data) == 1
-    assert '"labels"' in data[0].read_text()
+def test_the_report_hovers_a_zarr_grid_as_it_hovers_the_npz(tiny, slide, tmp_path):
+    pages = []
+    for grid_format in ("npz", "zarr"):
+        out = tmp_path / grid_format
+        result = run_tiny(slide, "--out", out, *RUN, "--grid-format", grid_format, "--report")
+        assert result.exit_code == 0, result.stderr
+        data = [p for p in (out / "index_files").iterdir() if p.name.endswith(".d.js")]
+        assert len(data) == 1
+        pages.append(data[0].read_text())
+    assert pages[1] == pages[0] and '"labels"' in pages[0]
+
+
+def test_a_listed_store_that_became_a_file_is_not_done(tmp_path):
+    from heatmap_cli.cli.resume import check_outputs, folder_size
+
+    store = tmp_path / "a.zarr"
+    (store / "probs").mkdir(parents=True)
+    (store / "probs" / "0.0.0").write_bytes(b"12345")
+    (store / ".zgroup").write_bytes(b"{}")
+    size, count = folder_size(store)
+    assert (size, count) == (7, 2)
+    record = {"settings": {}, "files": [{"name": "a.zarr", "bytes": size, "files": count}]}
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    assert check_outputs(tmp_path, Path("a"), {}).done
+    (store / "probs" / "0.0.1").write_bytes(b"")  # one file more, of no bytes
+    assert "a.zarr has 3 files" in check_outputs(tmp_path, Path("a"), {}).reason
+    shutil.rmtree(store)
+    store.write_bytes(b"1234567")
+    assert check_outputs(tmp_path, Path("a"), {}).reason == "a.zarr is not a folder"
