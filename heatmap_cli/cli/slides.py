@@ -256,10 +256,11 @@ def _grid_file(
         try:
             zarr_module()
         except OutputWriteError as error:
-            gib = grid_bytes(scores.store.shape) / 2**30
+            size = grid_bytes(scores.store.shape) / 2**20
+            shown = f"{size / 1024:.1f} GiB" if size >= 100 else f"{size:.1f} MiB"
             raise OutputWriteError(
-                f"its grid ({gib:.1f} GiB in memory) is written as {name}.zarr, which "
-                f"{error}; the scored tiles are kept for the next run"
+                f"its grid ({shown} whole) goes to {name}.zarr, but {error} (its scored tiles "
+                "are kept: the next run only writes the outputs)"
             ) from None
     return f"{name}.{kind}", kind
 

@@ -41,9 +41,9 @@ def zarr_module() -> ModuleType:
     try:
         import zarr
     except ImportError:
-        raise OutputWriteError(f"needs zarr, which is not installed: {_INSTALL}") from None
+        raise OutputWriteError(f"zarr is not installed: {_INSTALL}") from None
     if _major(zarr) < 2:
-        raise OutputWriteError(f"needs zarr 2.11 or later, found {zarr.__version__}: {_INSTALL}")
+        raise OutputWriteError(f"zarr {zarr.__version__} is too old (2.11 or later): {_INSTALL}")
     return zarr
 
 
