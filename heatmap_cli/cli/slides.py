@@ -23,6 +23,7 @@ json last (``io.staged_files``), so nothing partial is ever left under its final
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +38,7 @@ from heatmap_cli.cli.records import (
     run_settings,
     software_versions,
 )
-from heatmap_cli.cli.resume import folder_size
+from heatmap_cli.cli.resume import folder_size, read_record
 from heatmap_cli.errors import GeometryError, OutputWriteError, SlideReadError
 from heatmap_cli.io import (
     ImageInput,
@@ -222,8 +223,35 @@ def _write_files(
             "format": grid_file[1] if grid_file else None,
         }
         write_json(folder / marker.name, record)
-        moved = staging.commit([*names, marker.name])
+        previous, _ = read_record(marker)
+        moved = staging.commit(names)
+        if previous is not None:
+            _remove_replaced_grid(marker.parent, name, previous, keep=names)
+        moved += staging.commit([marker.name])
     return [path.relative_to(out) for path in moved], record
+
+
+def _remove_replaced_grid(
+    folder: Path, name: str, previous: dict[str, object], keep: Sequence[str]
+) -> None:
+    """Removes the grid file of the other format that the previous json listed, if unchanged.
+
+    A ``.npz`` that became a ``.zarr`` store (or the other way) would otherwise stay beside it.
+    Only what the previous json lists, at the size it lists, is removed.
+    """
+    files = previous.get("files")
+    for entry in files if isinstance(files, list) else []:
+        listed = entry.get("name") if isinstance(entry, dict) else None
+        if listed not in (f"{name}.npz", f"{name}.zarr") or listed in keep:
+            continue
+        path = folder / listed
+        with contextlib.suppress(OSError):
+            if path.is_symlink():
+                continue
+            if path.is_dir() and folder_size(path) == (entry.get("bytes"), entry.get("files")):
+                shutil.rmtree(path)
+            elif path.is_file() and path.stat().st_size == entry.get("bytes"):
+                path.unlink()
 
 
 def _band_reader(scores: SlideScores, activation: str) -> Bands:

@@ -135,8 +135,11 @@ def test_skip_existing_checks_the_store_and_a_rerun_replaces_it(tiny, slide, tmp
     rerun = run_tiny(slide, *zarr_run)  # without --skip-existing: the store is replaced whole
     assert rerun.exit_code == 0, rerun.stderr
     assert not [name for name in output_files(out) if name.startswith(".")]
-    format_changed = run_tiny(slide, "--out", out, *RUN, "--skip-existing")
+    format_changed = run_tiny(slide, "--out", out, *RUN[:-1], "--skip-existing")
     assert any("settings changed: grid_format" in line for line in stderr_lines(format_changed))
+    assert (out / "a.npz").is_file() and not (out / "a.zarr").exists()  # the store replaced
+    back = run_tiny(slide, *zarr_run, "-q")
+    assert back.exit_code == 0 and (out / "a.zarr").is_dir() and not (out / "a.npz").exists()
 
 
 def test_an_interrupted_zarr_slide_resumes_to_the_same_store(tiny, slide, tmp_path, monkeypatch):
