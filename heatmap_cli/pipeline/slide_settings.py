@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.errors import InvalidOptionError, setting
 
 __all__ = [
     "DEFAULT_MIN_TISSUE",
@@ -115,5 +115,7 @@ def parse_grid_format(text: str) -> str:
     """
     value = str(text).strip().lower()
     if value not in GRID_FORMATS:
-        raise InvalidOptionError(f"must be {', '.join(GRID_FORMATS)}; got {text!r}")
+        raise InvalidOptionError(
+            f"{setting('grid_format')} must be {', '.join(GRID_FORMATS)}; got {text!r}"
+        )
     return value

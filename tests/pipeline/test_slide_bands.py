@@ -120,3 +120,12 @@ def test_banded_tables_tiles_and_display_blocks_equal_the_whole_grid(store, tiss
     reduced, centres = display_grid(whole[2], geometry, downsample)
     np.testing.assert_array_equal(shown, reduced)
     np.testing.assert_array_equal(display_centres(geometry, downsample, k, shown.shape), centres)
+
+
+def test_the_grid_format_is_one_of_three():
+    from heatmap_cli.errors import InvalidOptionError
+    from heatmap_cli.pipeline.slides.bands import choose_grid_format
+
+    assert choose_grid_format((2, 10, 10), " ZARR ", 2**30) == "zarr"
+    with pytest.raises(InvalidOptionError, match="grid_format must be auto, npz, zarr"):
+        choose_grid_format((2, 10, 10), "hdf5", 2**30)

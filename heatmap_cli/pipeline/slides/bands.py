@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heatmap_cli.pipeline.slide_settings import parse_grid_format
 from heatmap_cli.pipeline.slides.store import GridStore
 from heatmap_cli.pipeline.slides.summary import masked_scores
 
@@ -196,7 +197,11 @@ def choose_grid_format(shape: tuple[int, int, int], requested: str, budget: int)
     would pass :data:`ZARR_SHARE` of ``budget`` bytes. With the default 1 GiB budget: a 2-class
     grid of more than 20.6 million cells (a 100k x 100k slide at 0.5 um/px and stride 16 has
     39 million; at stride 32, 9.8 million stay a ``.npz``).
+
+    Raises:
+        InvalidOptionError: ``requested`` is not one of ``GRID_FORMATS``.
     """
+    requested = parse_grid_format(requested)
     if requested != "auto":
         return requested
     return "zarr" if grid_bytes(shape) > ZARR_SHARE * budget else "npz"
