@@ -14,7 +14,8 @@ from tests.helpers.cli import CATEGORIES, output_files, run_tiny, save_photo, st
 from tests.helpers.slides import require_slides, write_slide
 
 require_slides()
-zarr = pytest.importorskip("zarr")
+
+import zarr  # noqa: E402  (the slides extra brings it; HEATMAP_REQUIRE_SLIDES=1 never skips)
 
 SIZE = (400, 520)
 RUN = ("--mpp", "1.0", "-k", "2", "-q")  # a 22 x 29 grid of 8 classes
