@@ -192,6 +192,7 @@ def _write_files(
     """
     marker = completion_marker(out, item.stem)
     name = item.stem.name
+    grid_file = _grid_file(name, scores, engine, rendering, settings)  # zarr missing: fail now
     release_free_memory()  # the tiles' arenas, before the grid is read
     bands = _band_reader(scores, engine.activation)
     with timed("render"):
@@ -203,7 +204,6 @@ def _write_files(
     ranking = prob_stats.ranking(rendering.top_k, rendering.pooling)
     classes = _rendered(drawn, chosen, scores, engine.categories, rendering, name)
     kept = kept_classes(prob_stats, rendering, chosen)
-    grid_file = _grid_file(name, scores, engine, rendering, settings)
     with staged_files(marker.parent, name) as staging:
         folder, names = staging.folder, []
         with timed("encode+write"):
