@@ -460,6 +460,7 @@ def _slide_settings(options: CommandOptions, loaded: LoadedModel) -> SlideSettin
         tissue=options.tissue,
         tile=options.tile,
         context=options.slide_context,
+        grid_format=options.grid_format.lower(),
     )
 
 

@@ -57,6 +57,7 @@ class CommandOptions:
     slide_mpp: float | None
     tissue: str
     slide_context: int | None
+    grid_format: str
     skip_existing: bool
     report: bool
     ray: bool

@@ -393,6 +393,14 @@ mixed sizes.
     "cell's whole receptive field (the grid of one pass over the slide); a few pixels (e.g. "
     "64): cells at tile edges see zeros beyond, and skipping the background pays more.",
 )
+@click.option(
+    "--grid-format",
+    type=click.Choice(["auto", "npz", "zarr"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Slides: the grid file. auto: a .npz, or a chunked .zarr store when the grid would "
+    "take more than half the memory budget (zarr comes with the slides extra).",
+)
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete.")
 @click.option(
     "--report",

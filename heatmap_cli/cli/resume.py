@@ -8,7 +8,8 @@ An image counts as done only when all of these hold, and is made again otherwise
 2. the json records ``settings`` equal to the current run's (``outputs.run_settings``: a new
    ``--class``, ``--stride`` or ``--alpha`` redoes the image, and the reason names what changed);
 3. the json lists its ``files`` (name and size in bytes), and every one of them exists, as a
-   regular file, with exactly that size.
+   regular file, with exactly that size; an entry that also counts ``files`` is a folder (a
+   slide's ``.zarr`` grid store), whose regular files must be that many, of that total size.
 
 Sizes, not checksums: the check reads one json and makes one ``stat`` per file (five per image at
 the default settings). Measured with ``benchmarks/studies/resume_check.py`` on 10,000 finished
@@ -24,6 +25,7 @@ they miss.
 from __future__ import annotations
 
 import json
+import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ __all__ = [
     "ListedFile",
     "Verdict",
     "check_outputs",
+    "folder_size",
     "listed_files",
     "read_record",
     "settings_changes",
@@ -175,14 +178,50 @@ def _check_files(folder: Path, files: object) -> Verdict:
         if not isinstance(name, str) or not _is_plain_name(name) or type(size) is not int:
             return Verdict(False, "its json's file list is not valid")
         try:
-            info = (folder / name).stat()
+            info = (folder / name).lstat()
         except OSError:
             return Verdict(False, f"{name} is missing")
+        if isinstance(entry, dict) and "files" in entry:
+            verdict = _check_folder(folder / name, entry["files"], size, info)
+            if not verdict.done:
+                return verdict
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                info = (folder / name).stat()
+            except OSError:
+                return Verdict(False, f"{name} is missing")
         if not stat.S_ISREG(info.st_mode):
             return Verdict(False, f"{name} is not a file")
         if info.st_size != size:
             return Verdict(False, f"{name} has {info.st_size} bytes, its json says {size}")
     return Verdict(True)
+
+
+def _check_folder(path: Path, count: object, size: int, info: os.stat_result) -> Verdict:
+    """A listed folder (a zarr store): a real folder holding ``count`` files of ``size`` bytes."""
+    if not stat.S_ISDIR(info.st_mode) or type(count) is not int:
+        return Verdict(False, f"{path.name} is not a folder")
+    found_size, found_count = folder_size(path)
+    if (found_size, found_count) != (size, count):
+        return Verdict(
+            False,
+            f"{path.name} has {found_count} files of {found_size} bytes, "
+            f"its json says {count} of {size}",
+        )
+    return Verdict(True)
+
+
+def folder_size(path: Path) -> tuple[int, int]:
+    """``(bytes, files)`` of the regular files under a folder, at any depth (links not followed)."""
+    total = count = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            info = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+                count += 1
+    return total, count
 
 
 def _is_plain_name(name: str) -> bool:

@@ -2,10 +2,12 @@
 
 Files of a slide (``stem`` as for photos):
 
-* ``<stem>.npz``: ``logits``/``probs`` ``(K, rows, cols)`` (NaN outside the tissue), ``tissue``
-  bool ``(rows, cols)``, ``centers`` ``(rows, cols, 2)`` and ``window`` (width, height) in
-  level-0 pixels, ``stride`` and ``window_input`` in model pixels, ``input_size`` (the slide in
-  model pixels), ``classes``, ``level``, ``downsample``, ``slide_mpp``, ``model_mpp``;
+* ``<stem>.npz`` (or ``<stem>.zarr``, a chunked store of the same arrays, for a grid too large
+  for the memory budget, or as ``grid_format`` says): ``logits``/``probs`` ``(K, rows, cols)``
+  (NaN outside the tissue), ``tissue`` bool ``(rows, cols)``, ``centers`` ``(rows, cols, 2)``
+  and ``window`` (width, height) in level-0 pixels, ``stride`` and ``window_input`` in model
+  pixels, ``input_size`` (the slide in model pixels), ``classes``, ``level``, ``downsample``,
+  ``slide_mpp``, ``model_mpp``;
 * ``<stem>.csv``: every tissue cell in WSInfer's columns, ``minx,miny,width,height,prob_<class>``;
 * ``<stem>.geojson``: QuPath tiles of about one window each, the mean of their cells;
 * ``<stem>_<index>_<name>.png``: the whole slide (thumbnail size) under each rendered class;
@@ -21,9 +23,10 @@ json last (``io.staged_files``), so nothing partial is ever left under its final
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,8 @@ from heatmap_cli.cli.records import (
     run_settings,
     software_versions,
 )
-from heatmap_cli.errors import GeometryError, SlideReadError
+from heatmap_cli.cli.resume import folder_size, read_record
+from heatmap_cli.errors import GeometryError, OutputWriteError, SlideReadError
 from heatmap_cli.io import (
     ImageInput,
     output_path,
@@ -43,24 +47,40 @@ from heatmap_cli.io import (
     staged_files,
     write_image,
     write_json,
-    write_npz,
     write_png,
 )
-from heatmap_cli.io.slide_tables import write_tile_csv, write_tile_geojson
+from heatmap_cli.io.slide_tables import write_tile_csv_parts, write_tile_geojson
 from heatmap_cli.io.slides import open_slide
+from heatmap_cli.io.zarr_grid import zarr_module
 from heatmap_cli.pipeline.engine import GridEngine
 from heatmap_cli.pipeline.limits import release_free_memory
 from heatmap_cli.pipeline.profiling import timed
 from heatmap_cli.pipeline.rendering import OutputOptions, RenderedClass, draw_class
 from heatmap_cli.pipeline.scoring import PhotoReading
+from heatmap_cli.pipeline.slide_settings import SLIDE_MEMORY_BUDGET
 from heatmap_cli.pipeline.slides import SlideScores, SlideSettings, score_slide
+from heatmap_cli.pipeline.slides.bands import (
+    ClassStatistics,
+    GridBand,
+    band_rows,
+    choose_grid_format,
+    class_statistics,
+    grid_bands,
+    grid_bytes,
+)
+from heatmap_cli.pipeline.slides.grid_files import (
+    Bands,
+    grid_attributes,
+    write_grid_npz,
+    write_grid_zarr,
+)
 from heatmap_cli.pipeline.slides.summary import (
     aggregate_tiles,
+    block_means,
     cell_boxes,
-    display_grid,
-    masked_scores,
-    rank_slide,
-    slide_peak,
+    display_block,
+    display_centres,
+    tile_side,
 )
 from heatmap_cli.render import colour_scales, is_diverging
 
@@ -77,6 +97,7 @@ def slide_settings(settings: SlideSettings) -> dict[str, object]:
         "tissue": settings.tissue,
         "min_tissue": settings.min_tissue,
         "slide_context": settings.context,
+        "grid_format": settings.grid_format,
     }
 
 
@@ -112,6 +133,7 @@ def write_slide(
     settings = dataclasses.replace(settings, thumbnail_side=reading.max_display_side)
     # what the stored tiles' numbers depend on (not how they are drawn: a new --cmap resumes)
     key = {**model_settings(engine), **slide_settings(settings)}
+    del key["grid_format"]  # how the grid is written, not what the tiles hold
     folder = store_folder(out, item.stem)
     try:
         with open_slide(item.path) as slide:
@@ -163,134 +185,212 @@ def _write_files(
     settings: SlideSettings,
     reading: PhotoReading,
 ) -> tuple[list[Path], dict[str, object]]:
-    """Every file of the slide, privately, then moved into place with the json last."""
+    """Every file of the slide, privately, then moved into place with the json last.
+
+    The grid is read in bands of rows (:mod:`heatmap_cli.pipeline.slides.bands`) by each
+    output in turn, so none holds it whole (but the npz, for grids that fit the budget).
+    """
     marker = completion_marker(out, item.stem)
     name = item.stem.name
-    release_free_memory()  # the tiles' arenas, before the whole grid is loaded
+    grid_file = _grid_file(name, scores, engine, rendering, settings)  # zarr missing: fail now
+    release_free_memory()  # the tiles' arenas, before the grid is read
+    bands = _band_reader(scores, engine.activation)
     with timed("render"):
-        logits, probs = masked_scores(scores.logits, scores.tissue, engine.activation)
-    drawn = probs if rendering.probabilities else logits
+        logit_stats, prob_stats = class_statistics(bands(1), scores.store.shape[0])
+    drawn = prob_stats if rendering.probabilities else logit_stats
     chosen = list(rendering.classes) or [
-        i for i, _ in rank_slide(drawn, rendering.top_k, rendering.pooling)
+        i for i, _ in drawn.ranking(rendering.top_k, rendering.pooling)
     ]
-    ranking = rank_slide(probs, rendering.top_k, rendering.pooling)
+    ranking = prob_stats.ranking(rendering.top_k, rendering.pooling)
     classes = _rendered(drawn, chosen, scores, engine.categories, rendering, name)
-    kept = kept_classes(probs, rendering, chosen)
+    kept = kept_classes(prob_stats, rendering, chosen)
     with staged_files(marker.parent, name) as staging:
         folder, names = staging.folder, []
         with timed("encode+write"):
-            if "npz" in rendering.outputs:
-                names.append(f"{name}.npz")
-                _write_npz(folder / names[-1], logits, probs, scores, engine, rendering, kept)
-            names += _write_tables(folder, name, probs, scores, engine.categories, kept)
+            if grid_file is not None:
+                names.append(grid_file[0])
+                _write_grid(folder / grid_file[0], scores, bands, engine, rendering, kept)
+            names += _write_tables(folder, name, bands, scores, engine.categories, kept)
         if "png" in rendering.outputs:
-            names += _write_pictures(folder, name, drawn, scores, classes, rendering)
-        files = [{"name": n, "bytes": (folder / n).stat().st_size} for n in names]
+            names += _write_pictures(folder, name, bands, scores, classes, rendering)
+        files = [_listed(folder / n) for n in names]
         record = _record(
             item, source, scores, engine, rendering, settings, reading, classes, ranking, files
         )
+        record["grid"] = {
+            **record["grid"],  # type: ignore[dict-item]
+            "file": grid_file[0] if grid_file else None,
+            "format": grid_file[1] if grid_file else None,
+        }
         write_json(folder / marker.name, record)
-        moved = staging.commit([*names, marker.name])
+        previous, _ = read_record(marker)
+        moved = staging.commit(names)
+        if previous is not None:
+            _remove_replaced_grid(marker.parent, name, previous, keep=names)
+        moved += staging.commit([marker.name])
     return [path.relative_to(out) for path in moved], record
 
 
+def _remove_replaced_grid(
+    folder: Path, name: str, previous: dict[str, object], keep: Sequence[str]
+) -> None:
+    """Removes the grid file of the other format that the previous json listed, if unchanged.
+
+    A ``.npz`` that became a ``.zarr`` store (or the other way) would otherwise stay beside it.
+    Only what the previous json lists, at the size it lists, is removed.
+    """
+    files = previous.get("files")
+    for entry in files if isinstance(files, list) else []:
+        listed = entry.get("name") if isinstance(entry, dict) else None
+        if listed not in (f"{name}.npz", f"{name}.zarr") or listed in keep:
+            continue
+        path = folder / listed
+        with contextlib.suppress(OSError):
+            if path.is_symlink():
+                continue
+            if path.is_dir() and folder_size(path) == (entry.get("bytes"), entry.get("files")):
+                shutil.rmtree(path)
+            elif path.is_file() and path.stat().st_size == entry.get("bytes"):
+                path.unlink()
+
+
+def _band_reader(scores: SlideScores, activation: str) -> Bands:
+    """The grid's bands: ``BAND_BYTES`` of logits each, in multiples of the rows asked for."""
+
+    def bands(multiple: int) -> Iterator[GridBand]:
+        rows = band_rows(scores.store.shape, multiple)
+        return grid_bands(scores.store, scores.tissue, activation, rows)
+
+    return bands
+
+
+def _grid_file(
+    name: str,
+    scores: SlideScores,
+    engine: GridEngine,
+    rendering: OutputOptions,
+    settings: SlideSettings,
+) -> tuple[str, str] | None:
+    """``(file name, format)`` of the grid file; None when the outputs leave it out.
+
+    Raises:
+        OutputWriteError: The grid needs zarr, and zarr is missing (before anything is written).
+    """
+    if "npz" not in rendering.outputs:
+        return None
+    budget = engine.settings.memory_budget or SLIDE_MEMORY_BUDGET
+    kind = choose_grid_format(scores.store.shape, settings.grid_format, budget)
+    if kind == "zarr":
+        try:
+            zarr_module()
+        except OutputWriteError as error:
+            size = grid_bytes(scores.store.shape) / 2**20
+            shown = f"{size / 1024:.1f} GiB" if size >= 100 else f"{size:.1f} MiB"
+            raise OutputWriteError(
+                f"its grid ({shown} whole) goes to {name}.zarr, but {error} (its scored tiles "
+                "are kept: the next run only writes the outputs)"
+            ) from None
+    return f"{name}.{kind}", kind
+
+
+def _write_grid(
+    path: Path,
+    scores: SlideScores,
+    bands: Bands,
+    engine: GridEngine,
+    options: OutputOptions,
+    classes: list[int] | None,
+) -> None:
+    attributes = grid_attributes(scores.geometry, engine.categories, classes)
+    write = write_grid_zarr if path.suffix == ".zarr" else write_grid_npz
+    write(path, scores, bands, attributes, classes, options.npz_dtype)
+
+
+def _listed(path: Path) -> dict[str, object]:
+    """A file's entry in the json's ``files``: name and bytes (a folder: all its files')."""
+    if path.is_dir():
+        size, count = folder_size(path)
+        return {"name": path.name, "bytes": size, "files": count}
+    return {"name": path.name, "bytes": path.stat().st_size}
+
+
 def _rendered(
-    drawn: np.ndarray,
+    drawn: ClassStatistics,
     chosen: Sequence[int],
     scores: SlideScores,
     categories: Sequence[str],
     options: OutputOptions,
     name: str,
 ) -> list[RenderedClass]:
-    tissue_values = [drawn[index][scores.tissue].reshape(1, -1) for index in chosen]
-    if any(v.size == 0 for v in tissue_values):
-        tissue_values = [np.zeros((1, 1), np.float32) for _ in chosen]
+    # the colour scales need each drawn map's range over the tissue only
+    if drawn.cells:
+        ends = [np.array([[drawn.minimum[i], drawn.maximum[i]]]) for i in chosen]
+    else:
+        ends = [np.zeros((1, 1), np.float32) for _ in chosen]
     scales = colour_scales(
-        tissue_values,
+        ends,
         scale=options.scale,
         probabilities=options.probabilities,
         diverging=is_diverging(options.cmap),
         vmin=options.vmin,
         vmax=options.vmax,
     )
+    geometry = scores.geometry
+    width, height = geometry.window_level0()
     classes = []
     for index, scale in zip(chosen, scales, strict=True):
-        peak, x, y = slide_peak(drawn[index], scores.geometry)
+        peak, x, y = 0.0, 0.0, 0.0
+        found = drawn.peak(index, geometry.shape[1])
+        if found is not None and np.isfinite(found[0]):
+            peak = found[0]
+            x = float(geometry.corners(1)[found[2]] + width / 2)
+            y = float(geometry.corners(0)[found[1]] + height / 2)
         picture = f"{name}_{index}_{slug(categories[index])}.{options.image_format}"
         overlay = picture if "png" in options.outputs else None
-        peak = peak if np.isfinite(peak) else 0.0
         classes.append(RenderedClass(index, categories[index], peak, x, y, overlay, scale))
     return classes
 
 
 def kept_classes(
-    probs: np.ndarray, options: OutputOptions, chosen: Sequence[int]
+    probs: ClassStatistics, options: OutputOptions, chosen: Sequence[int]
 ) -> list[int] | None:
-    """The classes the npz, the CSV and the GeoJSON keep (``npz_classes``); None for all."""
+    """The classes the grid file, the CSV and the GeoJSON keep (``npz_classes``); None: all."""
     if options.npz_classes == "rendered":
         return list(chosen)
     if options.npz_classes.startswith("top"):
         wanted = int(options.npz_classes.removeprefix("top"))
-        if wanted < probs.shape[0]:
-            return [i for i, _ in rank_slide(probs, wanted, options.pooling)]
+        if wanted < len(probs.maximum):
+            return [i for i, _ in probs.ranking(wanted, options.pooling)]
     return None
-
-
-def _write_npz(
-    path: Path,
-    logits: np.ndarray,
-    probs: np.ndarray,
-    scores: SlideScores,
-    engine: GridEngine,
-    options: OutputOptions,
-    classes: list[int] | None,
-) -> None:
-    geometry = scores.geometry
-    keep: slice | list[int] = slice(None) if classes is None else classes
-    extra = {} if classes is None else {"class_indices": np.asarray(classes, dtype=np.int64)}
-    width, height = geometry.window_level0()
-    write_npz(
-        path,
-        logits=logits[keep].astype(options.npz_dtype, copy=False),
-        probs=probs[keep].astype(options.npz_dtype, copy=False),
-        **extra,
-        tissue=scores.tissue,
-        full_context=scores.full_context,
-        centers=geometry.centers(),
-        window=np.array([width, height], dtype=np.float32),
-        window_input=np.array(geometry.window[::-1], dtype=np.int64),
-        stride=np.int64(geometry.stride),
-        input_size=np.array(geometry.size, dtype=np.int64),
-        classes=np.array(engine.categories, dtype=str),
-        level=np.int64(geometry.level),
-        downsample=np.float64(geometry.downsample),
-        slide_mpp=np.float64(geometry.slide_mpp if geometry.slide_mpp is not None else np.nan),
-        model_mpp=np.float64(geometry.model_mpp if geometry.model_mpp is not None else np.nan),
-    )
 
 
 def _write_tables(
     folder: Path,
     name: str,
-    probs: np.ndarray,
+    bands: Bands,
     scores: SlideScores,
     categories: Sequence[str],
     classes: list[int] | None,
 ) -> list[str]:
-    """The WSInfer CSV and the QuPath GeoJSON, with the npz's classes."""
+    """The WSInfer CSV and the QuPath GeoJSON, with the grid file's classes, band by band."""
+    keep: slice | list[int] = slice(None) if classes is None else classes
     if classes is not None:
-        probs, categories = probs[classes], [categories[i] for i in classes]
-    boxes = cell_boxes(scores.geometry, scores.tissue)
-    write_tile_csv(folder / f"{name}.csv", boxes, probs[:, scores.tissue].T, categories)
-    del boxes
-    tiles = aggregate_tiles(probs, scores.geometry)
+        categories = [categories[i] for i in classes]
+    geometry = scores.geometry
+    parts = (
+        (cell_boxes(geometry, band.tissue, band.start), band.probs[keep][:, band.tissue].T)
+        for band in bands(1)
+    )
+    write_tile_csv_parts(folder / f"{name}.csv", parts, categories)
+    side = tile_side(geometry)
+    pieces = [aggregate_tiles(b.probs[keep], geometry, side, b.start) for b in bands(side)]
     write_tile_geojson(
         folder / f"{name}.geojson",
-        tiles.boxes,
-        tiles.values,
+        np.concatenate([p.boxes for p in pieces]),
+        np.concatenate([p.values for p in pieces]),
         categories,
         name=name,
-        extra={"cells": tiles.cells},
+        extra={"cells": np.concatenate([p.cells for p in pieces])},
     )
     return [f"{name}.csv", f"{name}.geojson"]
 
@@ -298,7 +398,7 @@ def _write_tables(
 def _write_pictures(
     folder: Path,
     name: str,
-    drawn: np.ndarray,
+    bands: Bands,
     scores: SlideScores,
     classes: Sequence[RenderedClass],
     options: OutputOptions,
@@ -308,10 +408,15 @@ def _write_pictures(
     write_png(folder / names[0], thumbnail)
     mask = np.repeat((scores.mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
     write_png(folder / names[1], mask)
+    k = display_block(scores.geometry, scores.thumbnail_downsample)
+    shown: dict[int, list[np.ndarray]] = {rendered.index: [] for rendered in classes}
+    for band in bands(k):
+        drawn = band.probs if options.probabilities else band.logits
+        for index, blocks in shown.items():
+            blocks.append(block_means(drawn[index], k))
     for rendered in classes:
-        values, centers = display_grid(
-            drawn[rendered.index], scores.geometry, scores.thumbnail_downsample
-        )
+        values = np.concatenate(shown[rendered.index])
+        centers = display_centres(scores.geometry, scores.thumbnail_downsample, k, values.shape)
         values = np.where(np.isfinite(values), values, np.float32(rendered.scale.low))
         with timed("render"):
             picture = draw_class(thumbnail, values, centers, rendered, options)

@@ -16,14 +16,19 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from heatmap_cli.io.atomic import atomic_writer
 
-__all__ = ["probability_columns", "write_tile_csv", "write_tile_geojson"]
+__all__ = [
+    "probability_columns",
+    "write_tile_csv",
+    "write_tile_csv_parts",
+    "write_tile_geojson",
+]
 
 _CHUNK = 65536
 _NAMESPACE = uuid.UUID("6f0c3a55-7d51-4bb9-9d5e-2f3e8f6a1c11")  # this tool's tile ids
@@ -43,17 +48,32 @@ def write_tile_csv(path: Path, boxes: np.ndarray, values: np.ndarray, names: Seq
         values: float ``(n, K)``: each tile's score per class.
         names: The ``K`` class names (columns ``prob_<name>``).
     """
+    write_tile_csv_parts(path, [(boxes, values)], names)
+
+
+def write_tile_csv_parts(
+    path: Path, parts: Iterable[tuple[np.ndarray, np.ndarray]], names: Sequence[str]
+) -> None:
+    """Writes a tile table given in parts (e.g. a grid's bands of rows), one after the other.
+
+    Args:
+        path: The ``.csv`` file.
+        parts: ``(boxes, values)`` pairs as :func:`write_tile_csv` takes them; consumed once,
+            so a generator keeps only one part in memory.
+        names: The ``K`` class names (columns ``prob_<name>``).
+    """
     header = io.StringIO()
     csv.writer(header, lineterminator="\n").writerow(
         ["minx", "miny", "width", "height", *probability_columns(names)]
     )
-    row_format = ",".join(["%d"] * 4 + ["%.7g"] * values.shape[1])
+    row_format = ",".join(["%d"] * 4 + ["%.7g"] * len(names))
     with atomic_writer(path, "w") as file:
         file.write(header.getvalue())
-        for start in range(0, len(boxes), _CHUNK):
-            stop = start + _CHUNK
-            rows = zip(boxes[start:stop].tolist(), values[start:stop].tolist(), strict=True)
-            file.write("".join(row_format % (*box, *row) + "\n" for box, row in rows))
+        for boxes, values in parts:
+            for start in range(0, len(boxes), _CHUNK):
+                stop = start + _CHUNK
+                rows = zip(boxes[start:stop].tolist(), values[start:stop].tolist(), strict=True)
+                file.write("".join(row_format % (*box, *row) + "\n" for box, row in rows))
 
 
 def write_tile_geojson(

@@ -44,8 +44,10 @@ class Staging:
     def commit(self, names: Sequence[str]) -> list[Path]:
         """Moves files from the private folder into the destination, in order.
 
-        Each move is one atomic rename, which replaces a file of the same name. Put the file
-        whose presence says the set is complete last.
+        Each move is one atomic rename, which replaces a file of the same name. A folder (a
+        zarr store) replaces a folder of the same name in two renames: the old one is moved
+        aside first, so for a moment neither is in place. Put the file whose presence says the
+        set is complete last.
 
         Args:
             names: File names in the private folder.
@@ -61,6 +63,10 @@ class Staging:
         for name in names:
             target = self.destination / name
             try:
+                if (self.folder / name).is_dir() and target.is_dir() and not target.is_symlink():
+                    # a folder (a zarr store) cannot replace a folder: the old one is moved
+                    # aside into the private folder, removed with it
+                    os.replace(target, self.folder / temporary_name(name))
                 os.replace(self.folder / name, target)
             except OSError as exc:
                 raise OutputWriteError(f"cannot write {target}: {os_reason(exc)}") from exc

@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from heatmap_cli.errors import InvalidOptionError
+from heatmap_cli.errors import InvalidOptionError, setting
 
 __all__ = [
     "DEFAULT_MIN_TISSUE",
     "DEFAULT_SLIDES",
     "DEFAULT_SLIDE_TILE",
+    "GRID_FORMATS",
     "SLIDE_MEMORY_BUDGET",
     "SlideSettings",
     "parse_context",
+    "parse_grid_format",
     "parse_tissue",
 ]
 
@@ -51,6 +53,8 @@ class SlideSettings:
             see neighbours, and makes skipping the background pay.
         thumbnail_side: Longest side of the thumbnail (mask, overlays).
         read_ahead: Tiles decoded ahead of the network.
+        grid_format: The grid file: ``"auto"`` (a ``.npz``, or a ``.zarr`` store when the grid
+            would take too much of the memory budget), ``"npz"`` or ``"zarr"``.
     """
 
     model_mpp: float | None = None
@@ -61,7 +65,11 @@ class SlideSettings:
     context: int | None = None
     thumbnail_side: int = 4096
     read_ahead: int = 2
+    grid_format: str = "auto"
 
+
+GRID_FORMATS = ("auto", "npz", "zarr")
+"""What ``grid_format`` takes."""
 
 DEFAULT_SLIDES = SlideSettings()
 """Slides at their own pixels, automatic tissue mask."""
@@ -97,3 +105,17 @@ def parse_context(text: str) -> int | None:
     if pixels < 0:
         raise InvalidOptionError(f"must be at least 0, got {pixels}")
     return pixels
+
+
+def parse_grid_format(text: str) -> str:
+    """``grid_format``: one of :data:`GRID_FORMATS`.
+
+    Raises:
+        InvalidOptionError: Anything else.
+    """
+    value = str(text).strip().lower()
+    if value not in GRID_FORMATS:
+        raise InvalidOptionError(
+            f"{setting('grid_format')} must be {', '.join(GRID_FORMATS)}; got {text!r}"
+        )
+    return value

@@ -28,7 +28,12 @@ from heatmap_cli.errors import ImageReadError, first_line
 from heatmap_cli.io import atomic_writer, read_image, read_photo
 from heatmap_cli.io.inputs import slug
 from heatmap_cli.io.reading import display_size
-from heatmap_cli.report.encoding import GridDataError, encode_grid, read_score_file
+from heatmap_cli.report.encoding import (
+    GridDataError,
+    encode_grid,
+    read_score_file,
+    read_score_store,
+)
 from heatmap_cli.report.records import ASSETS_DIR_NAME, ImageRecord
 
 __all__ = [
@@ -189,16 +194,22 @@ def _write_data(
     record: ImageRecord, out_dir: Path, key: str, notes: list[str]
 ) -> tuple[str | None, str | None]:
     """Writes the grid data and class names; returns their URLs, or notes why there are none."""
-    npz = out_dir / f"{record.stem}.npz"
-    if not npz.is_file():
+    npz = _grid_file(record, out_dir)
+    if not npz.exists():
         notes.append(f"no {npz.name}: the run wrote no grid, so only rendered overlays are shown")
         return None, None
+    rows, cols = record.grid or (0, 0)
+    if rows * cols > MAX_HOVER_CELLS:  # known from the json: the grid is not even read
+        notes.append(
+            f"{npz.name} has {rows * cols} cells, too many to hover in a page; it holds them"
+        )
+        return None, None
     try:
-        grid = read_score_file(npz)
+        grid = read_score_store(npz) if npz.suffix == ".zarr" else read_score_file(npz)
         cells = grid.scores.shape[1] * grid.scores.shape[2]
         if cells > MAX_HOVER_CELLS:
             notes.append(
-                f"{npz.name} has {cells} cells, too many to hover in a page; the npz holds them"
+                f"{npz.name} has {cells} cells, too many to hover in a page; it holds them"
             )
             return None, None
         keep = [c.index for c in (*record.rendered, *record.ranking)]
@@ -224,6 +235,15 @@ def _write_data(
         _url(PurePosixPath(ASSETS_DIR_NAME, data_path.name)),
         _url(PurePosixPath(ASSETS_DIR_NAME, labels_path.name)),
     )
+
+
+def _grid_file(record: ImageRecord, out_dir: Path) -> Path:
+    """The image's grid file: the one its json names (a slide's ``.zarr``), else its ``.npz``."""
+    grid = record.fields.get("grid")
+    name = grid.get("file") if isinstance(grid, dict) else None
+    if isinstance(name, str) and name == PurePosixPath(name).name and name not in ("", ".", ".."):
+        return out_dir / record.stem.parent / name
+    return out_dir / f"{record.stem}.npz"
 
 
 def _write_script(path: Path, method: str, key: str, payload: str) -> None:

@@ -39,6 +39,8 @@ __all__ = [
     "ScoreGrid",
     "encode_grid",
     "read_score_file",
+    "read_score_store",
+    "score_grid",
 ]
 
 STORE_THRESHOLD = 1 / 255
@@ -108,6 +110,36 @@ def read_score_file(path: Path) -> ScoreGrid:
             arrays = {key: data[key] for key in _READ if key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise GridDataError(f"cannot read {Path(path).name}: {error}") from error
+    return score_grid(arrays, path)
+
+
+def read_score_store(path: Path) -> ScoreGrid:
+    """Reads the arrays the page needs from a slide's ``.zarr`` grid store.
+
+    The store holds the npz's arrays (``probs``, ``centers``, ``tissue``) and its small ones
+    (``window``, ``classes``, ``class_indices``) as attributes.
+
+    Raises:
+        GridDataError: As :func:`read_score_file`, or zarr is not installed.
+    """
+    from heatmap_cli.io.zarr_grid import read_zarr_arrays
+
+    try:
+        arrays, attributes = read_zarr_arrays(path, ("probs", "centers", "tissue"))
+    except (HeatmapError, OSError, ValueError, KeyError) as error:
+        raise GridDataError(f"cannot read {Path(path).name}: {error}") from error
+    for key in ("window", "classes", "class_indices"):
+        if key in attributes:
+            arrays[key] = np.asarray(attributes[key])
+    return score_grid(arrays, path)
+
+
+def score_grid(arrays: dict[str, np.ndarray], path: Path) -> ScoreGrid:
+    """The page's :class:`ScoreGrid` from a grid file's arrays (those of ``_READ`` present).
+
+    Raises:
+        GridDataError: Arrays missing, or shapes or values that do not fit together.
+    """
     missing = [key for key in ("probs", "centers", "window") if key not in arrays]
     if missing:
         raise GridDataError(f"{Path(path).name} has no {', '.join(missing)}")

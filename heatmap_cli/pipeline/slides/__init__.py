@@ -6,7 +6,10 @@
 * :mod:`~heatmap_cli.pipeline.slides.regions`: regions in model pixels, resampled seamlessly;
 * :mod:`~heatmap_cli.pipeline.slides.store`: scored tiles kept on disk, resumable;
 * :mod:`~heatmap_cli.pipeline.slides.scoring`: :func:`score_slide`, the whole loop;
-* :mod:`~heatmap_cli.pipeline.slides.summary`: what a slide's outputs say of its scores.
+* :mod:`~heatmap_cli.pipeline.slides.summary`: what a slide's outputs say of its scores;
+* :mod:`~heatmap_cli.pipeline.slides.bands`: the grid read in bands of rows for the outputs,
+  and whether it is too large for memory;
+* :mod:`~heatmap_cli.pipeline.slides.grid_files`: the grid file, a ``.npz`` or a ``.zarr`` store.
 """
 
 from heatmap_cli.pipeline.slides.geometry import SlideGeometry, plan_slide

@@ -82,12 +82,16 @@ class SlideGeometry:
         count = self.shape[axis]
         return np.arange(count, dtype=np.float64) * self.stride * self.downsample
 
-    def centers(self) -> np.ndarray:
-        """float32 ``(rows, cols, 2)``: the ``(x, y)`` centre of every window in level-0 pixels."""
+    def centers(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 ``(rows, cols, 2)``: the ``(x, y)`` centre of every window in level-0 pixels.
+
+        ``start``/``stop`` give a band of the grid's rows (all of them by default).
+        """
         width, height = self.window_level0()
-        out = np.empty((*self.shape, 2), dtype=np.float32)
+        ys = (self.corners(0)[start:stop] + height / 2).astype(np.float32)
+        out = np.empty((len(ys), self.shape[1], 2), dtype=np.float32)
         out[..., 0] = (self.corners(1) + width / 2).astype(np.float32)[None, :]
-        out[..., 1] = (self.corners(0) + height / 2).astype(np.float32)[:, None]
+        out[..., 1] = ys[:, None]
         return out
 
 

@@ -136,6 +136,29 @@ class GridStore:
         assert self.folder is not None
         return np.load(self.folder / _DATA, mmap_mode="r")
 
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 ``(K, stop - start, cols)``: a band of rows, read into memory.
+
+        Read with positioned reads, not a memory map, so that reading a whole grid band by
+        band never holds more of it than one band (a map's pages count as resident memory).
+
+        Raises:
+            OutputWriteError: The kept file is shorter than the grid (cut by something else).
+        """
+        if self._array is not None:
+            return np.array(self._array[:, start:stop], dtype=np.float32)
+        assert self.folder is not None
+        count, rows, cols = self.shape
+        band = np.empty((count, max(0, stop - start), cols), dtype=np.float32)
+        if not band.size:
+            return band
+        with (self.folder / _DATA).open("rb") as file:
+            for k in range(count):
+                file.seek(self._offset + 4 * (k * rows + start) * cols)
+                if file.readinto(memoryview(band[k]).cast("B")) != band[k].nbytes:
+                    raise OutputWriteError(f"the scored tiles in {self.folder} are truncated")
+        return band
+
     def close(self) -> None:
         """Closes the data file (after a last checkpoint)."""
         if self._fd is not None:

@@ -20,11 +20,15 @@ __all__ = [
     "DISPLAY_SPACING",
     "SlideTiles",
     "aggregate_tiles",
+    "block_means",
     "cell_boxes",
+    "display_block",
+    "display_centres",
     "display_grid",
     "masked_scores",
     "rank_slide",
     "slide_peak",
+    "tile_side",
 ]
 
 
@@ -60,8 +64,8 @@ def display_grid(
 
     A 100k x 100k slide at stride 32 has 9.7 million cells, 1.3 thumbnail pixels apart at 4096
     pixels: drawing them all costs gigabytes for nothing the eye sees. Blocks of ``k x k`` cells
-    (``k`` the least that puts :data:`DISPLAY_SPACING` pixels between them) are averaged over
-    their tissue cells.
+    (``k`` the least that puts :data:`DISPLAY_SPACING` pixels between them,
+    :func:`display_block`) are averaged over their tissue cells.
 
     Args:
         values: float32 ``(rows, cols)``, NaN off the tissue.
@@ -72,8 +76,23 @@ def display_grid(
         float32 ``(r, c)`` values (NaN where a block has no tissue) and float32 ``(r, c, 2)``
         centres in thumbnail pixels.
     """
+    k = display_block(geometry, downsample)
+    reduced = block_means(values, k)
+    return reduced, display_centres(geometry, downsample, k, reduced.shape)
+
+
+def display_block(geometry: SlideGeometry, downsample: float) -> int:
+    """Cells per side of the blocks :func:`display_grid` averages."""
     step = geometry.stride * geometry.downsample / downsample
-    k = max(1, int(np.ceil(DISPLAY_SPACING / step)))
+    return max(1, int(np.ceil(DISPLAY_SPACING / step)))
+
+
+def block_means(values: np.ndarray, k: int) -> np.ndarray:
+    """float32 ``(ceil(rows / k), ceil(cols / k))``: means of the finite cells of ``k x k`` blocks.
+
+    Rows may come in bands of a multiple of ``k`` rows: the bands' results, stacked, equal the
+    whole map's.
+    """
     rows, cols = values.shape
     out_rows, out_cols = -(-rows // k), -(-cols // k)
     padded = np.full((out_rows * k, out_cols * k), np.nan, dtype=np.float32)
@@ -83,14 +102,21 @@ def display_grid(
     counts = finite.sum(axis=(1, 3))
     sums = np.where(finite, blocks, 0).sum(axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
-        reduced = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+
+
+def display_centres(
+    geometry: SlideGeometry, downsample: float, k: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    """float32 ``(r, c, 2)``: the centres of :func:`block_means`' blocks in thumbnail pixels."""
+    out_rows, out_cols = shape
     width, height = geometry.window_level0()
     cell = geometry.stride * geometry.downsample
     centres = np.empty((out_rows, out_cols, 2), dtype=np.float32)
     first_x, first_y = width / 2 + (k - 1) * cell / 2, height / 2 + (k - 1) * cell / 2
     centres[..., 0] = ((first_x + np.arange(out_cols) * k * cell) / downsample)[None, :]
     centres[..., 1] = ((first_y + np.arange(out_rows) * k * cell) / downsample)[:, None]
-    return reduced, centres
+    return centres
 
 
 def rank_slide(scores: np.ndarray, top_k: int, pooling: str = "max") -> list[tuple[int, float]]:
@@ -125,12 +151,14 @@ def slide_peak(values: np.ndarray, geometry: SlideGeometry) -> tuple[float, floa
     return float(values[row, col]), x, y
 
 
-def cell_boxes(geometry: SlideGeometry, tissue: np.ndarray) -> np.ndarray:
+def cell_boxes(geometry: SlideGeometry, tissue: np.ndarray, first_row: int = 0) -> np.ndarray:
     """int64 ``(n, 4)``: ``minx, miny, width, height`` in level-0 pixels of each tissue cell.
 
-    Row-major order of the grid, as ``scores[:, tissue]`` gives the cells' values.
+    Row-major order of the grid, as ``scores[:, tissue]`` gives the cells' values. ``tissue``
+    may be a band of the grid's rows, starting at row ``first_row``.
     """
     rows, cols = np.nonzero(tissue)
+    rows = rows + first_row
     width, height = geometry.window_level0()
     xs, ys = geometry.corners(1)[cols], geometry.corners(0)[rows]
     boxes = np.empty((len(rows), 4), dtype=np.int64)
@@ -158,8 +186,13 @@ class SlideTiles:
     side: int
 
 
+def tile_side(geometry: SlideGeometry) -> int:
+    """Cells per side of :func:`aggregate_tiles`' tiles: ``round(window / stride)``, at least 1."""
+    return max(1, round(min(geometry.window) / geometry.stride))
+
+
 def aggregate_tiles(
-    scores: np.ndarray, geometry: SlideGeometry, side: int | None = None
+    scores: np.ndarray, geometry: SlideGeometry, side: int | None = None, first_row: int = 0
 ) -> SlideTiles:
     """Groups the grid into ``side`` x ``side`` cells, each group the mean of its tissue cells.
 
@@ -168,14 +201,15 @@ def aggregate_tiles(
         geometry: The slide's grid.
         side: Cells per tile side; default ``round(window / stride)`` (one window per tile, like
             WSInfer's non-overlapping patches; 1 at a stride as large as the window).
+        first_row: The grid row ``scores`` starts at, a multiple of ``side`` (a band of rows:
+            the bands' tiles, concatenated, equal the whole grid's).
 
     Returns:
         The tiles holding at least one tissue cell; each tile's box is the area whose nearest
         window centres are its cells.
     """
     count, rows, cols = scores.shape
-    if side is None:
-        side = max(1, round(min(geometry.window) / geometry.stride))
+    side = tile_side(geometry) if side is None else side
     out_rows, out_cols = -(-rows // side), -(-cols // side)
     padded = np.full((count, out_rows * side, out_cols * side), np.nan, dtype=np.float32)
     padded[:, :rows, :cols] = scores
@@ -188,6 +222,7 @@ def aggregate_tiles(
     step = geometry.stride * geometry.downsample
     width, height = geometry.window_level0()
     block_rows, block_cols = np.nonzero(keep)
+    block_rows = block_rows + first_row // side
     boxes = np.empty((len(block_rows), 4), dtype=np.int64)
     boxes[:, 0] = np.round(block_cols * side * step + width / 2 - step / 2)
     boxes[:, 1] = np.round(block_rows * side * step + height / 2 - step / 2)
