@@ -9,7 +9,8 @@ Files of a slide (``stem`` as for photos):
   pixels, ``input_size`` (the slide in model pixels), ``classes``, ``level``, ``downsample``,
   ``slide_mpp``, ``model_mpp``;
 * ``<stem>.csv``: every tissue cell in WSInfer's columns, ``minx,miny,width,height,prob_<class>``;
-* ``<stem>.geojson``: QuPath tiles of about one window each, the mean of their cells;
+* ``<stem>.geojson``: QuPath tiles of about one window each (larger where the file would pass
+  about 80 MB), the mean of their cells;
 * ``<stem>_<index>_<name>.png``: the whole slide (thumbnail size) under each rendered class;
   ``<stem>_thumbnail.png`` and ``<stem>_tissue.png`` (the mask);
 * ``<stem>.json``: the record, with a ``slide`` block (reader, level, downsample, both mpp,
@@ -382,7 +383,7 @@ def _write_tables(
         for band in bands(1)
     )
     write_tile_csv_parts(folder / f"{name}.csv", parts, categories)
-    side = tile_side(geometry)
+    side = tile_side(geometry, int(scores.tissue.sum()), len(categories))
     pieces = [aggregate_tiles(b.probs[keep], geometry, side, b.start) for b in bands(side)]
     write_tile_geojson(
         folder / f"{name}.geojson",

@@ -142,3 +142,25 @@ def test_the_tables_keep_the_npz_classes(tiny, slides, tmp_path):
     assert header[4:] == [f"prob_{name}" for name in kept] and len(kept) == 2
     feature = json.loads((out / "a.geojson").read_text())["features"][0]
     assert set(feature["properties"]["measurements"]) == {*header[4:], "cells"}
+
+
+def test_the_geojson_tiles_grow_where_the_file_would_pass_its_size(
+    tiny, slides, tmp_path, monkeypatch
+):
+    usual = tmp_path / "usual"
+    assert run_tiny(slides / "a.svs", "--out", usual, "--mpp", "1.0").exit_code == 0
+    monkeypatch.setattr("heatmap_cli.pipeline.slides.summary.GEOJSON_BYTES", 4_000)
+    small = tmp_path / "small"
+    assert run_tiny(slides / "a.svs", "--out", small, "--mpp", "1.0").exit_code == 0
+    features = {
+        name: json.loads((out / "a.geojson").read_text())["features"]
+        for name, out in (("usual", usual), ("small", small))
+    }
+    assert len(features["small"]) < len(features["usual"])
+    assert (small / "a.geojson").stat().st_size < (usual / "a.geojson").stat().st_size
+    sides = {f["geometry"]["coordinates"][0][1][1] - f["geometry"]["coordinates"][0][0][1]
+             for f in features["small"]}  # fmt: skip
+    assert sides and min(sides) > 64  # tiles wider than one window (64 level-0 pixels)
+    for name in features:  # every tissue cell is in one tile either way
+        cells = sum(f["properties"]["measurements"]["cells"] for f in features[name])
+        assert cells == json.loads((usual / "a.json").read_text())["slide"]["tissue"]["cells"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from heatmap_cli.io.slide_tables import write_tile_geojson
 from heatmap_cli.pipeline.slides.bands import band_rows, class_statistics, grid_bands
 from heatmap_cli.pipeline.slides.geometry import SlideGeometry
 from heatmap_cli.pipeline.slides.store import GridStore
 from heatmap_cli.pipeline.slides.summary import (
+    GEOJSON_BYTES,
     aggregate_tiles,
     block_means,
     cell_boxes,
@@ -18,6 +20,7 @@ from heatmap_cli.pipeline.slides.summary import (
     masked_scores,
     rank_slide,
     slide_peak,
+    tile_side,
 )
 
 SHAPE = (5, 37, 23)  # classes, rows, cols: no band or block divides the rows evenly
@@ -129,3 +132,33 @@ def test_the_grid_format_is_one_of_three():
     assert choose_grid_format((2, 10, 10), " ZARR ", 2**30) == "zarr"
     with pytest.raises(InvalidOptionError, match="grid_format must be auto, npz, zarr"):
         choose_grid_format((2, 10, 10), "hdf5", 2**30)
+
+
+# --- the GeoJSON's size ---------------------------------------------------------------------
+
+
+def test_geojson_tiles_are_one_window_unless_the_file_would_pass_its_size() -> None:
+    size = (100_000, 100_000)
+    geometry = SlideGeometry((200_000, 200_000), 0, 1.0, 2.0, size, (32, 32), 8, 0.5, 1.0)
+    assert tile_side(geometry) == tile_side(geometry, 10_000, 2) == 4  # one 32-px window
+    huge = 12_500**2  # every cell of a 100k x 100k slide at stride 8
+    side = tile_side(geometry, huge, 2)
+    tiles = huge / side**2
+    per_tile = GEOJSON_BYTES / tiles
+    assert side > 4 and per_tile >= 270 + 26 * 3  # what a tile with two classes takes, or more
+    assert huge / (side - 1) ** 2 * (270 + 26 * 3) > GEOJSON_BYTES  # and no smaller side fits
+    assert tile_side(geometry, huge, 20) > side  # more classes, larger tiles
+
+
+def test_the_size_estimate_holds_for_tiles_as_written(tmp_path) -> None:
+    """Features of a 100k-pixel slide with two classes take no more than the estimate."""
+    rng = np.random.default_rng(0)
+    count = 500
+    corners = rng.integers(90_000, 100_000, (count, 2))
+    boxes = np.column_stack([corners, np.full((count, 2), 224)]).astype(np.int64)
+    values = rng.random((count, 2)).astype(np.float32)
+    path = tmp_path / "t.geojson"
+    names = ["tumor", "benign"]
+    cells = {"cells": rng.integers(1, 50, count).astype(float)}
+    write_tile_geojson(path, boxes, values, names, name="slide", extra=cells)
+    assert path.stat().st_size / count <= 270 + 26 * 3

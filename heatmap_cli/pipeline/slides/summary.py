@@ -9,6 +9,7 @@ QuPath GeoJSON carries, a size QuPath handles even for a 100k x 100k slide at st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from heatmap_cli.pipeline.slides.geometry import SlideGeometry
 
 __all__ = [
     "DISPLAY_SPACING",
+    "GEOJSON_BYTES",
     "SlideTiles",
     "aggregate_tiles",
     "block_means",
@@ -186,9 +188,34 @@ class SlideTiles:
     side: int
 
 
-def tile_side(geometry: SlideGeometry) -> int:
-    """Cells per side of :func:`aggregate_tiles`' tiles: ``round(window / stride)``, at least 1."""
-    return max(1, round(min(geometry.window) / geometry.stride))
+GEOJSON_BYTES = 80_000_000
+"""The size a slide's GeoJSON is kept under, about: QuPath imports some 100 MB comfortably."""
+
+_FEATURE_BYTES = 270
+"""One tile feature without its measurements: id, polygon, properties (as written)."""
+_MEASUREMENT_BYTES = 26
+"""One ``"prob_<class>": 0.1234567`` measurement, with a class name of average length."""
+
+
+def tile_side(geometry: SlideGeometry, tissue_cells: int = 0, classes: int = 1) -> int:
+    """Cells per side of :func:`aggregate_tiles`' tiles: one window, coarser for a huge grid.
+
+    Args:
+        geometry: The slide's grid.
+        tissue_cells: Tissue cells to aggregate (0: no size limit).
+        classes: Measurements per tile besides the cell count.
+
+    Returns:
+        ``round(window / stride)`` (at least 1), or more where the tiles would make a GeoJSON
+        larger than about :data:`GEOJSON_BYTES` (small windows at a fine stride on a huge
+        slide): then the side whose tiles fit.
+    """
+    side = max(1, round(min(geometry.window) / geometry.stride))
+    if tissue_cells > 0:
+        per_tile = _FEATURE_BYTES + _MEASUREMENT_BYTES * (classes + 1)
+        most = max(1, GEOJSON_BYTES // per_tile)
+        side = max(side, math.ceil(math.sqrt(tissue_cells / most)))
+    return side
 
 
 def aggregate_tiles(
