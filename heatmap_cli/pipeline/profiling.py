@@ -27,6 +27,7 @@ __all__ = [
     "run_seconds",
     "seconds_since_start",
     "timed",
+    "wall_since_start",
 ]
 
 PROFILE_ENV = "HEATMAP_PROFILE"
@@ -67,13 +68,22 @@ _TIMES = StageTimes(os.environ.get(PROFILE_ENV, "0") not in ("", "0"))
 _LOADED = time.perf_counter()
 
 
+_INTERPRETER_START_UP_LIMIT = 5.0
+"""Most seconds believed between the process's start and this module's loading (the
+interpreter's own start-up and the command's first imports); more means the process started as
+something else and ran ``exec`` later (``bash -c '...; heatmap ...'`` execs its last command)."""
+
+
 def seconds_since_start() -> float:
     """Wall seconds since this process started: what the user has waited for so far.
 
     On Linux the process's start time (``/proc/self/stat``, in clock ticks since boot, against
-    ``/proc/uptime``: a 10 ms resolution) includes the interpreter's own start-up; elsewhere
-    the time is counted from when this module was loaded, with the command's first imports.
+    ``/proc/uptime``: a 10 ms resolution) includes the interpreter's own start-up; elsewhere,
+    and where that start lies implausibly long before this module was loaded (a shell that
+    became this process by ``exec``, its start time kept), the time is counted from when this
+    module was loaded, with the command's first imports.
     """
+    loaded = time.perf_counter() - _LOADED
     try:
         with open("/proc/self/stat", encoding="ascii") as stat:
             fields = stat.read().rpartition(")")[2].split()  # after the command name
@@ -81,8 +91,23 @@ def seconds_since_start() -> float:
             since_boot = float(uptime.read().split()[0])
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
     except (OSError, ValueError, IndexError, AttributeError):
-        return time.perf_counter() - _LOADED
-    return max(since_boot - started, time.perf_counter() - _LOADED)
+        return loaded
+    return wall_since_start(since_boot - started, loaded)
+
+
+def wall_since_start(process_age: float, since_loaded: float) -> float:
+    """The seconds the summary gives: the process's age, unless that cannot be the command's.
+
+    A process that started :data:`_INTERPRETER_START_UP_LIMIT` s or more before this module was
+    loaded ran ``exec`` late: then the time since the module was loaded.
+
+    Args:
+        process_age: Seconds since the process was created (its fork).
+        since_loaded: Seconds since this module was loaded.
+    """
+    if since_loaded <= process_age <= since_loaded + _INTERPRETER_START_UP_LIMIT:
+        return process_age
+    return since_loaded
 
 
 def record_start_up() -> None:

@@ -32,6 +32,7 @@ from heatmap_cli.models import get_source
 from heatmap_cli.models.card import ModelCard
 from heatmap_cli.pipeline import devices
 from heatmap_cli.pipeline.devices import device_without_torch
+from heatmap_cli.pipeline.profiling import wall_since_start
 from heatmap_cli.pipeline.settings import parse_scales
 
 REPO = Path(__file__).resolve().parents[2]
@@ -320,6 +321,12 @@ def test_the_summary_counts_from_the_process_start():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     waited = time.perf_counter() - started
     assert 0.6 <= float(done.stdout) <= waited + 0.02
+
+
+def test_a_process_that_ran_exec_late_counts_from_the_command_not_from_its_shell():
+    assert wall_since_start(3.2, 3.0) == 3.2  # the interpreter's start-up counts
+    assert wall_since_start(99.8, 3.0) == 3.0  # `bash -c 'pip install ... && heatmap ...'`
+    assert wall_since_start(2.9, 3.0) == 3.0  # never less than the command's own time
 
 
 def test_the_device_is_told_without_torch_only_when_certain(monkeypatch: pytest.MonkeyPatch):
