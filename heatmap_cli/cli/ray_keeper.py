@@ -36,7 +36,7 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["SCAN_INTERVAL_S", "Keeper", "descendants", "start_keeper"]
+__all__ = ["SCAN_INTERVAL_S", "Keeper", "descendants", "exit_with", "start_keeper"]
 
 SCAN_INTERVAL_S = 0.25
 """How often the keeper records the command's descendants."""
@@ -88,6 +88,35 @@ def start_keeper() -> Keeper | None:
     except OSError:
         return None
     return Keeper(process)
+
+
+def exit_with(pid: int) -> bool:
+    """Ends this process the moment process ``pid`` (the command) ends, from a watching thread.
+
+    The keeper kills the local Ray's processes once the command is gone, but it wakes a moment
+    later, and a loaded machine may delay it further; an actor that watches the command itself
+    stops at once (``os.pidfd_open``: the kernel wakes the thread when ``pid`` exits), so it
+    starts no file after the command died.
+
+    Args:
+        pid: The command's process id, on this machine.
+
+    Returns:
+        Whether it watches (False where ``pidfd_open`` is missing: not Linux 5.3+).
+    """
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        os._exit(1)
+    except (AttributeError, OSError):
+        return False
+
+    def watch() -> None:
+        select.select([handle], [], [])
+        os._exit(1)  # at once, from this thread: no cleanup that could write
+
+    threading.Thread(target=watch, name="heatmap-command-watch", daemon=True).start()
+    return True
 
 
 def descendants(root: int) -> dict[int, int]:

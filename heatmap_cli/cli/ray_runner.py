@@ -46,7 +46,7 @@ import numpy as np
 
 from heatmap_cli.cli.batch import Batch, ImageJob, Processed
 from heatmap_cli.cli.params import SETTING_FLAGS
-from heatmap_cli.cli.ray_keeper import start_keeper
+from heatmap_cli.cli.ray_keeper import exit_with, start_keeper
 from heatmap_cli.errors import ClusterError, InvalidOptionError, command_line_names, first_line
 from heatmap_cli.io import ImageInput
 
@@ -145,9 +145,12 @@ def run_on_ray(
                 f"Note: --workers {settings.workers}: the cluster has room for "
                 f"{_actors(pool, gpus)} now; using that"
             )
+        # actors of a local Ray started here end the moment the command does
+        command = os.getpid() if started_here and _local(settings) else None
         dataset_of = functools.partial(
-            _dataset, build=build, batch=batch, settings=settings, pool=pool, gpus=gpus
-        )
+            _dataset, build=build, batch=batch, settings=settings, pool=pool, gpus=gpus,
+            command=command,
+        )  # fmt: skip
         batch.report_all(_processed(items, dataset_of, batch), len(items))
     except (ray.exceptions.RayError, ray.data.exceptions.SystemException, ConnectionError) as error:
         if batch.debug:
@@ -171,6 +174,8 @@ class ImageWorker:
         cwd: The command's working folder: the actor works there, so that relative paths of
             inputs, ``--out`` and model files name the same files on every node.
         kill_once: Test-only file path (:data:`KILL_ACTOR_ONCE`).
+        command: The command's process id when the actor runs on a local Ray it started: the
+            actor ends the moment the command does (``ray_keeper.exit_with``).
     """
 
     def __init__(
@@ -180,7 +185,10 @@ class ImageWorker:
         debug: bool,
         cwd: str | None = None,
         kill_once: str | None = None,
+        command: int | None = None,
     ) -> None:
+        if command is not None:
+            exit_with(command)
         if cwd is not None:  # relative paths of the command line mean what they meant there
             try:
                 os.chdir(cwd)
@@ -222,6 +230,11 @@ class ImageWorker:
         except FileExistsError:
             return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _local(settings: RaySettings) -> bool:
+    """Whether the actors run on a local Ray this command starts (on this machine)."""
+    return settings.address is None and not os.environ.get("RAY_ADDRESS")
 
 
 def _connect(address: str | None) -> None:
@@ -292,8 +305,9 @@ def _dataset(
     settings: RaySettings,
     pool: int,
     gpus: int,
+    command: int | None = None,
 ) -> Dataset:
-    """The paths, mapped by a pool of :class:`ImageWorker` actors."""
+    """The paths, mapped by a pool of :class:`ImageWorker` actors (ended with ``command``)."""
     import ray.data
 
     # Its execution notices, and its tracebacks of failures the command says in one line (an
@@ -316,6 +330,7 @@ def _dataset(
             fn_constructor_kwargs={
                 "cwd": os.getcwd(),
                 "kill_once": os.environ.get(KILL_ACTOR_ONCE),
+                "command": command,
             },
             batch_size=settings.batch_size,
             batch_format="numpy",

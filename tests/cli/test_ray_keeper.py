@@ -190,3 +190,32 @@ def test_a_killed_command_leaves_no_ray_process_and_no_writer(tmp_path: Path) ->
     assert any(name.endswith(".json") for name in report["files_at_kill"])
     assert "max_restarts" not in report["stderr"]
     assert "core_worker" not in report["stderr"]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs os.pidfd_open (Linux 5.3+)")
+def test_a_process_that_watches_the_command_ends_the_moment_it_does(tmp_path: Path) -> None:
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    marker = tmp_path / "late"
+    watcher = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time\n"
+            "from heatmap_cli.cli.ray_keeper import exit_with\n"
+            f"assert exit_with({command.pid})\n"
+            "print('watching', flush=True)\n"
+            "time.sleep(5)\n"
+            f"open({str(marker)!r}, 'w').close()\n",
+        ],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline().strip() == "watching"
+        command.kill()
+        command.wait()
+        assert watcher.wait(timeout=4) == 1  # gone at once, not after its 5 s sleep
+        assert not marker.exists()  # and wrote nothing after
+    finally:
+        for process in (command, watcher):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
