@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -47,53 +44,6 @@ def grid_net() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)).eval()
 
 
-def run_command(slide: Path, out: Path, stride: int, extra: list[str]) -> dict[str, object]:
-    """The command in a fresh process: peak RSS, wall time, grid and output sizes."""
-    labels = out.parent / "labels.txt"
-    labels.write_text("stroma\ntumor\n")
-    command = [
-        str(REPO / ".venv" / "bin" / "heatmap"),
-        str(slide),
-        "--model", f"{Path(__file__).resolve()}:grid_net",
-        "--input-size", "32",
-        "--labels", str(labels),
-        "--mpp", "0.5",
-        "--stride", str(stride),
-        "--out", str(out),
-        "-q",
-        *extra,
-    ]  # fmt: skip
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = process.stderr.read() if process.stderr else ""
-    record = json.loads((out / f"{slide.stem}.json").read_text()) if status == 0 else {}
-    return {
-        "status": os.waitstatus_to_exitcode(status),
-        "seconds": round(seconds, 1),
-        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
-        "grid": record.get("grid"),
-        "tissue_cells": record.get("slide", {}).get("tissue", {}).get("cells"),
-        "sizes_mb": {
-            entry["name"]: round(entry["bytes"] / 1e6, 2) for entry in record.get("files", [])
-        },
-        "stderr": stderr.strip().splitlines()[-3:],
-    }
-
-
-def square_mask(folder: Path, fraction: float) -> Path:
-    """A mask image of a centred square of ``fraction`` of the area (any size: it is scaled)."""
-    from PIL import Image
-
-    mask = np.zeros((1000, 1000), np.uint8)
-    half = round(500 * fraction**0.5)
-    mask[500 - half : 500 + half, 500 - half : 500 + half] = 255
-    path = folder / "square_mask.png"
-    Image.fromarray(mask).save(path)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100000)
@@ -104,12 +54,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     # imported here: the command imports this file for grid_net, without the repository's path
+    from benchmarks.studies.slides import run_command, square_mask
+    from benchmarks.support.common import cpu_model
     from tests.helpers.slides import write_huge_slide
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="heatmap-slide-grid-"))
     folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "size": args.size,
         "stride": args.stride,
         "tissue_square": args.tissue_square,
@@ -119,22 +71,15 @@ def main() -> None:
     for grid_format in args.formats:
         extra = ["--tissue", str(mask), "--grid-format", grid_format]
         load_before = os.getloadavg()
-        run = run_command(slide, folder / f"out-{grid_format}", args.stride, extra)
+        model = f"{Path(__file__).resolve()}:grid_net"
+        out = folder / f"out-{grid_format}"
+        run = run_command(slide, out, extra, model=model, window=32, stride=args.stride)
+        run["tissue_cells"] = (run["slide"] or {}).get("tissue", {}).get("cells")
         run["load_before"], run["load_after"] = load_before, os.getloadavg()
         results[grid_format] = run
         print(json.dumps({grid_format: run}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.helpers.slides import write_huge_slide
-
 REPO = Path(__file__).resolve().parents[2]
 
 GIB = 2**30
@@ -68,18 +66,35 @@ def decode_speed(path: Path, reader: str, regions: int = 40, side: int = 1024) -
     return regions * side * side / seconds / 1e6
 
 
-def run_command(slide: Path, out: Path, extra: list[str]) -> dict[str, object]:
-    """The command in a fresh process: peak RSS, wall time, its summary line."""
+def run_command(
+    slide: Path,
+    out: Path,
+    extra: list[str],
+    *,
+    model: str = f"{Path(__file__).resolve()}:slide_net",
+    window: int = 224,
+    stride: int = 32,
+) -> dict[str, object]:
+    """The command in a fresh process: peak RSS, wall time, its grid and the files' sizes.
+
+    Args:
+        slide: The slide.
+        out: Its output folder.
+        extra: More options.
+        model: ``file.py:callable`` of a two-class network (default :func:`slide_net`).
+        window: The network's window.
+        stride: The grid's stride.
+    """
     labels = out.parent / "labels.txt"
     labels.write_text("stroma\ntumor\n")
     command = [
         str(REPO / ".venv" / "bin" / "heatmap"),
         str(slide),
-        "--model", f"{Path(__file__).resolve()}:slide_net",
-        "--input-size", "224",
+        "--model", model,
+        "--input-size", str(window),
         "--labels", str(labels),
         "--mpp", "0.5",
-        "--stride", "32",
+        "--stride", str(stride),
         "--out", str(out),
         "-q",
         *extra,
@@ -89,7 +104,6 @@ def run_command(slide: Path, out: Path, extra: list[str]) -> dict[str, object]:
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     stderr = process.stderr.read() if process.stderr else ""
-    sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     record = json.loads((out / f"{slide.stem}.json").read_text()) if status == 0 else {}
     return {
         "status": os.waitstatus_to_exitcode(status),
@@ -97,7 +111,9 @@ def run_command(slide: Path, out: Path, extra: list[str]) -> dict[str, object]:
         "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
         "grid": record.get("grid"),
         "slide": record.get("slide"),
-        "sizes_mb": {name: round(size / 1e6, 2) for name, size in sorted(sizes.items())},
+        "sizes_mb": {  # the json's list: a zarr store counts whole
+            entry["name"]: round(entry["bytes"] / 1e6, 2) for entry in record.get("files", [])
+        },
         "stderr": stderr.strip().splitlines()[-3:],
     }
 
@@ -116,9 +132,13 @@ def main() -> None:
     )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
+    # imported here: the command imports this file for slide_net, without the repository's path
+    from benchmarks.support.common import cpu_model
+    from tests.helpers.slides import write_huge_slide
+
     folder = args.keep or Path(tempfile.mkdtemp(prefix="heatmap-slides-"))
     folder.mkdir(parents=True, exist_ok=True)
-    results: dict[str, object] = {"cpu": _cpu(), "load_before": os.getloadavg()}
+    results: dict[str, object] = {"cpu": cpu_model(), "load_before": os.getloadavg()}
     readers_slide = write_huge_slide(folder / "readers.svs", (args.readers_size,) * 2)
     results["decode_mp_per_s"] = {
         reader: round(decode_speed(readers_slide, reader), 1)
@@ -133,7 +153,7 @@ def main() -> None:
         out = folder / f"out{side}"
         extra = list(args.extra)
         if args.tissue_square:
-            extra += ["--tissue", str(_square_mask(folder, args.tissue_square))]
+            extra += ["--tissue", str(square_mask(folder, args.tissue_square))]
         run = run_command(slide, out, extra)
         run["write_seconds"] = round(written, 1)
         run["slide_mb"] = round(slide.stat().st_size / 1e6, 1)
@@ -144,7 +164,8 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
-def _square_mask(folder: Path, fraction: float) -> Path:
+def square_mask(folder: Path, fraction: float) -> Path:
+    """A mask image of a centred square of ``fraction`` of the area (any size: it is scaled)."""
     from PIL import Image
 
     mask = np.zeros((1000, 1000), np.uint8)
@@ -182,16 +203,6 @@ def geojson_size(side: int, stride: int = 32, window: int = 224, classes: int = 
             extra={"cells": tiles.cells},
         )
         return round(path.stat().st_size / 1e6, 1)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
