@@ -174,7 +174,7 @@ def test_a_damaged_figure_cache_fails_no_image(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str | None
 ) -> None:
     if damage is None and not hasattr(os, "mkfifo"):
-        pytest.skip("no FIFOs here")
+        pytest.skip("os.mkfifo does not exist on this platform (Windows): no FIFO to plant")
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     photo = save_photo(tmp_path / "photo.png")
     sound = run_tiny(photo, "--out", tmp_path / "sound", "-s", "48")
