@@ -170,6 +170,8 @@ class Refiner:
         cells = dense[0].shape[1] * dense[0].shape[2]
 
         def evaluate(found: np.ndarray) -> np.ndarray:
+            if not exact.windows and len(found) > 1:  # the first window alone takes the setup
+                return np.concatenate([evaluate(found[:1]), evaluate(found[1:])])
             return exact.logits(pixels, cell_corners(found, stride))
 
         if self.requested == "refine":

@@ -323,6 +323,19 @@ def test_the_summary_counts_from_the_process_start():
     assert 0.6 <= float(done.stdout) <= waited + 0.02
 
 
+def test_auto_budgets_against_the_commands_whole_run_once_it_started():
+    script = (
+        "import time; time.sleep(0.6)\n"
+        "from heatmap_cli.pipeline import profiling\n"
+        "before = profiling.run_seconds()\n"
+        "profiling.record_start_up()\n"
+        "print(before, profiling.run_seconds())"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    before, after = (float(value) for value in done.stdout.split())
+    assert before < 0.6 <= after  # the library's clock, then the command's process's
+
+
 def test_a_process_that_ran_exec_late_counts_from_the_command_not_from_its_shell():
     assert wall_since_start(3.2, 3.0) == 3.2  # the interpreter's start-up counts
     assert wall_since_start(99.8, 3.0) == 3.0  # `bash -c 'pip install ... && heatmap ...'`

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -70,3 +72,32 @@ def test_windows_per_pass_follow_the_window_area_and_the_memory_budget() -> None
     assert windows_per_pass((224, 224), cpu, bytes_per_window=2**30, memory_budget=2**30) == 1
     assert windows_per_pass((224, 224), cpu, at_most=64) == 64
     assert max(BATCH_TRIALS) == 4
+
+
+class SlowFirstCall(torch.nn.Module):
+    """A classifier whose first forward pass waits ``setup`` seconds, as a first call's setup."""
+
+    def __init__(self, model: torch.nn.Module, setup: float) -> None:
+        super().__init__()
+        self.model, self.setup = model, setup
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.setup:
+            time.sleep(self.setup)
+            self.setup = 0.0
+        return self.model(x)
+
+
+def test_the_steady_cost_of_a_window_leaves_the_first_runs_setup_out() -> None:
+    model = SlowFirstCall(seeded(PooledHeadNet), setup=0.5)
+    windows = exact_windows(
+        model, as_loaded(model, window=WINDOW), torch.device("cpu"), torch.float32, 2**30
+    )
+    pixels = np.zeros((60, 70, 3), np.uint8)
+
+    windows.logits(pixels, cell_corners([(0, 0)], 8))
+    assert windows.seconds_per_window is not None and windows.seconds_per_window >= 0.5
+    windows.logits(pixels, cell_corners([(0, 1), (1, 2), (2, 3), (1, 1)], 8))
+
+    assert windows.windows == 5 and windows.seconds >= 0.5  # the setup is spent all the same
+    assert windows.seconds_per_window < 0.1  # but it is no window's cost

@@ -144,3 +144,15 @@ def test_a_method_asked_for_says_so() -> None:
     assert image_method([Plain()], "dense", "dense") == MethodChoice("dense", "asked for")
     fallback = image_method([Plain()], "auto", "crops")
     assert fallback.method == "crops" and "cannot be converted" in fallback.reason
+
+
+def test_auto_times_its_first_windows_after_one_that_takes_the_setup() -> None:
+    dense, table = grids()
+    windows = FakeExact(table, per_window=0.01, measured=False)
+    calls: list[int] = []
+    logits = windows.logits
+    windows.logits = lambda pixels, corners: calls.append(len(corners)) or logits(pixels, corners)
+    refiner = Refiner("auto", "dense", lambda: windows, lambda: 10 + windows.seconds)
+    refiner(torch.from_numpy(dense[None]), None, np.zeros((1, 1, 1, 3), np.uint8), STRIDE)
+
+    assert calls[:2] == [1, 19]  # the 4 x 5 lattice: its first window alone, then the rest
